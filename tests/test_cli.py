@@ -1,5 +1,6 @@
 """The `jgraph` CLI: subcommands, --help everywhere, one-line errors with exit 2."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +12,15 @@ from jgraph.core import ConfigError
 
 SUBCOMMANDS = ("demo", "pipeline", "superopt", "serve", "quant", "export-tflite")
 JGRAPH = Path(sys.executable).parent / "jgraph"  # the installed console script
+# Child processes run on the CPU: on a GPU machine this test process already
+# holds the accelerator (exclusive mode lets no second process open it).
+CPU_ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(JGRAPH), *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(JGRAPH), *args], capture_output=True, text=True, timeout=300, env=CPU_ENV
+    )
 
 
 def test_console_script_help_lists_every_subcommand():
