@@ -82,7 +82,7 @@ def test_config_error_from_the_library_is_one_line_exit_2(monkeypatch, capsys):
     def handler(args):
         raise ConfigError("PipelineConfig.num_stages", 0, "must be >= 1", "use a value >= 1")
 
-    monkeypatch.setattr(cli, "_cmd_pipeline", handler)
+    monkeypatch.setattr(cli._pipeline, "run", handler)
     assert cli.main(["pipeline", "--model", "mmt"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "jgraph: error: PipelineConfig.num_stages=0: must be >= 1; fix: use a value >= 1"
@@ -92,7 +92,7 @@ def test_bugs_are_not_swallowed(monkeypatch):
     def handler(args):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(cli, "_cmd_pipeline", handler)
+    monkeypatch.setattr(cli._pipeline, "run", handler)
     with pytest.raises(RuntimeError, match="a bug"):
         cli.main(["pipeline", "--model", "mmt"])
 

@@ -43,7 +43,7 @@ def test_wheel_ships_both_top_level_packages(wheel):
     names = set(wheel.namelist())
     for module in (
         "jgraph/__init__.py",
-        "jgraph/cli.py",
+        "jgraph/cli/__init__.py",
         "jgraph/core/__init__.py",
         "jgraph/testing/__init__.py",
         "tflite_export/__init__.py",

@@ -1,12 +1,18 @@
 """Foundations shared by two or more jgraph subpackages.
 
 `core` imports nothing else from jgraph. It holds the error type and validators
-used by every config, the demo report type, atomic file writes, progress bars and mesh axis names.
+used by every config, the demo report type, benchmark
+helpers (timing, provenance, JSON results), atomic file writes, progress bars and mesh axis names.
 """
 
 from jgraph.core._axes import DATA as DATA
 from jgraph.core._axes import MODEL as MODEL
 from jgraph.core._axes import STAGE as STAGE
+from jgraph.core._bench import Timing as Timing
+from jgraph.core._bench import environment as environment
+from jgraph.core._bench import format_table as format_table
+from jgraph.core._bench import time_call as time_call
+from jgraph.core._bench import write_results as write_results
 from jgraph.core._demo import DemoReport as DemoReport
 from jgraph.core._errors import ConfigError as ConfigError
 from jgraph.core._errors import check_choice as check_choice
@@ -25,6 +31,7 @@ __all__ = [
     "STAGE",
     "ConfigError",
     "DemoReport",
+    "Timing",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
@@ -32,6 +39,10 @@ __all__ = [
     "check_int",
     "check_number",
     "config_error",
+    "environment",
+    "format_table",
     "progress",
     "progress_enabled",
+    "time_call",
+    "write_results",
 ]

@@ -1,0 +1,85 @@
+"""Argument parsing shared by every subcommand: one-line errors and typed flags.
+
+Each argument type names the fix in its message; `Parser.error` raises
+`UsageError`, which `jgraph.cli.main` prints as one line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import NoReturn
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "Parser",
+    "UsageError",
+    "bits",
+    "existing_dir",
+    "not_built",
+    "port",
+    "positive_float",
+    "positive_int",
+]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A bad command line, reported as one line with exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors that point at ``--help`` instead of printing usage."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: error: {message} (see '{self.prog} --help')")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; pass e.g. 8") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; pass e.g. 600") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number > 0")
+    return value
+
+
+def port(text: str) -> int:
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port; use 1-65535")
+    return value
+
+
+def bits(text: str) -> int:
+    value = positive_int(text)
+    if value > 8:
+        raise argparse.ArgumentTypeError(f"{value} bits is out of range; DGMS uses 1-8 bits")
+    return value
+
+
+def existing_dir(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a directory; pass an existing folder")
+    return path
+
+
+def not_built(what: str, issue: str) -> int:
+    """Reports a subcommand whose subsystem is not built yet; exit status 1."""
+    print(f"jgraph: {what} is not built yet ({issue}); see README.md for what works today")
+    return EXIT_FAILED
