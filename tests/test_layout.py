@@ -39,7 +39,8 @@ def _files(package: str) -> list[Path]:
 def test_core_imports_nothing_else_from_jgraph():
     for path in _files("jgraph/core"):
         for module, _ in _imports(path):
-            if module.startswith("jgraph"):
+            # jgraph._version is a leaf (one constant), so core may read it.
+            if module.startswith("jgraph") and module != "jgraph._version":
                 assert module.startswith("jgraph.core"), (
                     f"{path.relative_to(REPO)} imports {module}"
                 )
