@@ -1,24 +1,184 @@
-"""`jgraph pipeline`: plan graph pipeline parallelism (GraphPipe)."""
+"""`jgraph pipeline plan`: plan graph pipeline parallelism (GraphPipe) and its baselines."""
 
 from __future__ import annotations
 
 import argparse
+import re
+from pathlib import Path
 
-from jgraph.cli._args import not_built, positive_float, positive_int
+from jgraph.cli._args import EXIT_OK, positive_float, positive_int
 
-MODELS = ("mmt", "dlrm", "candle_uno", "transformer", "synthetic")
+MODELS = ("mmt", "dlrm", "candle_uno", "transformer", "synthetic", "case_study")
+PLANNERS = ("graphpipe", "pipedream", "piper", "gpipe")
+
+_UNITS = {
+    "": 1e9,
+    "k": 1e3,
+    "kb": 1e3,
+    "m": 1e6,
+    "mb": 1e6,
+    "g": 1e9,
+    "gb": 1e9,
+    "t": 1e12,
+    "tb": 1e12,
+}
+_UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
+
+
+def memory_size(text: str) -> float:
+    """'16GB', '16GiB', '512MB' or a bare number of GB -> bytes."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a memory size; pass e.g. 16GB or 32GiB")
+    value = float(m.group(1)) * _UNITS[unit]
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be > 0")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     help_ = "plan graph pipeline parallelism (GraphPipe)"
-    p = sub.add_parser("pipeline", help=help_, description=help_)
+    p = sub.add_parser(
+        "pipeline",
+        help=help_,
+        description=help_ + ". Every throughput printed is simulated with the cost model.",
+    )
     p.set_defaults(handler=run)
+    p.add_argument("action", nargs="?", choices=("plan",), default="plan", help="plan (default)")
     p.add_argument("--model", choices=MODELS, required=True, help="model to partition")
+    p.add_argument("--branches", type=positive_int, default=4, help="branches of --model synthetic")
     p.add_argument("--devices", type=positive_int, default=8, help="number of devices")
-    p.add_argument("--memory-gb", type=positive_float, default=16.0, help="memory per device")
-    p.add_argument("--batch", type=positive_int, default=256, help="global mini-batch size")
+    p.add_argument(
+        "--memory",
+        "--memory-gb",
+        dest="memory",
+        type=memory_size,
+        default=16e9,
+        help="memory per device, e.g. 16GB (bare numbers are GB; default 16GB, a V100)",
+    )
+    p.add_argument("--batch", type=positive_int, default=128, help="global mini-batch size")
+    p.add_argument("--planner", choices=PLANNERS, default="graphpipe")
+    p.add_argument("--compare", action="store_true", help="also run every baseline planner")
+    p.add_argument("--schedule", choices=("1f1b", "gpipe"), default="1f1b")
+    p.add_argument(
+        "--micro-batch",
+        type=positive_int,
+        action="append",
+        help="only this micro-batch size (repeatable)",
+    )
+    p.add_argument("--devices-per-node", type=positive_int, default=4)
+    p.add_argument(
+        "--peak-tflops", type=positive_float, help="per device (default: V100 FP32, 15.7)"
+    )
+    p.add_argument("--hbm-gbps", type=positive_float, help="memory bandwidth GB/s (default 900)")
+    p.add_argument(
+        "--intra-gbps", type=positive_float, help="intra-node link GB/s (default 50, NVLink 2)"
+    )
+    p.add_argument(
+        "--inter-gbps", type=positive_float, help="inter-node link GB/s (default 12.5, EDR IB)"
+    )
+    p.add_argument("--intra-alpha-us", type=float, help="intra-node latency in us (default 5)")
+    p.add_argument("--inter-alpha-us", type=float, help="inter-node latency in us (default 10)")
+    p.add_argument("--piper-max-downsets", type=positive_int, default=2000)
+    p.add_argument("--out", type=Path, default=Path("."), help="folder for the plan JSON and PNG")
+    p.add_argument("--no-png", action="store_true", help="skip the Gantt chart")
 
 
 def run(args: argparse.Namespace) -> int:
-    del args
-    return not_built("the pipeline planner", "issue #3")
+    import dataclasses
+
+    from jgraph.core import atomic_write_text, format_table
+    from jgraph.pipeline import (
+        ClusterConfig,
+        NoPlanError,
+        PlannerConfig,
+        paper_model,
+        plan_pipeline,
+        plan_rows,
+        write_plan_png,
+    )
+
+    graph = paper_model(args.model, branches=args.branches)
+    overrides = {
+        "peak_flops": args.peak_tflops * 1e12 if args.peak_tflops else None,
+        "memory_bandwidth": args.hbm_gbps * 1e9 if args.hbm_gbps else None,
+        "intra_bandwidth": args.intra_gbps * 1e9 if args.intra_gbps else None,
+        "inter_bandwidth": args.inter_gbps * 1e9 if args.inter_gbps else None,
+        "intra_alpha_s": args.intra_alpha_us * 1e-6 if args.intra_alpha_us is not None else None,
+        "inter_alpha_s": args.inter_alpha_us * 1e-6 if args.inter_alpha_us is not None else None,
+    }
+    cluster = ClusterConfig(
+        num_devices=args.devices,
+        memory_bytes=args.memory,
+        devices_per_node=args.devices_per_node,
+        **{k: v for k, v in overrides.items() if v is not None},
+    )
+    config = PlannerConfig(
+        schedule=args.schedule,
+        micro_batch_sizes=tuple(args.micro_batch or ()),
+        piper_max_downsets=args.piper_max_downsets,
+    )
+    plan = plan_pipeline(graph, cluster, config, batch=args.batch, planner=args.planner)
+    print(
+        f"{plan.planner} plan for {graph.name} on {cluster.num_devices} x {cluster.name}, "
+        f"{cluster.memory_bytes / 1e9:.3g} GB each, batch {plan.batch_size}"
+    )
+    print(format_table(plan_rows(plan)))
+    print(
+        f"throughput {plan.throughput:.1f} samples/s (simulated), iteration "
+        f"{plan.iteration_s * 1e3:.1f} ms, micro-batch {plan.micro_batch_size} x "
+        f"{plan.num_microbatches}, depth {plan.depth}, bubble {plan.bubble_fraction:.1%}, "
+        f"max memory {plan.max_memory_bytes / 1e9:.2f} GB/device, devices used "
+        f"{plan.devices_used}/{cluster.num_devices}, search {plan.search_s:.2f}s"
+    )
+    if plan.added_edges:
+        print(f"added {len(plan.added_edges)} dependency edge(s) to make the graph series-parallel")
+    stem = f"{graph.name}_{plan.planner}_{cluster.num_devices}dev"
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = atomic_write_text(args.out / f"{stem}.json", plan.to_json() + "\n")
+    print(f"wrote {json_path}")
+    if not args.no_png:
+        print(f"wrote {write_plan_png(plan, args.out / f'{stem}.png')}")
+    if args.compare:
+        rows = []
+        for name in PLANNERS:
+            try:
+                other = (
+                    plan
+                    if name == plan.planner
+                    else plan_pipeline(
+                        graph, cluster, dataclasses.replace(config), batch=args.batch, planner=name
+                    )
+                )
+            except NoPlanError as exc:
+                rows.append(
+                    {"planner": name, "samples_per_s_sim": "no plan", "note": exc.problem[:60]}
+                )
+                continue
+            rows.append(
+                {
+                    "planner": name,
+                    "samples_per_s_sim": other.throughput,
+                    "vs_this": other.throughput / plan.throughput,
+                    "depth": other.depth,
+                    "micro_batch": other.micro_batch_size,
+                    "search_s": other.search_s,
+                    "note": "",
+                }
+            )
+        print(
+            format_table(
+                rows,
+                [
+                    "planner",
+                    "samples_per_s_sim",
+                    "vs_this",
+                    "depth",
+                    "micro_batch",
+                    "search_s",
+                    "note",
+                ],
+            )
+        )
+    return EXIT_OK

@@ -1,7 +1,77 @@
-"""GraphPipe graph pipeline parallelism: partition a model's DAG into a graph of pipeline stages, search micro-batch schedules, and train with stages running as shard_map programs.
+"""GraphPipe graph pipeline parallelism: plan a model DAG as a graph of pipeline stages.
 
-Status: not built yet; issue #3 (planner) and a later issue (shard_map runtime) builds it. Until then this package
-exports nothing and `jgraph demo` reports the part as not built.
+The planner side of GraphPipe (Jeon et al., ASPLOS'25): a costed model DAG
+(`ModelGraph`, from the paper's analytic benchmark models or by profiling a DAG
+of Flax modules), a series-parallel decomposition, the GraphPipe partitioner
+(binary search on bottleneck time per sample + a DP over the SP tree), a
+DAG-aware 1F1B scheduler whose tables are plain data, a discrete-event
+simulator, and PipeDream-, Piper- and GPipe-style sequential baselines on the
+same cost model. The shard_map runtime that executes a `StagePlan` is a later
+issue.
+
+Example:
+    >>> from jgraph.pipeline import ClusterConfig, mmt, plan_pipeline
+    >>> plan = plan_pipeline(mmt(branches=2, layers=2), ClusterConfig(num_devices=4), batch=32)
+    >>> plan.planner, plan.max_memory_bytes <= plan.memory_limit_bytes
+    ('graphpipe', True)
 """
 
-__all__: list[str] = []
+from jgraph.pipeline._api import PLANNERS as PLANNERS
+from jgraph.pipeline._api import plan_pipeline as plan_pipeline
+from jgraph.pipeline._api import smallest_fitting_memory as smallest_fitting_memory
+from jgraph.pipeline._baselines import NoPlanError as NoPlanError
+from jgraph.pipeline._config import ClusterConfig as ClusterConfig
+from jgraph.pipeline._config import PlannerConfig as PlannerConfig
+from jgraph.pipeline._cost import CostModel as CostModel
+from jgraph.pipeline._demo import demo as demo
+from jgraph.pipeline._graph import ModelGraph as ModelGraph
+from jgraph.pipeline._graph import Node as Node
+from jgraph.pipeline._models import candle_uno as candle_uno
+from jgraph.pipeline._models import dlrm as dlrm
+from jgraph.pipeline._models import mmt as mmt
+from jgraph.pipeline._models import paper_model as paper_model
+from jgraph.pipeline._models import sequential_transformer as sequential_transformer
+from jgraph.pipeline._models import synthetic_branches as synthetic_branches
+from jgraph.pipeline._plan import Stage as Stage
+from jgraph.pipeline._plan import StagePlan as StagePlan
+from jgraph.pipeline._profile import GraphInput as GraphInput
+from jgraph.pipeline._profile import ModuleGraph as ModuleGraph
+from jgraph.pipeline._profile import ModuleNode as ModuleNode
+from jgraph.pipeline._profile import profile_module_graph as profile_module_graph
+from jgraph.pipeline._report import plan_rows as plan_rows
+from jgraph.pipeline._report import write_plan_png as write_plan_png
+from jgraph.pipeline._schedule import Schedule as Schedule
+from jgraph.pipeline._schedule import make_schedule as make_schedule
+from jgraph.pipeline._simulate import SimResult as SimResult
+from jgraph.pipeline._simulate import simulate as simulate
+
+__all__ = [
+    "PLANNERS",
+    "ClusterConfig",
+    "CostModel",
+    "GraphInput",
+    "ModelGraph",
+    "ModuleGraph",
+    "ModuleNode",
+    "NoPlanError",
+    "Node",
+    "PlannerConfig",
+    "Schedule",
+    "SimResult",
+    "Stage",
+    "StagePlan",
+    "candle_uno",
+    "demo",
+    "dlrm",
+    "make_schedule",
+    "mmt",
+    "paper_model",
+    "plan_pipeline",
+    "plan_rows",
+    "profile_module_graph",
+    "sequential_transformer",
+    "simulate",
+    "smallest_fitting_memory",
+    "synthetic_branches",
+    "write_plan_png",
+]

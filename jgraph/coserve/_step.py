@@ -1,0 +1,474 @@
+"""The co-serving step: one jitted function that runs a packed batch of decode, chunked-prefill
+and finetuning-forward tokens through the model, and one token chunk of a finetuning backward.
+
+Data flow of `make_coserve_step(...)(params, bank_weights, bank_scales, state, batch)`:
+
+1. Forward (every step). Rows of ``batch`` are tokens: inference rows carry a request slot and
+   write their K/V into the paged pool; finetuning rows (``is_ft``) write K/V into the
+   finetuning buffer ``ft_k/ft_v`` [L, S, Hkv, d] at their absolute positions and attend to it
+   (token-level forward, FlexLLM §a.4). Every row selects an adapter: a bank slot, `BASE`, or
+   the trainable adapter (index ``max_adapters``; finetuning rows always use it).
+2. Graph pruning (§a.7-a.8): per layer the forward keeps only the layer input of finetuning
+   rows in ``ft_x`` [L, S, D] (indexed by absolute position) beside the K/V it needs anyway,
+   and the loss gradient w.r.t. the last hidden state in ``ft_dh`` [S, D] (token-local, so the
+   [S, vocab] probabilities are never kept). Frozen weights get no gradient; attention
+   probabilities are recomputed; nothing S x S is ever formed.
+3. Backward (when ``bwd_chunk >= 0``): the chunk's tokens go through all layers top-down.
+   Each layer is rematerialized from ``ft_x`` and differentiated with `jax.vjp` w.r.t. the
+   chunk input, the earlier positions' K/V and the LoRA weights; the K/V cotangents go to the
+   ``dk_acc/dv_acc`` accumulators, which later (earlier-position) chunks read as the cotangent
+   of their own K/V. Chunks run last to first, so when a chunk is processed every use of its
+   K/V has been seen and the accumulated LoRA gradient is exact.
+4. When the chunk is the sample's first (``bwd_last``), the sample's gradient is handed to the
+   optax optimizer (wrapped in `optax.MultiSteps`, so updates happen every ``grad_accum``
+   samples).
+
+The state is donated; all shapes come from `CoServeConfig`, so different request mixes never
+recompile. The host side (`jgraph.coserve.CoServeEngine`) builds batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from jgraph.core import MODEL, config_error
+from jgraph.coserve._config import CoServeConfig, LlamaConfig, LoraConfig
+from jgraph.coserve._lora import adapter_sel
+from jgraph.coserve._model import attend_segments, decoder_layer, lm_logits
+from jgraph.coserve._paged import INVALID, paged_context, write_pages
+from jgraph.coserve._parallel import lora_specs, param_specs
+
+__all__ = [
+    "CoServeState",
+    "StepBatch",
+    "StepOutput",
+    "empty_batch",
+    "init_state",
+    "make_coserve_step",
+]
+
+Lora = dict[str, dict[str, jax.Array]]
+
+
+@flax.struct.dataclass
+class CoServeState:
+    """Everything the step carries between calls (fixed capacity, donated).
+
+    Attributes:
+        k_pages: paged key pool [L, num_pages, page_size, Hkv, d].
+        v_pages: paged value pool, same shape.
+        ft_k: finetuning-sample keys (post-RoPE) [L, S, Hkv, d].
+        ft_v: finetuning-sample values [L, S, Hkv, d].
+        ft_x: retained layer inputs of the finetuning sample [L, S, D].
+        ft_dh: loss gradient w.r.t. the last layer's output [S, D] (float32).
+        dk_acc: key-cotangent accumulator of the backward [L, S, Hkv, d] (float32).
+        dv_acc: value-cotangent accumulator [L, S, Hkv, d] (float32).
+        lora: the trainable adapter ``{target: {"A": [L, in, r], "B": [L, r, out]}}``.
+        grad: the current sample's accumulated LoRA gradient (float32).
+        opt_state: optax state of `optax.MultiSteps`.
+        loss_acc: the current sample's loss so far.
+        samples_done: finetuning samples fully back-propagated.
+        updates_done: optimizer updates applied.
+        rng: PRNG key for temperature sampling.
+    """
+
+    k_pages: jax.Array
+    v_pages: jax.Array
+    ft_k: jax.Array
+    ft_v: jax.Array
+    ft_x: jax.Array
+    ft_dh: jax.Array
+    dk_acc: jax.Array
+    dv_acc: jax.Array
+    lora: Lora
+    grad: Lora
+    opt_state: Any
+    loss_acc: jax.Array
+    samples_done: jax.Array
+    updates_done: jax.Array
+    rng: jax.Array
+
+
+@flax.struct.dataclass
+class StepBatch:
+    """One step's work, as fixed-size arrays (B = token budget, R = max requests).
+
+    Attributes:
+        tokens: token id per row [B].
+        positions: absolute position per row [B].
+        slots: request slot of inference rows, `INVALID` otherwise [B].
+        adapters: adapter per row [B]: `BASE`, a bank slot, or ``max_adapters`` (trainable).
+        is_ft: row is a finetuning forward token [B].
+        labels: next-token target of finetuning rows, `INVALID` for none [B].
+        temperature: 0 for greedy, else sampling temperature [B].
+        page_table: [R, max_pages_per_request] pool page per logical page.
+        loss_scale: weight of each finetuning token's loss (1 / (n - 1) for a sample of n).
+        bwd_chunk: chunk index to back-propagate, `INVALID` for none.
+        bwd_len: length n of the sample being back-propagated (positions >= n of its last
+            chunk hold stale data of an earlier, longer sample and are masked out).
+        bwd_first: this chunk starts the sample's backward (resets the accumulators).
+        bwd_last: this chunk ends it (chunk 0): hand the gradient to the optimizer.
+    """
+
+    tokens: jax.Array
+    positions: jax.Array
+    slots: jax.Array
+    adapters: jax.Array
+    is_ft: jax.Array
+    labels: jax.Array
+    temperature: jax.Array
+    page_table: jax.Array
+    loss_scale: jax.Array
+    bwd_chunk: jax.Array
+    bwd_len: jax.Array
+    bwd_first: jax.Array
+    bwd_last: jax.Array
+
+
+@flax.struct.dataclass
+class StepOutput:
+    """What a step returns to the host.
+
+    Attributes:
+        next_tokens: sampled next token per row [B] (meaningful for inference rows).
+        ft_loss: the current finetuning sample's loss accumulated so far.
+        sample_loss: loss of the sample completed by this step, NaN if none.
+        sample_done: a finetuning sample completed its backward in this step.
+        updated: the optimizer applied an update in this step.
+        samples_done: samples completed so far.
+    """
+
+    next_tokens: jax.Array
+    ft_loss: jax.Array
+    sample_loss: jax.Array
+    sample_done: jax.Array
+    updated: jax.Array
+    samples_done: jax.Array
+
+
+def empty_batch(scfg: CoServeConfig) -> dict[str, np.ndarray]:
+    """Host-side numpy arrays of an all-padding batch, to fill in and pass to `StepBatch`."""
+    B = scfg.token_budget
+    return {
+        "tokens": np.zeros(B, np.int32),
+        "positions": np.zeros(B, np.int32),
+        "slots": np.full(B, INVALID, np.int32),
+        "adapters": np.full(B, INVALID, np.int32),
+        "is_ft": np.zeros(B, bool),
+        "labels": np.full(B, INVALID, np.int32),
+        "temperature": np.zeros(B, np.float32),
+        "page_table": np.full((scfg.max_requests, scfg.max_pages_per_request), INVALID, np.int32),
+        "loss_scale": np.float32(0.0),
+        "bwd_chunk": np.int32(INVALID),
+        "bwd_len": np.int32(0),
+        "bwd_first": np.bool_(False),
+        "bwd_last": np.bool_(False),
+    }
+
+
+def init_state(
+    cfg: LlamaConfig,
+    scfg: CoServeConfig,
+    lora: Lora,
+    optimizer: optax.GradientTransformation,
+    *,
+    key: jax.Array,
+) -> CoServeState:
+    """A fresh state: empty KV pool and buffers, the trainable adapter and its optimizer state.
+
+    ``optimizer`` must be the one passed to `make_coserve_step` (MultiSteps-wrapped there).
+    """
+    dt = jnp.dtype(cfg.dtype)
+    L, S, hk, d = cfg.n_layers, scfg.ft_max_len, cfg.n_kv_heads, cfg.head_dim
+    pool = (L, scfg.num_pages, scfg.page_size, hk, d)
+    f32 = jnp.float32
+    return CoServeState(
+        k_pages=jnp.zeros(pool, dt),
+        v_pages=jnp.zeros(pool, dt),
+        ft_k=jnp.zeros((L, S, hk, d), dt),
+        ft_v=jnp.zeros((L, S, hk, d), dt),
+        ft_x=jnp.zeros((L, S, cfg.d_model), dt),
+        ft_dh=jnp.zeros((S, cfg.d_model), f32),
+        dk_acc=jnp.zeros((L, S, hk, d), f32),
+        dv_acc=jnp.zeros((L, S, hk, d), f32),
+        lora=jax.tree.map(jnp.copy, lora),  # the state is donated; never alias the caller's
+        grad=jax.tree.map(lambda a: jnp.zeros(a.shape, f32), lora),
+        opt_state=_multi(optimizer, scfg).init(lora),
+        loss_acc=jnp.zeros((), f32),
+        samples_done=jnp.zeros((), jnp.int32),
+        updates_done=jnp.zeros((), jnp.int32),
+        rng=key,
+    )
+
+
+def _multi(optimizer: optax.GradientTransformation, scfg: CoServeConfig):
+    return optax.MultiSteps(optimizer, every_k_schedule=scfg.grad_accum)
+
+
+def _forward(cfg, lora_cfg, S, params, bank_w, bank_scales, state, batch, axis):
+    pos, slots, pt, is_ft = batch.positions, batch.slots, batch.page_table, batch.is_ft
+    n_bank = bank_scales.shape[0]
+    x = params["embed"][batch.tokens]
+    sel_bank = adapter_sel(bank_scales, batch.adapters)
+    train_row = (batch.adapters == n_bank) | is_ft
+    sel_train = train_row[:, None].astype(jnp.float32) * lora_cfg.scale
+    ft_idx = jnp.where(is_ft, pos, S)  # S is out of range: non-finetuning rows are dropped
+    j = jnp.arange(S, dtype=pos.dtype)
+    ft_mask = is_ft[:, None] & (j[None, :] <= pos[:, None])
+    bank_l = jax.tree.map(lambda a: jnp.moveaxis(a, 1, 0), bank_w)
+
+    def body(x, xs):
+        layer, bl, tl, kp, vp, fk, fv, fx = xs
+        fx = fx.at[ft_idx].set(x, mode="drop")
+
+        def attend(q, k, v):
+            kp2, vp2 = write_pages(kp, k, pt, slots, pos), write_pages(vp, v, pt, slots, pos)
+            fk2 = fk.at[ft_idx].set(k, mode="drop")
+            fv2 = fv.at[ft_idx].set(v, mode="drop")
+            keys, vals, mask = paged_context(kp2, vp2, pt, slots, pos)
+            o = attend_segments(q, [(keys, vals, mask), (fk2, fv2, ft_mask)])
+            return o, (kp2, vp2, fk2, fv2)
+
+        adapters = [(jax.tree.map(lambda a: a[None], tl), sel_train)]
+        if n_bank:
+            adapters.insert(0, (bl, sel_bank))
+        y, aux = decoder_layer(cfg, layer, x, pos, attend, adapters=adapters, axis_name=axis)
+        return y, (*aux, fx)
+
+    xs = (params["layers"], bank_l, state.lora, state.k_pages, state.v_pages, state.ft_k,
+          state.ft_v, state.ft_x)  # fmt: skip
+    x, (kp, vp, fk, fv, fx) = jax.lax.scan(body, x, xs)
+
+    w = (is_ft & (batch.labels >= 0)).astype(jnp.float32) * batch.loss_scale
+    labels = jnp.clip(batch.labels, 0, cfg.vocab_size - 1)
+
+    def loss_fn(h):
+        logits = lm_logits(cfg, params, h)
+        ce = (
+            jax.nn.logsumexp(logits, axis=-1)
+            - jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+        )
+        return jnp.sum(w * ce), logits
+
+    (loss, logits), dh = jax.value_and_grad(loss_fn, has_aux=True)(x)
+    ft_dh = state.ft_dh.at[ft_idx].set(dh.astype(jnp.float32), mode="drop")
+    rng, key = jax.random.split(state.rng)
+    temp = batch.temperature
+    sampled = jax.random.categorical(key, logits / jnp.where(temp > 0, temp, 1.0)[:, None])
+    next_tokens = jnp.where(temp > 0, sampled, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
+    state = state.replace(
+        k_pages=kp, v_pages=vp, ft_k=fk, ft_v=fv, ft_x=fx, ft_dh=ft_dh,
+        loss_acc=state.loss_acc + loss, rng=rng,
+    )  # fmt: skip
+    return state, next_tokens
+
+
+def _backward(cfg, lora_cfg, scfg, optimizer, params, state, batch, axis):
+    C, S, L = scfg.bwd_chunk, scfg.ft_max_len, cfg.n_layers
+    s = batch.bwd_chunk * C
+    first = batch.bwd_first
+    dk0 = jnp.where(first, 0.0, state.dk_acc)
+    dv0 = jnp.where(first, 0.0, state.dv_acc)
+    g0 = jax.tree.map(lambda g: jnp.where(first, 0.0, g), state.grad)
+    pos_c = s + jnp.arange(C, dtype=jnp.int32)
+    mask = jnp.arange(S, dtype=jnp.int32)[None, :] <= pos_c[:, None]  # [C, S] causal
+    dh0 = jax.lax.dynamic_slice_in_dim(state.ft_dh, s, C, 0)
+    dh0 = jnp.where((pos_c < batch.bwd_len)[:, None], dh0, 0.0)
+    sel = jnp.full((C, 1), lora_cfg.scale, jnp.float32)
+
+    def layer_bwd(i, carry):
+        dh, dk, dv, grad = carry
+        li = L - 1 - i
+        layer = jax.tree.map(lambda a: a[li], params["layers"])
+        x_c = jax.lax.dynamic_slice_in_dim(state.ft_x[li], s, C, 0)
+
+        def g(x_c, K, V, tl):
+            def attend(q, k, v):
+                K2 = jax.lax.dynamic_update_slice_in_dim(K, k.astype(K.dtype), s, 0)
+                V2 = jax.lax.dynamic_update_slice_in_dim(V, v.astype(V.dtype), s, 0)
+                return attend_segments(q, [(K2, V2, mask)]), (k, v)
+
+            ad = ((jax.tree.map(lambda a: a[None], tl), sel),)
+            return decoder_layer(cfg, layer, x_c, pos_c, attend, adapters=ad, axis_name=axis)
+
+        tl = jax.tree.map(lambda a: a[li], state.lora)
+        (y, (kc, vc)), vjp = jax.vjp(g, x_c, state.ft_k[li], state.ft_v[li], tl)
+        dkc = jax.lax.dynamic_slice_in_dim(dk[li], s, C, 0).astype(kc.dtype)
+        dvc = jax.lax.dynamic_slice_in_dim(dv[li], s, C, 0).astype(vc.dtype)
+        dx, dK, dV, dtl = vjp((dh.astype(y.dtype), (dkc, dvc)))
+        dk = dk.at[li].add(dK.astype(jnp.float32))
+        dv = dv.at[li].add(dV.astype(jnp.float32))
+        grad = jax.tree.map(lambda a, d: a.at[li].add(d.astype(jnp.float32)), grad, dtl)
+        return dx.astype(jnp.float32), dk, dv, grad
+
+    _, dk, dv, grad = jax.lax.fori_loop(0, L, layer_bwd, (dh0, dk0, dv0, g0))
+
+    def update(args):
+        lora, opt_state, grad = args
+        g = jax.tree.map(lambda a, p: a.astype(p.dtype), grad, lora)
+        upd, opt_state = _multi(optimizer, scfg).update(g, opt_state, lora)
+        return optax.apply_updates(lora, upd), opt_state
+
+    lora, opt_state = jax.lax.cond(
+        batch.bwd_last, update, lambda a: (a[0], a[1]), (state.lora, state.opt_state, grad)
+    )
+    return state.replace(dk_acc=dk, dv_acc=dv, grad=grad, lora=lora, opt_state=opt_state)
+
+
+def make_coserve_step(
+    cfg: LlamaConfig,
+    scfg: CoServeConfig,
+    lora_cfg: LoraConfig,
+    optimizer: optax.GradientTransformation,
+    *,
+    mesh: Mesh | None = None,
+    bank_targets: tuple[str, ...] = (),
+    inference_only: bool = False,
+) -> Callable[..., tuple[CoServeState, StepOutput]]:
+    """Builds the jitted co-serving step (state donated).
+
+    Args:
+        cfg: model shape.
+        scfg: static capacities.
+        lora_cfg: the trainable adapter.
+        optimizer: optax optimizer (wrapped in `optax.MultiSteps` with ``scfg.grad_accum``).
+        mesh: optional mesh with a ``MODEL`` axis: the step then runs under `jax.shard_map`
+            with Megatron tensor parallelism (heads, F, KV pool and finetuning buffers sharded
+            by KV head) and LoRA shardings derived from the base weights (`lora_specs`). Only
+            elementwise optimizers are exact here (each shard updates its own slice). Place the
+            inputs with `coserve_specs` + `shard_tree`.
+        bank_targets: the bank's targets (needed with ``mesh`` to shard the bank).
+        inference_only: build the step without the finetuning backward (the baseline the
+            co-serving step is compared with; finetuning rows still run forward).
+
+    Returns:
+        ``step(params, bank_weights, bank_scales, state, batch) -> (state, StepOutput)`` where
+        ``bank_weights``/``bank_scales`` are an `AdapterBank`'s arrays (capacity
+        ``scfg.max_adapters``; may be empty) and ``batch`` is a `StepBatch`.
+    """
+    axis = None if mesh is None else MODEL
+
+    def step(params, bank_w, bank_scales, state: CoServeState, batch: StepBatch):
+        state, next_tokens = _forward(
+            cfg, lora_cfg, scfg.ft_max_len, params, bank_w, bank_scales, state, batch, axis
+        )
+        has_bwd = (batch.bwd_chunk >= 0) & (not inference_only)
+        state = (
+            state
+            if inference_only
+            else jax.lax.cond(
+                has_bwd,
+                lambda st: _backward(cfg, lora_cfg, scfg, optimizer, params, st, batch, axis),
+                lambda st: st,
+                state,
+            )
+        )
+        done = has_bwd & batch.bwd_last
+        sample_loss = jnp.where(done, state.loss_acc, jnp.nan)
+        samples = state.samples_done + done.astype(jnp.int32)
+        updated = done & (samples % scfg.grad_accum == 0)
+        state = state.replace(
+            loss_acc=jnp.where(done, 0.0, state.loss_acc),
+            samples_done=samples,
+            updates_done=state.updates_done + updated.astype(jnp.int32),
+        )
+        out = StepOutput(
+            next_tokens=next_tokens,
+            ft_loss=state.loss_acc,
+            sample_loss=sample_loss,
+            sample_done=done,
+            updated=updated,
+            samples_done=samples,
+        )
+        return state, out
+
+    if mesh is None:
+        return jax.jit(step, donate_argnums=(3,))
+    pspecs, bspecs, sspecs = coserve_specs(cfg, scfg, lora_cfg, optimizer, mesh, bank_targets)
+    batch_specs = StepBatch(**{k: P() for k in empty_batch(scfg)})
+    out_specs = StepOutput(**{f.name: P() for f in dataclasses.fields(StepOutput)})
+    sharded = jax.shard_map(
+        step,
+        mesh=mesh,
+        in_specs=(pspecs, bspecs, P(), sspecs, batch_specs),
+        out_specs=(sspecs, out_specs),
+    )
+    return jax.jit(sharded, donate_argnums=(3,))
+
+
+def coserve_specs(
+    cfg: LlamaConfig,
+    scfg: CoServeConfig,
+    lora_cfg: LoraConfig,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+    bank_targets: tuple[str, ...] = (),
+) -> tuple[Any, Any, CoServeState]:
+    """PartitionSpecs of (params, bank weights, state) for the tensor-parallel step.
+
+    Raises:
+        ConfigError: KV heads or F not divisible by the ``MODEL`` axis size.
+    """
+    tp = mesh.shape[MODEL]
+    for field, value in (("n_kv_heads", cfg.n_kv_heads), ("d_ff", cfg.d_ff)):
+        if value % tp:
+            raise config_error(
+                f"LlamaConfig.{field}", value, f"not divisible by the {MODEL} axis size {tp}",
+                "pick a model-parallel size that divides heads and F",
+            )  # fmt: skip
+    pspecs = param_specs(cfg)
+    lay = pspecs["layers"]
+    bspecs = {t: lora_specs(lay[t], stacked_adapters=True) for t in bank_targets}
+    lspecs = {t: lora_specs(lay[t], stacked_adapters=False) for t in lora_cfg.targets}
+    abstract = jax.eval_shape(
+        lambda: init_state(cfg, scfg, _zeros_lora(cfg, lora_cfg), optimizer, key=jax.random.key(0))
+    )
+    opt_specs = optax.tree_map_params(
+        _multi(optimizer, scfg),
+        lambda _, spec: spec,
+        abstract.opt_state,
+        lspecs,
+        transform_non_params=lambda _: P(),
+        is_leaf=lambda x: isinstance(x, P),
+    )
+    kv = P(None, None, MODEL, None)  # [L, S, Hkv, d]
+    sspecs = CoServeState(
+        k_pages=P(None, None, None, MODEL, None),
+        v_pages=P(None, None, None, MODEL, None),
+        ft_k=kv,
+        ft_v=kv,
+        ft_x=P(),
+        ft_dh=P(),
+        dk_acc=kv,
+        dv_acc=kv,
+        lora=lspecs,
+        grad=lspecs,
+        opt_state=opt_specs,
+        loss_acc=P(),
+        samples_done=P(),
+        updates_done=P(),
+        rng=P(),
+    )
+    return pspecs, bspecs, sspecs
+
+
+def _zeros_lora(cfg: LlamaConfig, lora_cfg: LoraConfig) -> Lora:
+    dt = jnp.dtype(cfg.dtype)
+    out = {}
+    for t in lora_cfg.targets:
+        d_in, d_out = cfg.proj_shape(t)
+        out[t] = {
+            "A": jnp.zeros((cfg.n_layers, d_in, lora_cfg.rank), dt),
+            "B": jnp.zeros((cfg.n_layers, lora_cfg.rank, d_out), dt),
+        }
+    return out

@@ -1,0 +1,264 @@
+"""The end-to-end recipe: train full precision, then DGMS, then harden and report.
+
+Data flow of `run_recipe` (what ``jgraph quant train`` runs):
+
+1. Load the data (`load_dataset`) and build the model (`make_model`).
+2. Full-precision phase: `train` with ``RunConfig.fp`` (checkpoints in
+   ``out/fp``; skipped when ``out/fp`` already holds a finished run and
+   ``resume`` is set).
+3. ``dgms(model, config).init``: k-means mixtures on the FP weights. The hard
+   accuracy here is the k-means-only baseline (no DGMS training).
+4. DGMS phase: `train` with ``RunConfig.dgms`` on soft weights (checkpoints in
+   ``out/dgms``), evaluated each epoch with hard weights.
+5. Optional BatchNorm re-estimation with hard weights; `harden`;
+   `compression_report`; histograms before/after (``out/hist/*.png``);
+   ``out/hardened.npz`` (codebooks, uint8 indices, packed indices) and
+   ``out/result.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from jgraph.core import atomic_write_bytes, atomic_write_json, check_int
+from jgraph.quant._config import DGMSConfig, Recipe
+from jgraph.quant._data import Dataset, load_dataset
+from jgraph.quant._harden import CompressionReport, compression_report, harden, pack_indices
+from jgraph.quant._models import make_model
+from jgraph.quant._plot import plot_mixtures
+from jgraph.quant._train import DGMSApply, FPApply, evaluate, reestimate_batch_stats, train
+from jgraph.quant._transform import dgms
+
+__all__ = ["RunConfig", "RunResult", "run_recipe"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """One recipe run.
+
+    Attributes:
+        model: ``resnet20``, ``cnn`` or ``mlp``.
+        data: ``"digits"`` or a path to a ``.npz`` / image folder.
+        seed: model init, k-means seeding and shuffling seed.
+        fp: the full-precision recipe.
+        dgms: the DGMS recipe.
+        quant: the `DGMSConfig` (bits, layers, init).
+        out: run folder (checkpoints, plots, results); None writes nothing.
+        resume: continue from checkpoints in ``out``.
+        plots: write the histogram PNGs.
+        checkpoint: save Orbax checkpoints under ``out/fp`` and ``out/dgms``
+            each epoch (needed for ``resume``).
+    """
+
+    model: str = "resnet20"
+    data: str | Path = "digits"
+    seed: int = 0
+    fp: Recipe = dataclasses.field(default_factory=lambda: Recipe(epochs=30, lr=3e-3))
+    dgms: Recipe = dataclasses.field(default_factory=Recipe)
+    quant: DGMSConfig = dataclasses.field(default_factory=DGMSConfig)
+    out: Path | None = None
+    resume: bool = False
+    plots: bool = True
+    checkpoint: bool = True
+
+    def __post_init__(self) -> None:
+        check_int("RunConfig.seed", self.seed, minimum=0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunResult:
+    """Accuracies, the compression report and where the artifacts are.
+
+    Attributes:
+        fp_accuracy: test accuracy of the full-precision model.
+        kmeans_accuracy: hard accuracy right after k-means init (no DGMS training).
+        kmeans_bn_accuracy: the same after BatchNorm re-estimation with the
+            hard weights (only if the DGMS recipe re-estimates; else None).
+        dgms_accuracy: hard accuracy after DGMS training (and BN re-estimation).
+        report: the `CompressionReport` of the hardened model.
+        fp_seconds: wall time of the FP phase.
+        dgms_seconds: wall time of the DGMS phase.
+        artifacts: files written.
+        fp_variables: the trained full-precision variables (not serialized).
+    """
+
+    fp_accuracy: float
+    kmeans_accuracy: float
+    kmeans_bn_accuracy: float | None
+    dgms_accuracy: float
+    report: CompressionReport
+    fp_seconds: float
+    dgms_seconds: float
+    artifacts: tuple[Path, ...]
+    fp_variables: Any = dataclasses.field(default=None, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del d["fp_variables"]
+        d["report"] = self.report.as_dict()
+        d["artifacts"] = [str(p) for p in self.artifacts]
+        return d
+
+
+def save_hardened(path: Path, hardened: Any) -> Path:
+    """``.npz`` with ``codebook/<layer>`` (float32 [K]), ``indices/<layer>`` (uint8) and
+    ``packed/<layer>`` (bit-packed indices)."""
+    arrays = {}
+    for name, idx in hardened.indices.items():
+        book = hardened.codebooks[name]
+        bits = max(1, (book.size - 1).bit_length())
+        arrays[f"codebook/{name}"] = book
+        arrays[f"indices/{name}"] = idx
+        arrays[f"packed/{name}"] = pack_indices(idx, bits)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def run_recipe(
+    config: RunConfig, *, data: Dataset | None = None, fp_variables: Any = None
+) -> RunResult:
+    """Full precision, then DGMS, then hardening; see the module docstring.
+
+    Args:
+        config: the run.
+        data: an already loaded dataset (skips ``config.data``); the benchmark
+            uses it to load once for many runs.
+        fp_variables: trained full-precision variables (``RunResult.fp_variables``
+            of an earlier run) to start from; skips the FP phase.
+
+    Returns:
+        A `RunResult`.
+
+    Example:
+        >>> from jgraph import quant
+        >>> cfg = quant.RunConfig(model="mlp", fp=quant.Recipe(epochs=2),
+        ...                       dgms=quant.Recipe(epochs=1), quant=quant.DGMSConfig(bits=2),
+        ...                       plots=False)
+        >>> result = quant.run_recipe(cfg)
+        >>> result.report.layers[0].distinct <= 4
+        True
+    """
+    data = data or load_dataset(config.data)
+    model = make_model(config.model, data.num_classes)
+    key = jax.random.key(config.seed)
+    sample = data.x_train[:1]
+    qmodel = dgms(model, config.quant)
+    # Layer selection is checked before any training: a pattern that matches
+    # nothing fails now, not after the full-precision phase.
+    qmodel.layers(sample, train=False)
+    variables = jax.jit(lambda k, x: model.init(k, x, train=False))(key, sample)
+    run_meta = {"model": config.model, "data": str(config.data)}
+    out = config.out
+    artifacts: list[Path] = []
+
+    fp_seconds = 0.0
+    if fp_variables is None:
+        fp = train(
+            FPApply(model),
+            variables,
+            data.x_train,
+            data.y_train,
+            data.x_test,
+            data.y_test,
+            config.fp,
+            seed=config.seed,
+            ckpt_dir=None if out is None or not config.checkpoint else out / "fp",
+            resume=config.resume,
+            description=f"{config.model} full precision",
+            meta=run_meta,
+        )
+        fp_vars, fp_seconds, fp_history = fp.variables, fp.seconds, fp.history
+    else:
+        fp_vars, fp_history = fp_variables, []
+    fp_acc = evaluate(FPApply(model), fp_vars, data.x_test, data.y_test)
+
+    qvars0 = qmodel.init(fp_vars, sample, key=jax.random.fold_in(key, 1), train=False)
+    kmeans_acc = evaluate(DGMSApply(qmodel), qvars0, data.x_test, data.y_test)
+    kmeans_bn_acc = None
+    if config.dgms.bn_reestimate:
+        kmeans_bn_acc = evaluate(
+            DGMSApply(qmodel),
+            reestimate_batch_stats(
+                DGMSApply(qmodel, hard_in_train=True),
+                qvars0,
+                data.x_train,
+                batch_size=config.dgms.batch_size,
+                passes=config.dgms.bn_passes,
+            ),
+            data.x_test,
+            data.y_test,
+        )
+    log.info("fp accuracy %.4f, k-means-only accuracy %.4f", fp_acc, kmeans_acc)
+
+    q = train(
+        DGMSApply(qmodel),
+        qvars0,
+        data.x_train,
+        data.y_train,
+        data.x_test,
+        data.y_test,
+        config.dgms,
+        seed=config.seed,
+        tau0=config.quant.tau0,
+        ckpt_dir=None if out is None or not config.checkpoint else out / "dgms",
+        resume=config.resume,
+        description=f"{config.model} DGMS {config.quant.bits}-bit",
+        meta={**run_meta, "quant": dataclasses.asdict(config.quant)},
+    )
+    qvars = q.variables
+    if config.dgms.bn_reestimate:
+        qvars = reestimate_batch_stats(
+            DGMSApply(qmodel, hard_in_train=True),
+            qvars,
+            data.x_train,
+            batch_size=config.dgms.batch_size,
+            passes=config.dgms.bn_passes,
+        )
+    dgms_acc = evaluate(DGMSApply(qmodel), qvars, data.x_test, data.y_test)
+    hardened = harden(qvars, config.quant)
+    report = compression_report(hardened)
+    result = RunResult(
+        fp_accuracy=fp_acc,
+        kmeans_accuracy=kmeans_acc,
+        kmeans_bn_accuracy=kmeans_bn_acc,
+        dgms_accuracy=dgms_acc,
+        report=report,
+        fp_seconds=fp_seconds,
+        dgms_seconds=q.seconds,
+        artifacts=(),
+        fp_variables=fp_vars,
+    )
+    if out is not None:
+        if config.plots:
+            artifacts += plot_mixtures(
+                qvars0, qvars, out / "hist", sigma_min=config.quant.sigma_min
+            )
+        artifacts.append(save_hardened(out / "hardened.npz", hardened))
+        artifacts.append(out / "result.json")
+        result = dataclasses.replace(result, artifacts=tuple(artifacts))
+        atomic_write_json(
+            out / "result.json",
+            {
+                **result.as_dict(),
+                "config": {
+                    "model": config.model,
+                    "data": str(config.data),
+                    "seed": config.seed,
+                    "fp": dataclasses.asdict(config.fp),
+                    "dgms": dataclasses.asdict(config.dgms),
+                    "quant": dataclasses.asdict(config.quant),
+                },
+                "history": {"fp": fp_history, "dgms": q.history},
+            },
+        )
+    return result
