@@ -34,6 +34,22 @@ COLUMN = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
 ROW = ("o_proj", "down_proj")
 
 
+def check_tp_divisible(cfg: LlamaConfig, mesh: Mesh) -> int:
+    """Returns the ``MODEL`` axis size after checking that KV heads and F split evenly over it.
+
+    Raises:
+        ConfigError: KV heads or F not divisible by the ``MODEL`` axis size.
+    """
+    tp = mesh.shape[MODEL]
+    for field, value in (("n_kv_heads", cfg.n_kv_heads), ("d_ff", cfg.d_ff)):
+        if value % tp:
+            raise config_error(
+                f"LlamaConfig.{field}", value, f"not divisible by the {MODEL} axis size {tp}",
+                "pick a model-parallel size that divides heads and F",
+            )  # fmt: skip
+    return tp
+
+
 def param_specs(cfg: LlamaConfig) -> dict[str, Any]:
     """PartitionSpecs of the base parameters (layer-stacked) for Megatron tensor parallelism."""
     layers: dict[str, P] = {t: P(None, None, MODEL) for t in COLUMN}
@@ -80,13 +96,7 @@ def make_tp_forward(
     Raises:
         ConfigError: heads or F not divisible by the model-parallel size.
     """
-    tp = mesh.shape[MODEL]
-    for field, value in (("n_kv_heads", cfg.n_kv_heads), ("d_ff", cfg.d_ff)):
-        if value % tp:
-            raise config_error(
-                f"LlamaConfig.{field}", value, f"not divisible by the {MODEL} axis size {tp}",
-                "pick a model-parallel size that divides heads and F",
-            )  # fmt: skip
+    check_tp_divisible(cfg, mesh)
     pspecs = param_specs(cfg)
     bspecs = (
         {}

@@ -41,12 +41,12 @@ import optax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from jgraph.core import MODEL, config_error
+from jgraph.core import MODEL
 from jgraph.coserve._config import CoServeConfig, LlamaConfig, LoraConfig
 from jgraph.coserve._lora import adapter_sel
 from jgraph.coserve._model import attend_segments, decoder_layer, lm_logits
 from jgraph.coserve._paged import INVALID, paged_context, write_pages
-from jgraph.coserve._parallel import lora_specs, param_specs
+from jgraph.coserve._parallel import check_tp_divisible, lora_specs, param_specs
 
 __all__ = [
     "CoServeState",
@@ -419,13 +419,7 @@ def coserve_specs(
     Raises:
         ConfigError: KV heads or F not divisible by the ``MODEL`` axis size.
     """
-    tp = mesh.shape[MODEL]
-    for field, value in (("n_kv_heads", cfg.n_kv_heads), ("d_ff", cfg.d_ff)):
-        if value % tp:
-            raise config_error(
-                f"LlamaConfig.{field}", value, f"not divisible by the {MODEL} axis size {tp}",
-                "pick a model-parallel size that divides heads and F",
-            )  # fmt: skip
+    check_tp_divisible(cfg, mesh)
     pspecs = param_specs(cfg)
     lay = pspecs["layers"]
     bspecs = {t: lora_specs(lay[t], stacked_adapters=True) for t in bank_targets}
