@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from jgraph.cli._args import Parser, not_built, positive_float, positive_int
+from jgraph.cli._args import EXIT_OK, Parser, positive_float, positive_int
+from jgraph.core import format_table
 
 PROGRAMS = ("gqa", "qknorm", "rmsnorm_linear", "lora", "gated_mlp", "ntrans")
 
@@ -13,13 +15,79 @@ def register(sub: argparse._SubParsersAction) -> None:
     help_ = "search μGraphs for a tensor program (Mirage)"
     p = sub.add_parser("superopt", help=help_, description=help_)
     actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser, required=True)
-    run_p = actions.add_parser("run", help="superoptimize a benchmark program")
+    run_p = actions.add_parser(
+        "run",
+        help="superoptimize a benchmark program",
+        description="Superoptimize one of Mirage's benchmark programs and print the best "
+        "verified μGraph with its model cost against the XLA candidate.",
+    )
     run_p.set_defaults(handler=run)
     run_p.add_argument("--program", choices=PROGRAMS, required=True)
     run_p.add_argument("--batch", type=positive_int, default=8)
     run_p.add_argument("--time-limit", type=positive_float, default=600.0, help="seconds")
+    run_p.add_argument(
+        "--scale",
+        type=positive_int,
+        default=1,
+        help="divide the large dims (1 = the spec's shapes)",
+    )
+    run_p.add_argument("--maps", choices=("derived", "mirage"), default="derived")
+    run_p.add_argument("--backend", choices=("cuda", "h100", "tpu"), default="h100")
+    run_p.add_argument("--tests", type=positive_int, default=3, help="random field tests")
+    run_p.add_argument("--max-kernel-ops", type=positive_int, default=3)
+    run_p.add_argument("--out", type=Path, default=None, help="folder for the PNG, text and JSON")
+    run_p.add_argument("--cache-dir", type=Path, default=None, help="reuse/store verified results")
 
 
 def run(args: argparse.Namespace) -> int:
-    del args
-    return not_built("the μGraph superoptimizer", "issue #4")
+    from jgraph.core import atomic_write_json, atomic_write_text
+    from jgraph.superopt import (
+        SearchConfig,
+        VerifyConfig,
+        draw,
+        dump,
+        get_program,
+        is_known_good,
+        search,
+    )
+
+    config = SearchConfig(
+        time_limit_s=args.time_limit,
+        max_kernel_ops=args.max_kernel_ops,
+        maps=args.maps,
+        backend=args.backend,
+        verify=VerifyConfig(tests=args.tests),
+    )
+    prog = get_program(args.program, batch=args.batch, scale=args.scale)
+    print(f"superoptimizing {args.program} (batch {args.batch}, inputs {list(prog.shapes)}), "
+          f"time limit {args.time_limit:g} s")  # fmt: skip
+    res = search(prog.graph, config=config, name=args.program, cache_dir=args.cache_dir)
+    st = res.stats
+    print(f"\n{'cached result' if res.from_cache else 'search'}: {st.states} states in "
+          f"{st.seconds:.1f} s ({'space exhausted' if st.exhausted else 'stopped at the limit'}), "
+          f"{st.verified} verified μGraphs")  # fmt: skip
+    print("\npruning breakdown")
+    rows = [{"reason": k, "count": v} for k, v in {**st.pruned, **st.rejected}.items()]
+    print(format_table(rows))
+    best, xla = res.best, res.xla
+    print(
+        "\nbest μGraph"
+        + (" (matches the known-good structure)" if is_known_good(args.program, best.graph) else "")
+    )
+    print(dump(best.graph))
+    print("\ncost (analytic H100 model, not a measurement)")
+    table = []
+    for label, c in (("best", best), ("xla", xla)):
+        table.append({"candidate": label, "kernels": c.cost.launches, "dram_MB": c.cost.dram_bytes / 1e6,
+                      "GFLOP": c.cost.flops / 1e9, "smem_KiB": c.cost.smem_bytes / 1024,
+                      "model_us": c.cost.estimated_us})  # fmt: skip
+    print(format_table(table))
+    print(f"model speedup over XLA: {res.model_speedup:.2f}x")
+    if args.out is not None:
+        png = draw(
+            best.graph, args.out / f"{args.program}_best.png", title=f"best μGraph: {args.program}"
+        )
+        atomic_write_text(args.out / f"{args.program}_best.txt", dump(best.graph) + "\n")
+        atomic_write_json(args.out / f"{args.program}_result.json", res.to_json())
+        print(f"wrote {png} and the μGraph as text/JSON in {args.out}")
+    return EXIT_OK

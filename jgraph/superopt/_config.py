@@ -1,0 +1,78 @@
+"""Search configuration: bounds, limits, schedule mode, backend and verification."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from jgraph.core import check_choice, check_int, check_number
+from jgraph.superopt._verify import VerifyConfig
+
+__all__ = ["SMEM_BUDGET", "SearchConfig"]
+
+# Shared memory per block: Mirage's CUDA budget, an H100's opt-in maximum, and
+# a conservative scoped-VMEM share on TPU.
+SMEM_BUDGET = {"cuda": 96 * 1024, "h100": 227 * 1024, "tpu": 16 * 1024 * 1024}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SearchConfig:
+    """What the μGraph search explores and for how long.
+
+    Attributes:
+        time_limit_s: wall-clock budget; the best verified μGraph so far is returned.
+        max_states: budget of search states (kernel- and block-level nodes).
+        max_kernel_ops: kernel-graph ops per candidate (Mirage: 5).
+        max_customized: graph-defined kernels per candidate (Mirage: 1, 2 for attention).
+        max_block_ops: block-graph ops including input iterators and savers (Mirage: 11).
+        max_block_inputs: operands of one graph-defined kernel (Mirage: 3, 4 for LoRA).
+        max_block_outputs: outputs of one graph-defined kernel.
+        sizes_per_mapping: grid/loop sizes kept per map assignment (ranked by cost).
+        maps: ``"derived"`` (from shapes) or ``"mirage"`` (Mirage's fixed lists).
+        backend: ``"cuda"`` (96 KiB smem), ``"h100"`` (227 KiB) or ``"tpu"``.
+        pruning: abstract-expression pruning (off only for the ablation).
+        verify_all: verify candidates that cannot beat the best verified cost too.
+        verify: the verifier's settings.
+    """
+
+    time_limit_s: float = 600.0
+    max_states: int = 5_000_000
+    max_kernel_ops: int = 3
+    max_customized: int = 2
+    max_block_ops: int = 11
+    max_block_inputs: int = 4
+    max_block_outputs: int = 2
+    sizes_per_mapping: int = 2
+    maps: Literal["derived", "mirage"] = "derived"
+    backend: Literal["cuda", "h100", "tpu"] = "h100"
+    pruning: bool = True
+    verify_all: bool = False
+    verify: VerifyConfig = dataclasses.field(default_factory=VerifyConfig)
+
+    def __post_init__(self) -> None:
+        check_number(
+            "SearchConfig.time_limit_s",
+            self.time_limit_s,
+            minimum=0.0,
+            strict_minimum=True,
+            fix="pass a positive number of seconds, e.g. 600",
+        )
+        check_int("SearchConfig.max_states", self.max_states, minimum=1)
+        check_int("SearchConfig.max_kernel_ops", self.max_kernel_ops, minimum=1, maximum=8)
+        check_int("SearchConfig.max_customized", self.max_customized, minimum=0, maximum=3)
+        check_int("SearchConfig.max_block_ops", self.max_block_ops, minimum=3, maximum=16)
+        check_int("SearchConfig.max_block_inputs", self.max_block_inputs, minimum=1, maximum=6)
+        check_int("SearchConfig.max_block_outputs", self.max_block_outputs, minimum=1, maximum=4)
+        check_int("SearchConfig.sizes_per_mapping", self.sizes_per_mapping, minimum=1)
+        check_choice("SearchConfig.maps", self.maps, ("derived", "mirage"))
+        check_choice("SearchConfig.backend", self.backend, tuple(SMEM_BUDGET))
+
+    @property
+    def smem_budget(self) -> int:
+        return SMEM_BUDGET[self.backend]
+
+    def key(self) -> dict[str, object]:
+        """The fields that change the result (for the cache key)."""
+        d = dataclasses.asdict(self)
+        d.pop("time_limit_s")
+        return d

@@ -1,0 +1,209 @@
+"""The JAX frontend: capture a plain JAX function's jaxpr as a kernel graph.
+
+``superoptimize(fn, *example_args)`` traces ``fn`` with `jax.make_jaxpr`, maps
+each primitive onto a μGraph op, then runs `search`. Nested ``jit``/``pjit``,
+``custom_jvp_call`` and ``custom_vjp_call`` bodies are inlined. Reductions
+keep their reduced dim with size 1 in the kernel graph, so a later
+``broadcast_in_dim``/``reshape`` that only restores that dim is free.
+``x * logistic(x)`` becomes ``silu``, ``max(x, 0)`` becomes ``relu`` and a
+multiplication or division by a constant becomes ``mul_scalar``. Any other
+primitive raises `ConfigError` naming it and listing what is supported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from jax.extend.core import Literal
+
+from jgraph.core import ConfigError
+from jgraph.superopt._builder import DTensor, KernelGraphBuilder, new_kernel_graph
+from jgraph.superopt._config import SearchConfig
+from jgraph.superopt._ir import KernelGraph
+from jgraph.superopt._result import SearchResult, search
+
+__all__ = ["SUPPORTED_PRIMITIVES", "capture", "superoptimize"]
+
+SUPPORTED_PRIMITIVES = (
+    "add", "broadcast_in_dim", "convert_element_type", "custom_jvp_call", "custom_vjp_call",
+    "div", "dot_general", "exp", "integer_pow (y=2)", "jit/pjit", "logistic (in x*logistic(x))",
+    "max (with 0)", "mul", "pow", "reduce_max", "reduce_sum", "reshape", "rsqrt", "sqrt",
+    "square", "sub",
+)  # fmt: skip
+
+_DTYPES = {"float16": "float16", "bfloat16": "bfloat16", "float32": "float32", "float64": "float32"}
+
+
+@dataclasses.dataclass(frozen=True)
+class _V:
+    """A jaxpr value: a kernel tensor, a scalar constant, or a pending logistic(x)."""
+
+    t: DTensor | None = None
+    const: float | None = None
+    logistic_of: DTensor | None = None
+
+
+def _unsupported(name: str, why: str = "") -> ConfigError:
+    return ConfigError(
+        "superoptimize.primitive",
+        name,
+        f"primitive {name!r} is not supported{': ' + why if why else ''}",
+        "rewrite fn with supported primitives (" + ", ".join(SUPPORTED_PRIMITIVES) + ")",
+    )
+
+
+class _Capture:
+    def __init__(self, g: KernelGraphBuilder) -> None:
+        self.g = g
+
+    def read(self, env: dict[Any, _V], v: Any) -> _V:
+        if isinstance(v, Literal):
+            return _V(const=float(np.asarray(v.val)))
+        return env[v]
+
+    def tensor(self, x: _V, prim: str) -> DTensor:
+        if x.t is None:
+            raise _unsupported(prim, "an operand is a constant or an unfused logistic")
+        return x.t
+
+    def run(self, jaxpr: Any, args: list[_V], consts: Any = ()) -> list[_V]:
+        env: dict[Any, _V] = dict(zip(jaxpr.invars, args, strict=True))
+        for cv, val in zip(jaxpr.constvars, consts, strict=True):
+            arr = np.asarray(val)
+            if arr.size != 1:
+                raise _unsupported(
+                    "constant array", "close over scalars only; pass arrays as inputs"
+                )
+            env[cv] = _V(const=float(arr.reshape(())))
+        for eqn in jaxpr.eqns:
+            ins = [self.read(env, v) for v in eqn.invars]
+            outs = self.eqn(eqn, ins)
+            for var, val in zip(eqn.outvars, outs, strict=True):
+                env[var] = val
+        return [self.read(env, v) for v in jaxpr.outvars]
+
+    def eqn(self, eqn: Any, ins: list[_V]) -> list[_V]:
+        g, name, p = self.g, eqn.primitive.name, eqn.params
+        for sub_key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
+            if (
+                name
+                in (
+                    "pjit",
+                    "jit",
+                    "closed_call",
+                    "custom_jvp_call",
+                    "custom_vjp_call",
+                    "custom_vjp_call_jaxpr",
+                )
+                and sub_key in p
+            ):
+                sub = p[sub_key]
+                return self.run(getattr(sub, "jaxpr", sub), ins, getattr(sub, "consts", ()))
+        if name == "convert_element_type":
+            return [ins[0]]
+        if name in ("exp", "sqrt", "rsqrt"):
+            return [_V(t=getattr(g, name)(self.tensor(ins[0], name)))]
+        if name == "logistic":
+            return [_V(logistic_of=self.tensor(ins[0], name))]
+        if name == "integer_pow":
+            if p["y"] != 2:
+                raise _unsupported(f"integer_pow(y={p['y']})", "only y=2 (square)")
+            return [_V(t=g.square(self.tensor(ins[0], name)))]
+        if name == "square":
+            return [_V(t=g.square(self.tensor(ins[0], name)))]
+        if name == "max":
+            a, b = ins
+            if b.const == 0.0 or a.const == 0.0:
+                return [_V(t=g.relu(self.tensor(a if b.const == 0.0 else b, name)))]
+            raise _unsupported(name, "only max(x, 0) (relu)")
+        if name == "mul":
+            a, b = ins
+            for x, y in ((a, b), (b, a)):
+                if y.logistic_of is not None and x.t is y.logistic_of:
+                    return [_V(t=g.silu(x.t))]
+                if y.const is not None and x.t is not None:
+                    return [_V(t=g.mul_scalar(x.t, y.const))]
+            return [_V(t=g.mul(self.tensor(a, name), self.tensor(b, name)))]
+        if name == "div":
+            a, b = ins
+            if b.const is not None and a.t is not None:
+                return [_V(t=g.mul_scalar(a.t, 1.0 / b.const))]
+            return [_V(t=g.div(self.tensor(a, name), self.tensor(b, name)))]
+        if name in ("add", "sub", "pow"):
+            return [_V(t=getattr(g, name)(self.tensor(ins[0], name), self.tensor(ins[1], name)))]
+        if name in ("reduce_sum", "reduce_max"):
+            t = self.tensor(ins[0], name)
+            for d in p["axes"]:
+                t = g.reduction(t, d) if name == "reduce_sum" else g.reduce_max(t, d)
+            return [_V(t=t)]
+        if name in ("broadcast_in_dim", "reshape"):
+            x = ins[0]
+            if x.const is not None:
+                return [x]
+            t = self.tensor(x, name)
+            shape = tuple(p["shape"] if name == "broadcast_in_dim" else p["new_sizes"])
+            if len(shape) == len(t.shape) and all(
+                a == b or a == 1 for a, b in zip(t.shape, shape, strict=True)
+            ):
+                return [x]  # only restores a kept (size-1) dim or broadcasts: free
+            raise _unsupported(name, f"{t.shape} -> {shape} changes the kernel layout")
+        if name == "dot_general":
+            (lc, rc), (lb, rb) = p["dimension_numbers"]
+            a, b = (self.tensor(v, name) for v in ins)
+            r = len(a.shape)
+            batch = tuple(range(r - 2))
+            if (
+                (tuple(lc), tuple(rc)) != ((r - 1,), (r - 2,))
+                or tuple(lb) != batch
+                or tuple(rb) != batch
+            ):
+                raise _unsupported(name, "only batched (..., m, k) @ (..., k, n) matmuls")
+            return [_V(t=g.matmul(a, b))]
+        raise _unsupported(name)
+
+
+def capture(fn: Callable[..., Any], *example_args: Any) -> KernelGraph:
+    """The kernel graph of ``fn`` at the example arguments' shapes and dtypes.
+
+    Raises:
+        ConfigError: an unsupported primitive (named, with the supported list).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> g = capture(lambda x, w: jnp.exp(x) @ w, jnp.ones((2, 4)), jnp.ones((4, 3)))
+        >>> [op.kind for op in g.ops]
+        ['exp', 'matmul']
+    """
+    closed = jax.make_jaxpr(fn)(*example_args)
+    g = new_kernel_graph()
+    args = []
+    for a in example_args:
+        dtype = _DTYPES.get(np.dtype(a.dtype).name)
+        if dtype is None:
+            raise ConfigError(
+                "superoptimize.args", a.dtype, "not a float array", "pass float arrays"
+            )
+        args.append(_V(t=g.new_input(tuple(a.shape), dtype)))
+    cap = _Capture(g)
+    outs = cap.run(closed.jaxpr, args, closed.consts)
+    for o in outs:
+        g.mark_output(cap.tensor(o, "output"))
+    return g.graph
+
+
+def superoptimize(
+    fn: Callable[..., Any],
+    *example_args: Any,
+    config: SearchConfig | None = None,
+    cache_dir: str | None = None,
+) -> SearchResult:
+    """Captures ``fn`` and searches verified μGraphs for it (see `search`).
+
+    The result is callable: ``result(*arrays)`` runs the best μGraph under jit.
+    """
+    graph = capture(fn, *example_args)
+    return search(graph, config=config, name=getattr(fn, "__name__", "fn"), cache_dir=cache_dir)

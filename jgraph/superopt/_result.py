@@ -1,0 +1,192 @@
+"""`search`: the entry point, with the on-disk cache, and its `SearchResult`.
+
+The cache key is a SHA-256 of the program's μGraph JSON (which holds shapes and
+dtypes), the backend, the result-relevant search settings and the jgraph
+version. Only verified candidates are written (atomically). A corrupt or
+foreign cache file is ignored with a `CacheWarning` and rebuilt; a cached best
+candidate is re-verified on load, so a tampered file cannot inject a wrong μGraph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from jgraph._version import __version__
+from jgraph.core import atomic_write_json
+from jgraph.superopt._config import SearchConfig
+from jgraph.superopt._cost import Cost, CostModel
+from jgraph.superopt._ir import KernelGraph
+from jgraph.superopt._search import Candidate, SearchStats, run_search
+from jgraph.superopt._verify import Verdict, Verifier
+
+__all__ = ["CacheWarning", "SearchResult", "cache_key", "search"]
+
+log = logging.getLogger(__name__)
+
+
+class CacheWarning(UserWarning):
+    """A cache file could not be used (corrupt, foreign or failing re-verification)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SearchResult:
+    """Verified candidates sorted by model cost (the XLA candidate always among them)."""
+
+    name: str
+    reference: KernelGraph
+    candidates: tuple[Candidate, ...]
+    stats: SearchStats
+    from_cache: bool = False
+
+    @property
+    def best(self) -> Candidate:
+        """The cheapest verified candidate (model cost)."""
+        return self.candidates[0]
+
+    @property
+    def xla(self) -> Candidate:
+        """The all-pre-defined-ops candidate: the reference program, as XLA runs it."""
+        return next(c for c in self.candidates if c.label == "xla")
+
+    @property
+    def model_speedup(self) -> float:
+        """XLA candidate's model time over the best candidate's (a model number, not measured)."""
+        return self.xla.cost.estimated_us / self.best.cost.estimated_us
+
+    def __call__(self, *arrays: Any) -> list[Any]:
+        """Runs the best μGraph as a jitted JAX function (float32 compute, inputs' dtype out)."""
+        from jgraph.superopt._jax import jax_function
+
+        return jax_function(self.best.graph)(*arrays)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "reference": self.reference.to_json(),
+            "candidates": [
+                {
+                    "graph": c.graph.to_json(),
+                    "cost": c.cost.as_dict(),
+                    "label": c.label,
+                    "found_s": c.found_s,
+                    "verdict": dataclasses.asdict(c.verdict),
+                }
+                for c in self.candidates
+            ],
+            "stats": self.stats.as_dict(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SearchResult:
+        cands = tuple(
+            Candidate(
+                graph=KernelGraph.from_json(c["graph"]),
+                cost=Cost(**c["cost"]),
+                label=str(c["label"]),
+                found_s=float(c.get("found_s", 0.0)),
+                verdict=Verdict(
+                    ok=bool(c["verdict"]["ok"]),
+                    stage=c["verdict"]["stage"],
+                    reason=str(c["verdict"]["reason"]),
+                    permutation=tuple(c["verdict"]["permutation"]),
+                ),
+            )
+            for c in data["candidates"]
+        )
+        if not cands or not all(c.verdict.ok for c in cands):
+            raise ValueError("cache holds an unverified candidate")
+        return cls(
+            name=str(data["name"]),
+            reference=KernelGraph.from_json(data["reference"]),
+            candidates=cands,
+            stats=SearchStats(**data["stats"]),
+            from_cache=True,
+        )
+
+
+def cache_key(reference: KernelGraph, config: SearchConfig) -> str:
+    """The structural hash of (program, shapes, dtypes, backend, settings, jgraph version)."""
+    blob = json.dumps(
+        {"program": reference.to_json(), "config": config.key(), "jgraph": __version__},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _load(path: Path, reference: KernelGraph, verifier: Verifier) -> SearchResult | None:
+    if not path.exists():
+        return None
+    try:
+        result = SearchResult.from_json(json.loads(path.read_text()))
+        if result.reference != reference:
+            raise ValueError("cache file is for another program")
+        if not verifier.check(result.best.graph).ok:
+            raise ValueError("cached best candidate fails verification")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        warnings.warn(
+            f"ignoring superopt cache file {path} ({type(exc).__name__}: {exc}); rebuilding it",
+            CacheWarning,
+            stacklevel=3,
+        )
+        return None
+    return result
+
+
+def search(
+    reference: KernelGraph,
+    *,
+    config: SearchConfig | None = None,
+    name: str = "program",
+    cache_dir: str | Path | None = None,
+    show_progress: bool | None = None,
+) -> SearchResult:
+    """Superoptimizes a μGraph: bounded search, verification, cost ranking, caching.
+
+    Args:
+        reference: the program (usually all pre-defined ops), e.g. from
+            `new_kernel_graph` or `superoptimize`'s jaxpr capture.
+        config: bounds, limits, backend, verification; defaults to `SearchConfig()`.
+        name: a label for logs and the result.
+        cache_dir: where results are cached (None: no cache).
+        show_progress: force the progress bar on or off (None: when stderr is a tty).
+
+    Returns:
+        A `SearchResult` whose candidates are sorted by model cost; it always
+        holds the XLA (reference) candidate.
+
+    Example:
+        >>> from jgraph.superopt import SearchConfig, get_program
+        >>> prog = get_program("rmsnorm_linear", scale=16)
+        >>> res = search(prog.graph, config=SearchConfig(time_limit_s=60, max_kernel_ops=1))
+        >>> res.best.label, res.best.graph.ops[0].kind
+        ('search', 'customized')
+    """
+    config = config or SearchConfig()
+    reference = reference.validate()
+    verifier = Verifier(reference, config.verify)
+    path = Path(cache_dir) / f"superopt-{cache_key(reference, config)}.json" if cache_dir else None
+    if path is not None:
+        cached = _load(path, reference, verifier)
+        if cached is not None:
+            log.info("superopt cache hit: %s", path)
+            return cached
+    start = time.perf_counter()
+    xla_verdict = verifier.check(reference)
+    if not xla_verdict.ok:  # the reference equals itself; anything else is a bug
+        raise AssertionError(f"the reference failed its own verification: {xla_verdict}")
+    xla = Candidate(graph=reference, cost=CostModel()(reference), verdict=xla_verdict, label="xla")
+    found, stats = run_search(reference, config, verifier, show_progress=show_progress)
+    cands = sorted([xla, *found], key=lambda c: (c.cost.estimated_us, c.label != "xla"))
+    stats = dataclasses.replace(stats, seconds=time.perf_counter() - start)
+    result = SearchResult(name=name, reference=reference, candidates=tuple(cands), stats=stats)
+    if path is not None:
+        atomic_write_json(path, result.to_json())
+    return result

@@ -1,0 +1,297 @@
+"""Schedules for a block-graph structure: grid, maps and for-loop range, from shapes.
+
+Instead of Mirage's fixed imap/omap/grid lists, the schedules are derived from
+the structure: symbolic shape inference unifies the tile dimensions that must
+be equal (matmul contraction and batch dims, element-wise operands), giving
+*dimension classes* of the inputs. A schedule assigns grid axes to distinct
+classes (in increasing class order, since permuting grid axes gives the same
+μGraph), optionally one class to the for-loop, and power-of-two sizes dividing
+the class sizes; every input's ``imap``/``fmap`` follows from its dims' classes.
+An output's ``omap`` is forced for axes whose class it has; an axis whose class
+it lacks (a split contraction) concatenates the partial results along one of
+its dims, and each choice is enumerated. Sizes are ranked by a closed-form
+cost (bytes loaded including replication, and occupancy) and the best
+``sizes_per_mapping`` per map assignment are kept; the shared-memory budget and
+the 4096-block limit are enforced. ``maps="mirage"`` restricts all this to
+Mirage's fixed candidate lists (``frange`` in {1, 4, 16, 64}, 32 to 4096 blocks,
+the 8 imap triples) for comparison.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from jgraph.superopt._ir import BlockGraph, BlockInput, BlockOutput, Op
+from jgraph.superopt._ops import ACCUMULATORS, BINARY, UNARY
+
+__all__ = ["schedules", "shape_consistent"]
+
+_MIRAGE_IMAPS = {
+    (0, -1, 1),
+    (0, 1, -1),
+    (0, 2, -1),
+    (-1, 1, -1),
+    (0, -1, -1),
+    (0, -1, 2),
+    (-1, -1, -1),
+    (1, -1, -1),
+}
+_SMS = 132
+
+
+class _UF:
+    def __init__(self) -> None:
+        self.parent: dict[Any, Any] = {}
+
+    def find(self, x: Any) -> Any:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: Any, b: Any) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def _symbolic(
+    in_shapes: Sequence[tuple[int, ...]], ops: Sequence[Op]
+) -> tuple[_UF, list[list[Any]]] | None:
+    """Symbolic tile dims per block tensor: ("s", (input, dim)) or ("c", const); None if invalid."""
+    uf = _UF()
+    dims: list[list[Any]] = [
+        [("s", (k, j)) for j in range(len(s))] for k, s in enumerate(in_shapes)
+    ]
+    size = {("s", (k, j)): d for k, s in enumerate(in_shapes) for j, d in enumerate(s)}
+
+    def unify(a: Any, b: Any) -> Any:
+        if a[0] == "c" and b[0] == "c":
+            return a if a == b else (b if a == ("c", 1) else a if b == ("c", 1) else None)
+        if a[0] == "c" or b[0] == "c":
+            c, s = (a, b) if a[0] == "c" else (b, a)
+            return s if c == ("c", 1) else None
+        if size[a] != size[b]:
+            return None
+        uf.union(a, b)
+        return a
+
+    for op in ops:
+        ins = [dims[i] for i in op.inputs]
+        a = ins[0]
+        if op.kind in BINARY or op.kind == "accum_rescale":
+            if len(a) != len(ins[1]):
+                return None
+            out = [unify(x, y) for x, y in zip(a, ins[1], strict=True)]
+            if any(o is None for o in out):
+                return None
+            if op.kind == "accum_rescale":
+                out = list(a)
+        elif op.kind == "matmul":
+            b = ins[1]
+            if len(a) != len(b) or len(a) < 2 or unify(a[-1], b[-2]) is None:
+                return None
+            if any(unify(x, y) is None for x, y in zip(a[:-2], b[:-2], strict=True)):
+                return None
+            out = [*a[:-1], b[-1]]
+        elif op.kind in UNARY or op.kind in ("rms_norm", "accum_sum", "accum_max"):
+            out = list(a)
+        elif op.kind in ("accum_sum_ld", "accum_mean_ld", "accum_rms_ld"):
+            out = [*a[:-1], ("c", 1)]
+        elif op.kind == "accum_redtox_ld":
+            out = [*a[:-1], ("c", op.attr["dimx"])]
+        elif op.kind in ("reduce_sum", "reduce_max"):
+            d = op.attr.get("dim", len(a) - 1)
+            if not 0 <= d < len(a):
+                return None
+            out = [*a[:d], ("c", 1), *a[d + 1 :]]
+        else:
+            return None
+        dims.append(out)
+    return uf, dims
+
+
+def shape_consistent(in_shapes: Sequence[tuple[int, ...]], ops: Sequence[Op]) -> bool:
+    """Whether some schedule could make ``ops`` fit (unified dims have equal sizes)."""
+    return _symbolic(in_shapes, ops) is not None
+
+
+def _pow2_divisors(n: int, cap: int) -> list[int]:
+    return [2**e for e in range(1, 13) if n % 2**e == 0 and 2**e <= cap]
+
+
+def _grid_sizes(n: int, maps: str) -> list[int]:
+    """Grid sizes for a dim of size n: powers of two leaving tiles of >= 16 (or n itself if n <= 16)."""
+    if maps == "mirage":
+        return [g for g in _pow2_divisors(n, 256) if g >= 2]
+    if n <= 16:
+        return [n] if n > 1 else []
+    return [g for g in _pow2_divisors(n, 4096) if n // g >= 16]
+
+
+def _loop_sizes(n: int, maps: str) -> list[int]:
+    """For-loop ranges for a per-block extent n: powers of two leaving chunks of >= 8."""
+    if maps == "mirage":
+        return [f for f in (4, 16, 64) if n % f == 0]
+    return [f for f in _pow2_divisors(n, 4096) if n // f >= 8]
+
+
+def schedules(
+    in_shapes: Sequence[tuple[int, ...]],
+    ops: Sequence[Op],
+    sinks: Sequence[int],
+    *,
+    smem_budget: int,
+    sizes_per_mapping: int = 2,
+    maps: str = "derived",
+    dtype_bytes: int = 2,
+) -> Iterator[BlockGraph]:
+    """Yields complete block graphs (structure + schedule) for one structure."""
+    sym = _symbolic(in_shapes, ops)
+    if sym is None:
+        return
+    uf, dims = sym
+    cls_of: dict[tuple[int, int], Any] = {}
+    size: dict[Any, int] = {}
+    for k, s in enumerate(in_shapes):
+        for j, d in enumerate(s):
+            r = uf.find(("s", (k, j)))
+            cls_of[(k, j)] = r
+            size[r] = d
+    classes = sorted(set(cls_of.values()))
+    in_classes = [[cls_of[(k, j)] for j in range(len(s))] for k, s in enumerate(in_shapes)]
+    tensor_dims = [[uf.find(t) if t[0] == "s" else t for t in ds] for ds in dims]
+    n_in = len(in_shapes)
+    for n_axes in range(0, 4):
+        for axis_classes in itertools.combinations(classes, n_axes):
+            if any(size[c] < 2 for c in axis_classes):
+                continue
+            for fcls in [None, *classes]:
+                if fcls is not None and size[fcls] < 2:
+                    continue
+                yield from _sized(
+                    in_shapes,
+                    in_classes,
+                    tensor_dims,
+                    ops,
+                    sinks,
+                    n_in,
+                    axis_classes,
+                    fcls,
+                    size,
+                    smem_budget,
+                    sizes_per_mapping,
+                    maps,
+                    dtype_bytes,
+                )
+
+
+def _sized(
+    in_shapes: Sequence[tuple[int, ...]],
+    in_classes: list[list[Any]],
+    tensor_dims: list[list[Any]],
+    ops: Sequence[Op],
+    sinks: Sequence[int],
+    n_in: int,
+    axis_classes: tuple[Any, ...],
+    fcls: Any,
+    size: dict[Any, int],
+    smem_budget: int,
+    keep: int,
+    maps: str,
+    dtype_bytes: int,
+) -> Iterator[BlockGraph]:
+    imaps = []
+    for cl in in_classes:
+        imap = [cl.index(c) if c in cl else -1 for c in axis_classes] + [-1] * (
+            3 - len(axis_classes)
+        )
+        imaps.append((imap[0], imap[1], imap[2]))
+    if axis_classes and all(all(m[a] == -1 for m in imaps) for a in range(len(axis_classes))):
+        return
+    if maps == "mirage" and any(m not in _MIRAGE_IMAPS for m in imaps):
+        return
+    fmaps = [cl.index(fcls) if fcls in cl else -1 for cl in in_classes]
+    if fcls is not None and all(f == -1 for f in fmaps):
+        return
+    grid_opts = [_grid_sizes(size[c], maps) for c in axis_classes]
+    # bytes loaded = every input once per block along the axes it does not map
+    reps = [[a for a, c in enumerate(axis_classes) if c not in in_classes[k]] for k in range(n_in)]
+    sizes = [math.prod(s) for s in in_shapes]
+    ranked = []
+    for gs in itertools.product(*grid_opts):
+        blocks = math.prod(gs)
+        if blocks > 4096 or (maps == "mirage" and not 32 <= blocks <= 4096):
+            continue
+        loaded = sum(
+            sz * math.prod(gs[a] for a in rep) for sz, rep in zip(sizes, reps, strict=True)
+        )
+        ranked.append((loaded / min(1.0, blocks / _SMS), -blocks, gs))
+    ranked.sort()
+    scored = []
+    for _, _, gs in ranked:
+        if len(scored) >= keep:
+            break
+        gmap = dict(zip(axis_classes, gs, strict=True))
+        if fcls is None:
+            f_opts = [1]
+        else:
+            rest = size[fcls] // gmap.get(fcls, 1)
+            # chunks near 128 first (Mirage's RMSNorm: 4096 / 32), the smem check decides
+            f_opts = sorted(_loop_sizes(rest, maps), key=lambda f: abs(math.log2(rest // f) - 7))
+        for F in f_opts:
+            smem = 0
+            for k, ds in enumerate(tensor_dims):
+                acc = k >= n_in and ops[k - n_in].kind in ACCUMULATORS
+                elems = 1
+                for t in ds:
+                    if t[0] == "c":
+                        elems *= t[1]
+                    else:
+                        elems *= size[t] // gmap.get(t, 1) // (F if t == fcls else 1)
+                smem += elems * (4 if acc else dtype_bytes)
+            if smem <= smem_budget:
+                scored.append((gs, F))
+                break
+    for gs, F in scored:
+        grid = tuple(gs) + (1,) * (3 - len(gs))
+        inputs = tuple(BlockInput(imaps[k], fmaps[k] if F > 1 else -1) for k in range(n_in))
+        for omaps in _omaps(tensor_dims, sinks, axis_classes, gs):
+            yield BlockGraph(
+                (grid[0], grid[1], grid[2]),
+                F,
+                inputs,
+                tuple(ops),
+                tuple(BlockOutput(s, o) for s, o in zip(sinks, omaps, strict=True)),
+            )
+
+
+def _omaps(
+    tensor_dims: list[list[Any]],
+    sinks: Sequence[int],
+    axis_classes: tuple[Any, ...],
+    gs: tuple[int, ...],
+) -> Iterator[tuple[tuple[int, int, int], ...]]:
+    per_sink = []
+    for s in sinks:
+        ds = tensor_dims[s]
+        forced = [ds.index(c) if c in ds else None for c in axis_classes]
+        free = [a for a, f in enumerate(forced) if f is None and gs[a] > 1]
+        taken = {f for f in forced if f is not None}
+        options = []
+        avail = [j for j in range(len(ds)) if j not in taken]
+        for choice in itertools.permutations(avail, len(free)):
+            om = list(forced)
+            for a, j in zip(free, choice, strict=True):
+                om[a] = j
+            full = [(-1 if (o is None or gs[a] == 1) else o) for a, o in enumerate(om)]
+            full += [-1] * (3 - len(full))
+            options.append((full[0], full[1], full[2]))
+        if not options:
+            return
+        per_sink.append(options)
+    yield from itertools.product(*per_sink)

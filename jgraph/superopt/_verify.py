@@ -1,0 +1,202 @@
+"""Probabilistic equivalence verification of μGraphs (spec §b.3).
+
+A candidate passes when, for ``tests`` independent draws of uniform random
+inputs over ``Z_p × Z_q`` (fresh primes per test by default, ``q ≈ 2^25``), its
+outputs equal the reference program's outputs element-wise under some
+permutation of outputs with equal shapes, both computed by the same
+`evaluate` over `ModRing` (the exact block schedule). Equivalent μGraphs always
+pass; for exp-free parts a wrong one passes one test with probability at most
+about ``2d/p`` (Schwartz-Zippel, ``d`` the degree), far below 1e-6 here. Parts with
+exp rely on the ITCS'26 analysis (perfect completeness; soundness w.h.p. under a
+conjecture). silu/gelu/relu/pow/max are keyed random functions, so equalities
+that need their real meaning are not provable (they fail, never pass wrongly).
+
+Survivors then face a float screen: the candidate at float32 and at float16
+(float32 accumulation) against the float64 reference on normal inputs; it must
+stay finite wherever the reference program at that precision does, and its
+error may not exceed ``4×`` the reference program's error at that precision
+plus a floor. This rejects numerically unstable rewrites.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import time
+from typing import Literal
+
+import numpy as np
+
+from jgraph.core import check_choice, check_int
+from jgraph.superopt._interp import evaluate
+from jgraph.superopt._ir import KernelGraph
+from jgraph.superopt._ring import (
+    MIRAGE_PRIMES,
+    FieldZeroDivisionError,
+    FloatRing,
+    ModRing,
+    ModT,
+    NonLaxError,
+    safe_prime_pairs,
+)
+
+__all__ = ["Verdict", "Verifier", "VerifyConfig"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VerifyConfig:
+    """How candidates are verified.
+
+    Attributes:
+        tests: independent random tests per candidate (>= 1; 3 by default).
+        primes: ``"large"`` (q ≈ 2^25, a fresh pair per test) or ``"mirage"``
+            ((p, q) = (167, 83), Mirage's arithmetic, for comparison only).
+        inputs: ``"random"`` uniform field inputs, or ``"counter"`` (Mirage's
+            deterministic ``(t·100003 + k) mod pq`` fingerprints).
+        float_screen: also run the float32/float16 screen.
+        seed: seeds the input draws and the keyed random functions.
+    """
+
+    tests: int = 3
+    primes: Literal["large", "mirage"] = "large"
+    inputs: Literal["random", "counter"] = "random"
+    float_screen: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("VerifyConfig.tests", self.tests, minimum=1, maximum=64)
+        check_choice("VerifyConfig.primes", self.primes, ("large", "mirage"))
+        check_choice("VerifyConfig.inputs", self.inputs, ("random", "counter"))
+        check_int("VerifyConfig.seed", self.seed, minimum=0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Verdict:
+    """The outcome for one candidate: ``ok``, the stage that decided and why."""
+
+    ok: bool
+    stage: Literal["field", "float32", "float16", "passed"]
+    reason: str = ""
+    permutation: tuple[int, ...] = ()
+
+
+def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    denom = max(float(np.max(np.abs(b))), 1e-30)
+    with np.errstate(invalid="ignore"):
+        return float(np.max(np.abs(a - b))) / denom
+
+
+class Verifier:
+    """Checks candidates against one reference μGraph (fingerprints computed once)."""
+
+    def __init__(self, reference: KernelGraph, config: VerifyConfig | None = None) -> None:
+        start = time.perf_counter()
+        self.reference = reference.validate()
+        self.config = config or VerifyConfig()
+        self.out_shapes = [reference.shapes[o] for o in reference.outputs]
+        self.seconds = 0.0
+        self.checked = 0
+        self._tests: list[tuple[ModRing, list[ModT], list[ModT]]] = []
+        self._lax = True
+        rng = np.random.default_rng(self.config.seed)
+        pairs = (
+            [MIRAGE_PRIMES] * self.config.tests
+            if self.config.primes == "mirage"
+            else safe_prime_pairs(2**25 + 7919 * self.config.seed, self.config.tests)
+        )
+        in_shapes = [s.shape for s in reference.inputs]
+        for t, (p, q) in enumerate(pairs):
+            ring = ModRing(p, q, key=self.config.seed * 1000 + t)
+            for attempt in range(8):
+                if self.config.inputs == "counter":
+                    ins = [
+                        ring.counter(s, (k + t) * 100003 + attempt) for k, s in enumerate(in_shapes)
+                    ]
+                else:
+                    ins = [ring.random(s, rng) for s in in_shapes]
+                try:
+                    outs = evaluate(reference, ins, ring)
+                except FieldZeroDivisionError:
+                    continue
+                except NonLaxError:
+                    self._lax = False
+                    break
+                self._tests.append((ring, ins, outs))
+                break
+        self._float_inputs = [rng.standard_normal(s) for s in in_shapes]
+        self._float_ref = evaluate(reference, self._float_inputs, FloatRing())
+        self._ref_err: dict[str, tuple[float, bool]] = {}
+        # about what one check costs (the reference's own fingerprints and float run)
+        self.setup_seconds = time.perf_counter() - start
+
+    def _field(self, cand: KernelGraph) -> Verdict:
+        if not self._lax:
+            return Verdict(ok=False, stage="field", reason="reference is not LAX")
+        shapes = [cand.shapes[o] for o in cand.outputs]
+        if sorted(shapes) != sorted(self.out_shapes):
+            return Verdict(ok=False, stage="field", reason=f"output shapes {shapes}")
+        perms = [
+            p
+            for p in itertools.permutations(range(len(shapes)))
+            if all(shapes[p[i]] == s for i, s in enumerate(self.out_shapes))
+        ]
+        for ring, ins, ref in self._tests:
+            try:
+                outs = evaluate(cand, ins, ring)
+            except NonLaxError:
+                return Verdict(ok=False, stage="field", reason="non-LAX (exp of exp)")
+            except FieldZeroDivisionError:
+                return Verdict(ok=False, stage="field", reason="division by zero")
+            perms = [p for p in perms if all(ring.equal(outs[p[i]], r) for i, r in enumerate(ref))]
+            if not perms:
+                return Verdict(ok=False, stage="field", reason="outputs differ")
+        return Verdict(ok=True, stage="field", permutation=perms[0])
+
+    def _screen(self, cand: KernelGraph, perm: tuple[int, ...]) -> Verdict:
+        for name, ring in (
+            ("float32", FloatRing(np.float32, np.float32)),
+            ("float16", FloatRing(np.float16, np.float32)),
+        ):
+            ins = [ring.from_numpy(x) for x in self._float_inputs]
+            if name not in self._ref_err:
+                ref = evaluate(self.reference, ins, ring)
+                errs = [_rel_err(a, b) for a, b in zip(ref, self._float_ref, strict=True)]
+                finite = all(bool(np.all(np.isfinite(a))) for a in ref)
+                self._ref_err[name] = (max(errs), finite)
+            ref_err, ref_finite = self._ref_err[name]
+            outs = evaluate(cand, ins, ring)
+            outs = [outs[perm[i]] for i in range(len(self._float_ref))]
+            if ref_finite and not all(bool(np.all(np.isfinite(o))) for o in outs):
+                return Verdict(ok=False, stage=name, reason="overflow (non-finite outputs)")
+            err = max(_rel_err(a, b) for a, b in zip(outs, self._float_ref, strict=True))
+            floor = 1e-5 if name == "float32" else 1e-2
+            if ref_finite and not err <= 4 * ref_err + floor:
+                return Verdict(
+                    ok=False, stage=name, reason=f"error {err:.3g} vs reference {ref_err:.3g}"
+                )
+        return Verdict(ok=True, stage="passed", permutation=perm)
+
+    def check(self, cand: KernelGraph) -> Verdict:
+        """Verifies one candidate: the field tests, then (if enabled) the float screen.
+
+        Example:
+            >>> from jgraph.superopt._programs import get_program
+            >>> prog = get_program("rmsnorm_linear", scale=16)
+            >>> Verifier(prog.graph).check(prog.graph).ok
+            True
+        """
+        start = time.perf_counter()
+        try:
+            verdict = self._field(cand)
+            if verdict.ok and self.config.float_screen:
+                verdict = self._screen(cand, verdict.permutation)
+            elif verdict.ok:
+                verdict = dataclasses.replace(verdict, stage="passed")
+            return verdict
+        finally:
+            self.checked += 1
+            self.seconds += time.perf_counter() - start

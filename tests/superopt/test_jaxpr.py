@@ -1,0 +1,65 @@
+"""The JAX frontend: jaxpr capture, unsupported primitives, the callable result."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jgraph.core import ConfigError
+from jgraph.superopt import (
+    PROGRAMS,
+    SearchConfig,
+    Verifier,
+    VerifyConfig,
+    capture,
+    get_program,
+    superoptimize,
+)
+from jgraph.testing import Tolerance, assert_no_recompile, assert_trees_close, tolerance
+
+
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_captured_programs_are_equivalent_to_the_builder_programs(name):
+    prog = get_program(name, scale=16)
+    graph = capture(prog.fn, *[jnp.zeros(s, jnp.float16) for s in prog.shapes])
+    assert [s.shape for s in graph.inputs] == list(prog.shapes)
+    assert graph.inputs[0].dtype == "float16"
+    assert Verifier(prog.graph, VerifyConfig(float_screen=False)).check(graph).ok
+
+
+def test_captured_program_is_not_equivalent_to_a_different_one():
+    prog = get_program("rmsnorm_linear", scale=16)
+    other = capture(lambda x, w: x @ w, *[jnp.zeros(s) for s in prog.shapes])
+    assert not Verifier(prog.graph, VerifyConfig(float_screen=False)).check(other).ok
+
+
+def test_unsupported_primitive_names_it_and_lists_the_supported_ones():
+    with pytest.raises(
+        ConfigError, match=r"primitive 'tanh' is not supported.*dot_general.*reduce_sum"
+    ):
+        capture(lambda x: jnp.tanh(x), jnp.ones((2, 2)))
+    with pytest.raises(ConfigError, match=r"integer_pow\(y=3\)"):
+        capture(lambda x: x**3, jnp.ones((2, 2)))
+
+
+def test_superoptimize_returns_a_callable_verified_result():
+    def f(x, w):
+        return jnp.exp(x) @ w
+
+    x, w = jnp.ones((8, 64), jnp.float32), jnp.ones((64, 32), jnp.float32)
+    res = superoptimize(f, x, w, config=SearchConfig(time_limit_s=60, max_kernel_ops=1))
+    assert all(c.verdict.ok for c in res.candidates)
+    key = jax.random.key(0)
+    xs = jax.random.normal(key, (8, 64)) * 0.3
+    ws = jax.random.normal(jax.random.fold_in(key, 1), (64, 32))
+    out = res(xs, ws)[0]
+    jax.block_until_ready(out)
+    want = np.asarray(f(xs, ws), np.float64)
+    # f32 sums of 64 terms: the table's f32 atol scaled by K·max|out| (gamma_K bound)
+    tol = Tolerance(
+        rtol=tolerance("forward", np.float32).rtol, atol=64 * 1.2e-7 * float(np.abs(want).max())
+    )
+    assert_trees_close(np.asarray(out), want, tol=tol)
+    xs2 = jax.block_until_ready(xs * 2)
+    with assert_no_recompile("superoptimize result"):
+        jax.block_until_ready(res(xs2, ws))

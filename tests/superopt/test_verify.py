@@ -1,0 +1,89 @@
+"""The verifier: completeness on equivalent μGraphs, soundness on mutants, the float screen."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from jgraph.core import ConfigError
+from jgraph.superopt import (
+    HANDWRITTEN,
+    Verifier,
+    VerifyConfig,
+    get_program,
+    handwritten,
+    mutants,
+)
+
+
+def _prog(kind):
+    return get_program("gqa" if kind.startswith("gqa") else kind, scale=16)
+
+
+@pytest.mark.parametrize("kind", HANDWRITTEN)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_equivalent_mugraphs_always_pass_the_field_test(kind, seed):
+    prog = _prog(kind)
+    v = Verifier(prog.graph, VerifyConfig(seed=seed, float_screen=False))
+    verdict = v.check(handwritten(kind, prog))
+    assert verdict.ok, verdict
+
+
+@pytest.mark.parametrize("kind", ["rmsnorm_linear", "gated_mlp", "lora", "gqa", "ntrans"])
+def test_mutants_are_rejected_at_large_primes(kind):
+    prog = _prog(kind)
+    corpus = mutants(prog.graph, handwritten(kind, prog), limit=40, seed=1)
+    assert len(corpus) >= 20
+    v = Verifier(prog.graph, VerifyConfig(float_screen=False))
+    accepted = [m for m in corpus if v.check(m).ok]
+    assert accepted == []
+
+
+def test_mutant_corpus_only_holds_wrong_mugraphs():
+    from jgraph.superopt import evaluate
+
+    prog = _prog("rmsnorm_linear")
+    xs = [np.random.default_rng(9).standard_normal(s) for s in prog.shapes]
+    ref = evaluate(prog.graph, xs)[0]
+    for m in mutants(prog.graph, handwritten("rmsnorm_linear", prog), limit=15, seed=2):
+        assert not np.allclose(evaluate(m, xs)[0], ref)
+
+
+def test_output_permutations_are_matched():
+    prog = _prog("gqa")
+    g = handwritten("gqa", prog)
+    # a μGraph with two outputs checked against itself in swapped order
+    two = dataclasses.replace(g, outputs=(3, 4))
+    swapped = dataclasses.replace(g, outputs=(4, 3))
+    verdict = Verifier(two, VerifyConfig(float_screen=False)).check(swapped)
+    assert verdict.ok
+    assert verdict.permutation == (1, 0)
+
+
+def test_float_screen_rejects_exp_without_max_subtraction_in_fp16():
+    # Split-KV attention moves the softmax division after the PV matmul: the
+    # unnormalized partial sums overflow float16 while the reference does not.
+    prog = get_program("gqa", scale=16)
+    v = Verifier(prog.graph)
+    naive = v.check(handwritten("gqa", prog))
+    assert not naive.ok
+    assert naive.stage == "float16"
+    assert "overflow" in naive.reason
+    # the online-softmax μGraph (running max, rescaling accumulator) passes
+    assert v.check(handwritten("gqa_online_softmax", prog)).ok
+    # and the same split-KV μGraph is exact over the field
+    assert Verifier(prog.graph, VerifyConfig(float_screen=False)).check(handwritten("gqa", prog)).ok
+
+
+def test_mirage_compat_mode_and_counter_inputs_run():
+    prog = _prog("rmsnorm_linear")
+    good = handwritten("rmsnorm_linear", prog)
+    for cfg in (VerifyConfig(primes="mirage", tests=1), VerifyConfig(inputs="counter", tests=1)):
+        assert Verifier(prog.graph, cfg).check(good).ok
+
+
+def test_verify_config_validates():
+    with pytest.raises(ConfigError, match=r"VerifyConfig.tests=0: must be >= 1"):
+        VerifyConfig(tests=0)
+    with pytest.raises(ConfigError, match=r"VerifyConfig\.primes='small'"):
+        VerifyConfig(primes="small")
