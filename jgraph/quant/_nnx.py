@@ -19,7 +19,6 @@ Linen one: every Conv and Linear except the first Conv and the last Linear.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import jax
@@ -27,11 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jgraph.core import config_error
 from jgraph.quant._config import DGMSConfig
 from jgraph.quant._gmm import codebook, hard_indices, hard_weights, soft_weights
 from jgraph.quant._harden import Hardened
 from jgraph.quant._kmeans import init_mixture
+from jgraph.quant._select import choose_layers
 
 __all__ = ["DGMSLayer", "MixtureParam", "dgms_nnx", "harden_nnx"]
 
@@ -168,29 +167,7 @@ def dgms_nnx(
     jax.eval_shape(lambda s: nnx.merge(graphdef, s)(*sample_args), state)
     names = order + [n for n in found if n not in order]
     kinds = [found[n][1] for n in names]
-    if config.layers is None:
-        convs = [n for n, k in zip(names, kinds, strict=True) if k == "conv"]
-        denses = [n for n, k in zip(names, kinds, strict=True) if k == "dense"]
-        skip = set((convs[:1] or denses[:1]) + denses[-1:])
-        chosen = [n not in skip for n in names]
-    else:
-        chosen = [re.search(config.layers, n) is not None for n in names]
-    if config.exclude is not None:
-        chosen = [
-            c and re.search(config.exclude, n) is None for c, n in zip(chosen, names, strict=True)
-        ]
-    if not any(chosen):
-        listing = ", ".join(f"{n} ({k})" for n, k in zip(names, kinds, strict=True)) or "none"
-        raise config_error(
-            "DGMSConfig.layers"
-            if config.layers is not None or config.exclude is None
-            else "DGMSConfig.exclude",
-            config.layers
-            if config.layers is not None or config.exclude is None
-            else config.exclude,
-            f"selects no layer to quantize; the model's Conv/Linear layers are: {listing}",
-            "pass a regex that matches one of those module paths",
-        )
+    chosen = choose_layers(names, kinds, config, family="Conv/Linear")
     for i, (name, c) in enumerate(zip(names, chosen, strict=True)):
         if not c:
             continue

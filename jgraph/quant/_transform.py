@@ -23,7 +23,6 @@ Data flow:
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
@@ -35,6 +34,7 @@ from jgraph.core import config_error
 from jgraph.quant._config import MIXTURE, DGMSConfig
 from jgraph.quant._gmm import hard_weights, soft_weights
 from jgraph.quant._kmeans import init_mixture
+from jgraph.quant._select import choose_layers
 
 __all__ = ["DGMS", "Layer", "dgms", "iter_mixtures", "select_layers"]
 
@@ -138,35 +138,7 @@ def select_layers(
             continue  # a layer without a kernel of its own (e.g. a shared/lifted one)
         found.append((path, kind, tuple(kernel.shape)))
     names = ["/".join(p) for p, _, _ in found]
-    if config.layers is None:
-        convs = [i for i, (_, k, _) in enumerate(found) if k == "conv"]
-        denses = [i for i, (_, k, _) in enumerate(found) if k == "dense"]
-        # The first layer is the first Conv; a model without Conv (an MLP)
-        # keeps its first Dense in full precision instead.
-        first = convs[:1] or denses[:1]
-        skip = set(first + denses[-1:])
-        chosen = [i not in skip for i in range(len(found))]
-    else:
-        chosen = [re.search(config.layers, n) is not None for n in names]
-    if config.exclude is not None:
-        chosen = [
-            c and re.search(config.exclude, n) is None for c, n in zip(chosen, names, strict=True)
-        ]
-    if not any(chosen):
-        listing = (
-            ", ".join(f"{n} ({k})" for n, (_, k, _) in zip(names, found, strict=True)) or "none"
-        )
-        field, value = (
-            ("DGMSConfig.layers", config.layers)
-            if config.layers is not None or config.exclude is None
-            else ("DGMSConfig.exclude", config.exclude)
-        )
-        raise config_error(
-            field,
-            value,
-            f"selects no layer to quantize; the model's Conv/Dense layers are: {listing}",
-            "pass a regex that matches one of those module paths",
-        )
+    chosen = choose_layers(names, [k for _, k, _ in found], config, family="Conv/Dense")
     return tuple(
         Layer(path=p, kind=k, shape=s, selected=c)
         for (p, k, s), c in zip(found, chosen, strict=True)
