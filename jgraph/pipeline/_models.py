@@ -18,6 +18,8 @@ to the code; the heads are small next to the branches.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from jgraph.core import check_int
 from jgraph.pipeline._graph import ModelGraph, Node
 
@@ -102,6 +104,17 @@ def embedding_bag(name: str, inp: str, *, rows: int, dim: int, bag: int) -> Node
     )
 
 
+def _chain(
+    nodes: list[Node], source: str, names: Iterable[str], make: Callable[[str, str], Node]
+) -> str:
+    """Appends ``make(name, previous)`` for each name, fed from ``source``; returns the tail."""
+    prev = source
+    for cur in names:
+        nodes.append(make(cur, prev))
+        prev = cur
+    return prev
+
+
 def concat(name: str, inputs: tuple[str, ...], out_elements: float) -> Node:
     return Node(
         name=name,
@@ -128,14 +141,13 @@ def mmt(
     check_int("mmt.layers", layers, minimum=1)
     nodes: list[Node] = []
     tails = []
+
+    def layer(cur: str, prev: str) -> Node:
+        return transformer_layer(cur, prev, seq=seq, hidden=hidden, heads=heads, ffn=ffn)
+
     for br in range(branches):
-        prev = f"in{br}"
-        nodes.append(_input(prev, seq * hidden))
-        for li in range(layers):
-            cur = f"b{br}.layer{li}"
-            nodes.append(transformer_layer(cur, prev, seq=seq, hidden=hidden, heads=heads, ffn=ffn))
-            prev = cur
-        tails.append(prev)
+        nodes.append(_input(f"in{br}", seq * hidden))
+        tails.append(_chain(nodes, f"in{br}", (f"b{br}.layer{li}" for li in range(layers)), layer))
     nodes.append(concat("concat", tuple(tails), branches * seq * hidden))
     nodes.append(ff_layer("head", ("concat",), branches * hidden, hidden, tokens=seq))
     return ModelGraph(name=name, nodes=tuple(nodes))
@@ -147,11 +159,14 @@ def sequential_transformer(
     """A chain of Transformer layers with the MMT layer config (the parity check)."""
     check_int("sequential_transformer.layers", layers, minimum=1)
     nodes = [_input("in", seq * hidden)]
-    prev = "in"
-    for li in range(layers):
-        cur = f"layer{li}"
-        nodes.append(transformer_layer(cur, prev, seq=seq, hidden=hidden, heads=heads, ffn=ffn))
-        prev = cur
+    prev = _chain(
+        nodes,
+        "in",
+        (f"layer{li}" for li in range(layers)),
+        lambda cur, prev: transformer_layer(
+            cur, prev, seq=seq, hidden=hidden, heads=heads, ffn=ffn
+        ),
+    )
     nodes.append(ff_layer("head", (prev,), hidden, hidden, tokens=seq))
     return ModelGraph(name="transformer", nodes=tuple(nodes))
 
@@ -169,14 +184,13 @@ def synthetic_branches(
     check_int("synthetic_branches.layers", layers, minimum=1)
     nodes: list[Node] = []
     tails = []
+
+    def ff(cur: str, prev: str) -> Node:
+        return ff_layer(cur, (prev,), hidden, hidden)
+
     for br in range(branches):
-        prev = f"in{br}"
-        nodes.append(_input(prev, hidden))
-        for li in range(layers):
-            cur = f"b{br}.ff{li}"
-            nodes.append(ff_layer(cur, (prev,), hidden, hidden))
-            prev = cur
-        tails.append(prev)
+        nodes.append(_input(f"in{br}", hidden))
+        tails.append(_chain(nodes, f"in{br}", (f"b{br}.ff{li}" for li in range(layers)), ff))
     nodes.append(concat("concat", tuple(tails), branches * hidden))
     nodes.append(ff_layer("head0", ("concat",), branches * hidden, hidden))
     nodes.append(ff_layer("head1", ("head0",), hidden, hidden))
@@ -201,14 +215,14 @@ def dlrm(
     check_int("dlrm.sparse_branches", sparse_branches, minimum=0)
     nodes: list[Node] = []
     tails = []
+
+    def ff(cur: str, prev: str) -> Node:
+        return ff_layer(cur, (prev,), hidden, hidden)
+
     for br in range(dense_branches):
-        prev = f"dense_in{br}"
-        nodes.append(_input(prev, hidden))
-        for li in range(layers):
-            cur = f"d{br}.ff{li}"
-            nodes.append(ff_layer(cur, (prev,), hidden, hidden))
-            prev = cur
-        tails.append(prev)
+        src = f"dense_in{br}"
+        nodes.append(_input(src, hidden))
+        tails.append(_chain(nodes, src, (f"d{br}.ff{li}" for li in range(layers)), ff))
     for br in range(sparse_branches):
         idx = f"sparse_in{br}"
         # Indices are int64: 2 "float32 elements" each.
