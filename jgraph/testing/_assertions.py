@@ -43,13 +43,13 @@ def max_errors(actual: Any, expected: Any) -> tuple[float, float]:
     return float(diff.max()), float(rel.max())
 
 
-def _leaf_ok(a: np.ndarray, e: np.ndarray, tol: Tolerance) -> bool:
-    if tol.exact:
-        return bool(np.array_equal(a, e, equal_nan=a.dtype.kind == "f"))
+def _within(a: np.ndarray, e: np.ndarray, tol: Tolerance) -> np.ndarray:
+    """Elementwise: within ``tol`` (bit-equal when exact), NaN matching only NaN."""
     a64, e64 = a.astype(np.float64), e.astype(np.float64)
     both_nan = np.isnan(a64) & np.isnan(e64)
-    ok = np.abs(a64 - e64) <= tol.atol + tol.rtol * np.abs(e64)
-    return bool(np.all(ok | both_nan))
+    if tol.exact:
+        return (a == e) | both_nan
+    return (np.abs(a64 - e64) <= tol.atol + tol.rtol * np.abs(e64)) | both_nan
 
 
 def assert_trees_close(
@@ -95,28 +95,15 @@ def assert_trees_close(
         if a.shape != e.shape:
             failures.append(f"{name}: shape {a.shape} != expected {e.shape}")
             continue
-        leaf_tol = tol or tolerance(kind, _lowest_precision(a, e))
-        if not _leaf_ok(a, e, leaf_tol):
+        dtype = _lowest_precision(a, e)
+        leaf_tol = tol or tolerance(kind, dtype)
+        within = _within(a, e, leaf_tol)
+        if not within.all():
             abs_err, rel_err = max_errors(a, e)
-            bad = (
-                int(
-                    np.sum(
-                        ~np.isclose(
-                            a.astype(np.float64),
-                            e.astype(np.float64),
-                            rtol=leaf_tol.rtol,
-                            atol=leaf_tol.atol,
-                            equal_nan=True,
-                        )
-                    )
-                )
-                if a.size
-                else 0
-            )
             failures.append(
                 f"{name}: max abs err {abs_err:.3e}, max rel err {rel_err:.3e} "
-                f"({bad}/{a.size} elements out of tolerance; {kind} tolerance for "
-                f"{_lowest_precision(a, e)}: {leaf_tol})"
+                f"({int((~within).sum())}/{a.size} elements out of tolerance; {kind} tolerance "
+                f"for {dtype}: {leaf_tol})"
             )
     if failures:
         raise AssertionError(prefix + "trees differ:\n  " + "\n  ".join(failures))
