@@ -181,10 +181,14 @@ def plan_pipeline(
         bound = best.iteration_s if best is not None else float("inf")
         for stages, degrees in make(b, bound) if planner == "graphpipe" else make(b):
             degrees = fill_leftover_devices(cm, stages, degrees, micro_batch=b, batch=batch)
-            plan, _ = assemble_plan(
+            got = assemble_plan(
                 cm, stages, degrees, micro_batch=b, batch=batch, planner=planner,
                 order_edges=added, chain=planner != "graphpipe",
+                bound_s=best.iteration_s if best is not None else float("inf"),
             )  # fmt: skip
+            if got is None:
+                continue  # its lower bound already loses to the best plan
+            plan, _ = got
             if plan.max_memory_bytes > cluster.memory_bytes * (1 + 1e-9):
                 log.debug("%s b=%d candidate over memory after assembly; dropped", planner, b)
                 continue

@@ -58,49 +58,6 @@ def _degrees(b: int, devices: int) -> list[int]:
     return out
 
 
-def _stage_arrays(cm: CostModel, sets: np.ndarray, b: int, batch: int, degrees: list[int]):
-    """Vectorised stage costs for boolean membership rows ``sets`` [k, n].
-
-    Returns (tps [k, len(degrees)], static [k, nd], act_per_mb [k, nd], workspace [k, nd]).
-    """
-    n = len(cm.nodes)
-    adj = np.zeros((n, n))
-    for v, ps in enumerate(cm.preds):
-        for u in ps:
-            adj[u, v] = 1.0
-    S = sets.astype(np.float64)
-    succ_in = S @ adj.T  # [k, u]: consumers of u inside the set
-    outdeg = adj.sum(axis=1)
-    in_mask = (succ_in > 0) & ~sets  # outside producers feeding the set
-    out_edges = S * (outdeg[None, :] - succ_in)  # edges leaving the set, per producer
-    alpha, bw = cm.cluster.link(cm._multi_node)
-    params = S @ cm.param
-    k = sets.shape[0]
-    tps = np.empty((k, len(degrees)))
-    static = np.repeat(
-        (params * cm.config.optimizer_bytes_per_param_byte)[:, None], len(degrees), 1
-    )
-    act = np.empty((k, len(degrees)))
-    work = np.empty((k, len(degrees)))
-    outmax = (S * cm.out[None, :]).max(axis=1)
-    for t, d in enumerate(degrees):
-        x = b // d
-        f, g = cm.node_times(x)
-        msg = np.where(cm.out > 0, alpha + cm.out * x / bw, 0.0)
-        c_in = in_mask.astype(np.float64) @ msg
-        c_out = out_edges @ msg
-        comp_f, comp_b = S @ f, S @ g
-        if cm.config.overlap_comm:
-            per_mb = np.maximum(comp_f, c_in) + np.maximum(comp_b, c_out)
-        else:
-            per_mb = comp_f + comp_b + c_in + c_out
-        ar = np.array([cm.allreduce_s(p, d) for p in params])
-        tps[:, t] = per_mb / b + ar / batch
-        act[:, t] = x * (S @ cm.act)
-        work[:, t] = 2.0 * x * outmax
-    return tps, static, act, work
-
-
 def _chain_dp(
     cm: CostModel,
     prefixes: list[np.ndarray],
@@ -138,7 +95,7 @@ def _chain_dp(
         qs, masks = pairs[p]
         if len(qs) == 0:
             continue
-        tps, static, act, work = _stage_arrays(cm, masks, b, batch, degrees)
+        tps, static, act, work = cm.stage_arrays(masks, micro_batch=b, batch=batch, degrees=degrees)
         up = f[qs][:, nxt, :]  # [pairs, l, m]: earlier stages see this stage's depth
         best = np.full((K + 1, D + 1), INF)
         bq = np.full((K + 1, D + 1), -1, dtype=np.int64)

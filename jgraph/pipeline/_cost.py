@@ -208,6 +208,61 @@ class CostModel:
             workspace_bytes=2.0 * x * float(self.out[idx].max(initial=0.0)),
         )
 
+    @functools.cached_property
+    def adjacency(self) -> np.ndarray:
+        """``adj[u, v] = 1`` for every edge ``u -> v`` (float, for matrix products)."""
+        adj = np.zeros((len(self.nodes), len(self.nodes)))
+        for v, ps in enumerate(self.preds):
+            adj[ps, v] = 1.0
+        return adj
+
+    def stage_arrays(
+        self, sets: np.ndarray, *, micro_batch: int, batch: int, degrees: list[int]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """`stage_cost_from_sums` for many stages at once (each on the slow link when multi-node).
+
+        Args:
+            sets: boolean membership rows, ``[k, nodes]``.
+            micro_batch: ``b``; each stage runs ``b / d`` samples per device.
+            batch: mini-batch size (amortises the all-reduce).
+            degrees: data-parallel degrees ``d`` to price (each divides ``b``).
+
+        Returns:
+            ``(tps, static_bytes, activation_bytes_per_mb, workspace_bytes)``, each ``[k, len(degrees)]``.
+        """
+        adj = self.adjacency
+        S = sets.astype(np.float64)
+        succ_in = S @ adj.T  # [k, u]: consumers of u inside the set
+        in_mask = ((succ_in > 0) & ~sets).astype(np.float64)  # outside producers feeding the set
+        out_edges = S * (adj.sum(axis=1)[None, :] - succ_in)  # edges leaving the set, per producer
+        alpha, bw = self.cluster.link(self._multi_node)
+        params = S @ self.param
+        k, nd = sets.shape[0], len(degrees)
+        tps, act, work = np.empty((k, nd)), np.empty((k, nd)), np.empty((k, nd))
+        static = np.repeat((params * self.config.optimizer_bytes_per_param_byte)[:, None], nd, 1)
+        outmax = (S * self.out[None, :]).max(axis=1, initial=0.0)
+        act_sum = S @ self.act
+        for t, d in enumerate(degrees):
+            x = micro_batch // d
+            f, g = self.node_times(x)
+            msg = np.where(self.out > 0, alpha + self.out * x / bw, 0.0)
+            c_in, c_out = in_mask @ msg, out_edges @ msg
+            comp_f, comp_b = S @ f, S @ g
+            if self.config.overlap_comm:
+                per_mb = np.maximum(comp_f, c_in) + np.maximum(comp_b, c_out)
+            else:
+                per_mb = comp_f + comp_b + c_in + c_out
+            if d > 1:  # `allreduce_s`, vectorised over the stages
+                a_ar, bw_ar = self.cluster.link(d > self.cluster.devices_per_node)
+                ring = 2 * (d - 1) * a_ar + 2 * (d - 1) / d * params / bw_ar
+                ar = np.where(params > 0, ring, 0.0)
+            else:
+                ar = np.zeros(k)
+            tps[:, t] = per_mb / micro_batch + ar / batch
+            act[:, t] = x * act_sum
+            work[:, t] = 2.0 * x * outmax
+        return tps, static, act, work
+
     def min_tps_per_sample(self, ids: Iterable[int], max_per_device: int) -> float:
         """Lower bound on device-seconds per sample of these nodes (best micro-batch, no comm)."""
         idx = np.asarray(list(ids), dtype=np.int64)

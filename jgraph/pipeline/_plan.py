@@ -17,7 +17,7 @@ from typing import Any
 from jgraph.core import ConfigError
 from jgraph.pipeline._cost import CostModel, StageCost
 from jgraph.pipeline._schedule import Schedule, _topo, make_schedule
-from jgraph.pipeline._simulate import SimResult, simulate
+from jgraph.pipeline._simulate import SimResult, iteration_lower_bound, simulate
 
 __all__ = ["SCHEMA_VERSION", "Stage", "StagePlan", "assemble_plan"]
 
@@ -230,7 +230,8 @@ def assemble_plan(
     order_edges: Sequence[tuple[int, int]] = (),
     chain: bool = False,
     search_s: float = 0.0,
-) -> tuple[StagePlan, SimResult]:
+    bound_s: float = float("inf"),
+) -> tuple[StagePlan, SimResult] | None:
     """Builds, places, schedules and simulates a plan from node-index groups.
 
     Args:
@@ -245,9 +246,11 @@ def assemble_plan(
             given order, as PipeDream/Piper/GPipe runtimes execute it, whatever
             the data dependencies.
         search_s: planner wall time to record.
+        bound_s: skip scheduling and simulating when `iteration_lower_bound`
+            shows the plan cannot finish an iteration faster than this.
 
     Returns:
-        ``(plan, simulation)``.
+        ``(plan, simulation)``, or None when the bound rules the plan out.
     """
     names = cm.graph.topological_order
     owner: dict[int, int] = {}
@@ -325,6 +328,10 @@ def assemble_plan(
         costs.append(c)
 
     m = batch // micro_batch
+    if bound_s < float("inf"):
+        fwd, bwd, ar = ([getattr(c, f) for c in costs] for f in ("fwd_s", "bwd_s", "allreduce_s"))
+        if iteration_lower_bound(succs, fwd, bwd, m, ar) > bound_s:
+            return None
     schedule = make_schedule(cm.config.schedule, succs, m)
     sim = simulate(
         schedule,

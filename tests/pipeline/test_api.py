@@ -100,3 +100,23 @@ def test_bad_arguments():
         ConfigError, match=r"micro_batch_sizes=\[3\]: must divide the mini-batch size 8"
     ):
         plan_pipeline(g, ClusterConfig(), PlannerConfig(micro_batch_sizes=(3,)), batch=8)
+
+
+@pytest.mark.parametrize("planner", ["graphpipe", "pipedream"])
+def test_lower_bound_pruning_keeps_the_best_plan(monkeypatch, planner):
+    import jgraph.pipeline._plan as plan_module
+    from jgraph.pipeline import sequential_transformer
+
+    graph, cluster = sequential_transformer(layers=8), ClusterConfig(num_devices=8)
+    pruned = plan_pipeline(graph, cluster, batch=64, planner=planner)
+    calls = []
+
+    def no_bound(*args, **kwargs):
+        calls.append(1)
+        return 0.0
+
+    monkeypatch.setattr(plan_module, "iteration_lower_bound", no_bound)
+    full = plan_pipeline(graph, cluster, batch=64, planner=planner)
+    assert calls, "the bound was never consulted"
+    assert pruned.iteration_s == full.iteration_s
+    assert [s.nodes for s in pruned.stages] == [s.nodes for s in full.stages]

@@ -93,3 +93,25 @@ def test_planner_config_validation():
         PlannerConfig(micro_batch_sizes=[4])
     with pytest.raises(ConfigError, match=r"PlannerConfig.rerank_top=0"):
         PlannerConfig(rerank_top=0)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_vectorised_stage_arrays_equal_the_scalar_costs(overlap):
+    import numpy as np
+
+    from jgraph.pipeline import dlrm
+
+    # DLRM spans two nodes at 8 devices: slow links, multi-node all-reduces.
+    cm = CostModel(dlrm(), ClusterConfig(num_devices=8), PlannerConfig(overlap_comm=overlap))
+    rng = np.random.default_rng(0)
+    sets = rng.random((20, len(cm.nodes))) < 0.3
+    sets[0] = True  # the whole graph: no cut at all
+    degrees = [1, 2, 4, 8]
+    arrays = cm.stage_arrays(sets, micro_batch=16, batch=128, degrees=degrees)
+    for r in range(len(sets)):
+        ids = np.nonzero(sets[r])[0].tolist()
+        for t, d in enumerate(degrees):
+            c = cm.stage_cost(ids, devices=d, micro_batch=16, batch=128)
+            want = (c.tps, c.static_bytes, c.activation_bytes_per_mb, c.workspace_bytes)
+            got = tuple(float(a[r, t]) for a in arrays)
+            assert got == pytest.approx(want, rel=1e-12), (r, d)

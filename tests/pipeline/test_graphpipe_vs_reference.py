@@ -127,9 +127,9 @@ CASES = [
 def test_dp_matches_brute_force(make, devices, memory, b, batch):
     cm = CostModel(make(), ClusterConfig(num_devices=devices, memory_bytes=memory), PlannerConfig())
     search = GraphPipeSearch(cm, batch=batch)
-    from jgraph.pipeline._graphpipe import _Run
+    from jgraph.pipeline._sp_tables import SPTables
 
-    run = _Run(search, b)
+    run = SPTables(search, b)
     run.solve(float("inf"))
     root = search.root
     parts = sp_partitions(run, root, 0, max(len(root.children) - 1, 0))
