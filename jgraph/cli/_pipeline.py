@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import Literal
 
 from jgraph.cli._args import EXIT_OK, positive_float, positive_int
 
 MODELS = ("mmt", "dlrm", "candle_uno", "transformer", "synthetic", "case_study")
-PLANNERS = ("graphpipe", "pipedream", "piper", "gpipe")
+PLANNERS: tuple[Literal["graphpipe", "pipedream", "piper", "gpipe"], ...] = (
+    "graphpipe",
+    "pipedream",
+    "piper",
+    "gpipe",
+)
 
 _UNITS = {
     "": 1e9,
@@ -141,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_png:
         print(f"wrote {write_plan_png(plan, args.out / f'{stem}.png')}")
     if args.compare:
-        rows = []
+        rows: list[dict[str, object]] = []
         for name in PLANNERS:
             try:
                 other = (

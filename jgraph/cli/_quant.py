@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from jgraph.cli._args import EXIT_OK, Parser, bits, positive_float, positive_int
 
@@ -81,12 +82,14 @@ def run(args: argparse.Namespace) -> int:
         dg = quant.Recipe.original(epochs=args.epochs, batch_size=args.batch_size)
     else:
         dg = quant.Recipe(epochs=args.epochs, batch_size=args.batch_size)
-    dg = dataclasses.replace(
-        dg,
-        **({"lr": args.lr} if args.lr is not None else {}),
-        **({"tau_start": args.tau_start} if args.tau_start is not None else {}),
-        **({"bn_reestimate": False} if args.no_bn_reestimate else {}),
-    )
+    overrides: dict[str, Any] = {}
+    if args.lr is not None:
+        overrides["lr"] = args.lr
+    if args.tau_start is not None:
+        overrides["tau_start"] = args.tau_start
+    if args.no_bn_reestimate:
+        overrides["bn_reestimate"] = False
+    dg = dataclasses.replace(dg, **overrides)
     config = quant.RunConfig(
         model=args.model,
         data=args.data if args.data is not None else args.dataset,

@@ -61,8 +61,11 @@ def micro_batch_candidates(batch: int, config: PlannerConfig) -> list[int]:
 
 def _candidates(
     planner: str, cm: CostModel, batch: int
-) -> tuple[Callable[[int], Candidates], Callable[[int], bool]]:
-    """(candidates for micro-batch b, does anything fit at b ignoring speed)."""
+) -> tuple[Callable[[int, float], Candidates], Callable[[int], bool]]:
+    """(candidates for micro-batch b under an iteration bound, does anything fit at b).
+
+    Only GraphPipe uses the bound (to skip bisection targets that cannot win).
+    """
     if planner == "graphpipe":
         search = GraphPipeSearch(cm, batch=batch)
 
@@ -83,7 +86,7 @@ def _candidates(
             caps.append(cap)
             cap *= 2
 
-        def pd(b: int) -> Candidates:
+        def pd(b: int, bound: float = float("inf")) -> Candidates:
             out = []
             for o in orders:
                 for c in caps:
@@ -104,13 +107,13 @@ def _candidates(
                 "raise the cap (search time and memory grow with it) or use the graphpipe planner",
             )
 
-        def pp(b: int) -> Candidates:
+        def pp(b: int, bound: float = float("inf")) -> Candidates:
             got = piper_dp(cm, b, batch, ideals)
             return [got] if got is not None else []
 
         return pp, lambda b: bool(pp(b))
 
-    def gp(b: int) -> Candidates:
+    def uniform(b: int, bound: float = float("inf")) -> Candidates:
         out = []
         s = 1
         while s <= cm.cluster.num_devices:
@@ -121,15 +124,15 @@ def _candidates(
         return out
 
     def gp_fits(b: int) -> bool:
-        for stages, degrees in gp(b):
-            plan, _ = assemble_plan(
+        for stages, degrees in uniform(b):
+            got = assemble_plan(
                 cm, stages, degrees, micro_batch=b, batch=batch, planner="gpipe", chain=True
             )
-            if plan.max_memory_bytes <= cm.cluster.memory_bytes:
+            if got is not None and got[0].max_memory_bytes <= cm.cluster.memory_bytes:
                 return True
         return False
 
-    return gp, gp_fits
+    return uniform, gp_fits
 
 
 def plan_pipeline(
@@ -179,7 +182,7 @@ def plan_pipeline(
     # GraphPipe then skips targets that cannot beat them.
     for b in sorted(micro_batch_candidates(batch, config), reverse=True):
         bound = best.iteration_s if best is not None else float("inf")
-        for stages, degrees in make(b, bound) if planner == "graphpipe" else make(b):
+        for stages, degrees in make(b, bound):
             degrees = fill_leftover_devices(cm, stages, degrees, micro_batch=b, batch=batch)
             got = assemble_plan(
                 cm, stages, degrees, micro_batch=b, batch=batch, planner=planner,

@@ -313,7 +313,7 @@ def assemble_plan(
                     cut_out.append(cm.out[v])
                     out_links.append(len(host[owner[w]] | host[i]) > 1)
         c = cm.stage_cost_from_sums(
-            members, list(cut_in.values()), cut_out, devices=degrees[i], micro_batch=micro_batch,
+            list(members), list(cut_in.values()), cut_out, devices=degrees[i], micro_batch=micro_batch,
             batch=batch, inter_node=False, in_links=[in_links[u] for u in cut_in],
             out_links=out_links,
         )  # fmt: skip

@@ -72,7 +72,8 @@ class DGMSLayer(nnx.Module):
     """
 
     def __init__(self, layer: nnx.Module, mixture: dict[str, Any], config: DGMSConfig) -> None:
-        self.layer = layer
+        # Any: a Conv/Linear/LinearGeneral, all with a ``kernel`` Param (checked by the caller).
+        self.layer: Any = layer
         self.mu = MixtureParam(jnp.asarray(mixture["mu"]))
         self.sigma = MixtureParam(jnp.asarray(mixture["sigma"]))
         self.pi = MixtureParam(jnp.asarray(mixture["pi"]))
@@ -104,7 +105,7 @@ class DGMSLayer(nnx.Module):
 
 
 def _parent_and_key(model: nnx.Module, path: tuple[Any, ...]) -> tuple[Any, Any]:
-    parent = model
+    parent: Any = model
     for p in path[:-1]:
         parent = parent[p] if isinstance(p, int) else getattr(parent, p)
     return parent, path[-1]
@@ -118,7 +119,8 @@ def _replace(model: nnx.Module, path: tuple[Any, ...], new: nnx.Module) -> None:
         setattr(parent, key, new)
 
 
-def _layers(model: nnx.Module) -> dict[str, tuple[tuple[Any, ...], str, nnx.Module]]:
+def _layers(model: nnx.Module) -> dict[str, tuple[tuple[Any, ...], str, Any]]:
+    # Any: the values are Conv/Linear/LinearGeneral layers (see `_kind`), each with a kernel.
     return {
         "/".join(map(str, path)): (tuple(path), kind, node)
         for path, node in nnx.iter_graph(model)

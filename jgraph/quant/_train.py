@@ -301,7 +301,7 @@ def train(
             f"already holds checkpoints (epoch {mngr.latest_step()})",
             "pass resume=True (--resume) to continue that run, or use a new folder (--out)",
         )
-    if mngr is not None and resume and mngr.latest_step() is not None:
+    if ckpt_dir is not None and mngr is not None and resume and mngr.latest_step() is not None:
         import orbax.checkpoint as ocp
 
         saved = json.loads((ckpt_dir / "history.json").read_text())
@@ -352,7 +352,7 @@ def train(
             history[-1]["loss"],
             acc,
         )
-        if mngr is not None:
+        if mngr is not None and ckpt_dir is not None:
             import orbax.checkpoint as ocp
 
             mngr.save(epoch + 1, args=ocp.args.StandardSave(state))

@@ -84,7 +84,7 @@ def assert_trees_close(
     prefix = f"{err_msg}: " if err_msg else ""
     a_leaves, a_def = jax.tree_util.tree_flatten_with_path(actual)
     e_leaves, e_def = jax.tree_util.tree_flatten_with_path(expected)
-    if a_def != e_def:
+    if a_def != e_def:  # type: ignore[operator]  # jaxlib ships PyTreeDef without __ne__ in its stub
         raise AssertionError(
             f"{prefix}tree structures differ:\n  actual:   {a_def}\n  expected: {e_def}"
         )
