@@ -137,13 +137,11 @@ class SPTables:
             self.tables[key] = self._base(key, node, i, last)
         return self.tables[key]
 
-    def _sweep_parallel(self, node: SPNode) -> None:
-        """Tables of every suffix i..end of a parallel node, last to first.
+    def _sweep_inputs(self, node: SPNode) -> tuple[np.ndarray, np.ndarray, list[Any], np.ndarray]:
+        """(fewest devices [i, p, l], min work [i, p], suffix table keys, stop [i, p]).
 
-        Children i..p as one stage (p > i) or child i decomposed on its own
-        (p = i), beside the suffix p+1..: both see the same downstream depth
-        and share the source bound, so the tables add. All ``p`` of one ``i``
-        are one batched sum.
+        ``stop[i, p]`` is the first ``q >= p`` for which children i..q as one
+        stage fit nowhere: a bigger group is heavier still, so a scan stops there.
         """
         last = len(node.children) - 1
         dmin_all = self._series_dmin(node)
@@ -155,6 +153,18 @@ class SPTables:
         dead = (dmin_all >= INF).all(axis=2)
         stop = np.where(dead, np.arange(last + 1)[None, :], last)
         stop = np.minimum.accumulate(stop[:, ::-1], axis=1)[:, ::-1]
+        return dmin_all, min_work, keys, stop
+
+    def _sweep_parallel(self, node: SPNode) -> None:
+        """Tables of every suffix i..end of a parallel node, last to first.
+
+        Children i..p as one stage (p > i) or child i decomposed on its own
+        (p = i), beside the suffix p+1..: both see the same downstream depth
+        and share the source bound, so the tables add. All ``p`` of one ``i``
+        are one batched sum.
+        """
+        last = len(node.children) - 1
+        dmin_all, min_work, keys, stop = self._sweep_inputs(node)
         done = np.empty((last + 1, self.K + 1, self.K + 1), dtype=np.int64)
         done[last] = self.suffix(node.children[last], 0)
         for i in range(last - 1, -1, -1):
@@ -273,18 +283,8 @@ class SPTables:
         """
         last = len(node.children) - 1
         rows = 1 if node is self.s.root else self.K + 1
-        dmin_all = self._series_dmin(node)
-        _, _, min_work = self._series_costs(node)
+        dmin_all, min_work, keys, stop = self._sweep_inputs(node)
         depth_ok = self.depth_ok[:rows]
-        keys = self.s.suffix_keys.get(id(node))
-        if keys is None:
-            keys = [self._table_key(node, i, last) for i in range(last + 1)]
-            self.s.suffix_keys[id(node)] = keys
-        # stop[i, p] = the first q >= p for which children i..q as one stage
-        # fit nowhere (a bigger group is heavier still: the scan stops there).
-        dead = (dmin_all >= INF).all(axis=2)
-        stop = np.where(dead, np.arange(last + 1)[None, :], last)
-        stop = np.minimum.accumulate(stop[:, ::-1], axis=1)[:, ::-1]
         done = np.empty((last + 1, rows, self.K + 1), dtype=np.int64)
         done[last] = self.suffix(node.children[last], 0)[:rows]
         for i in range(last - 1, -1, -1):
