@@ -154,6 +154,21 @@ def test_dp_matches_brute_force(make, devices, memory, b, batch):
         assert t_got >= got - 1e-15
 
 
+@pytest.mark.parametrize(("make", "devices", "memory", "b", "batch"), CASES)
+def test_largest_candidate_target_is_as_feasible_as_no_target(make, devices, memory, b, batch):
+    # `best` relies on this instead of probing the largest target.
+    from jgraph.pipeline._sp_tables import SPTables
+
+    cm = CostModel(make(), ClusterConfig(num_devices=devices, memory_bytes=memory), PlannerConfig())
+    run = SPTables(GraphPipeSearch(cm, batch=batch), b)
+    unbounded = run.solve(float("inf"))
+    if unbounded is None:
+        return
+    assert run.solve(max(run.candidate_tps())) == unbounded
+    # Negative check: below the smallest candidate nothing meets the target.
+    assert run.solve(min(run.candidate_tps()) * 0.5) is None
+
+
 def test_memory_constraint_binds_in_a_tested_case():
     def optimum(memory):
         cm = CostModel(
