@@ -6,11 +6,15 @@ the co-serving step's explicit buffers (layer inputs + finetuning K/V + top grad
 accumulators reported separately and in the total) vs the residuals `jax.vjp` saves for
 full-sequence LoRA training (base weights frozen) and for full finetuning. LoRA: rank 16 on
 down_proj (FlexLLM's artifact setting). Target: >= 8x fewer bytes than LoRA autodiff at 4096
-tokens on the Llama-3.1-8B shape.
+tokens on the Llama-3.1-8B shape. The "layer" backward mode (k layers per step) keeps the same
+buffers but no dK/dV accumulators between steps; its in-step accumulators (one layer's dK/dV
+and input gradient, all tokens) are listed separately.
 
-Part 2: median step time (on whatever backend runs it; labelled with the device) of the jitted co-serving step vs tokens per step: an
-inference-only batch (all rows decode) vs a co-served batch (half decode, half finetuning
-forward, plus one backward chunk through all layers), from the same compiled step.
+Part 2: median step time (on whatever backend runs it; labelled with the device) of the jitted
+co-serving step vs tokens per step: an inference-only batch (all rows decode) vs a co-served
+batch (half decode, half finetuning forward, plus one backward chunk through all layers), from
+the same compiled step; and the same co-served batch with the layer-level backward instead
+(one layer of the whole 256-token sample per step).
 
 Usage:
     python scripts/bench_coserve_memory.py [--smoke] [--out results.json]
@@ -19,6 +23,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 import jax
@@ -63,6 +68,9 @@ def memory_rows(models: list[str], seqs: list[int]) -> list[dict]:
         for S in seqs:
             scfg = CoServeConfig(ft_max_len=S, bwd_chunk=min(256, S), num_pages=1)
             co = coserve_backward_bytes(cfg, scfg, LORA)
+            lay = coserve_backward_bytes(
+                cfg, dataclasses.replace(scfg, backward_mode="layer"), LORA
+            )
             lora_b = vjp_residual_bytes(cfg, LORA, S, trainable="lora")
             full_b = vjp_residual_bytes(cfg, LORA, S, trainable="full")
             per = S * cfg.n_layers
@@ -78,11 +86,14 @@ def memory_rows(models: list[str], seqs: list[int]) -> list[dict]:
                     "full_vjp_B/tok/layer": full_b / per,
                     "coserve_GiB": co["retained"] / 2**30,
                     "coserve+acc_GiB": total / 2**30,
+                    "layer_mode_GiB": (lay["retained"] + lay["workspace"]) / 2**30,
+                    "layer_in_step_GiB": lay["in_step"] / 2**30,
                     "lora_vjp_GiB": lora_b / 2**30,
                     "full_vjp_GiB": full_b / 2**30,
                     "lora_vjp/coserve": lora_b / co["retained"],
                     "lora_vjp/(coserve+acc)": lora_b / total,
                     "full_vjp/(coserve+acc)": full_b / total,
+                    "lora_vjp/layer_mode": lora_b / (lay["retained"] + lay["workspace"]),
                 }
             )
     return rows
@@ -130,6 +141,16 @@ def timing_rows(model: str, budgets: list[int], repeats: int) -> list[dict]:
         co = _batch(scfg, B // 2, B - B // 2, bwd=True)
         t_inf = time_call(run, inf, warmup=2, repeats=repeats)
         t_co = time_call(run, co, warmup=2, repeats=repeats)
+        # Layer-level backward (1 layer of all 256 tokens per step) on the same batch.
+        lcfg = dataclasses.replace(scfg, backward_mode="layer", bwd_layers=1)
+        lstep = make_coserve_step(cfg, lcfg, LORA, opt)
+        lbox = {"state": init_state(cfg, lcfg, lora, opt, key=jax.random.key(2))}
+
+        def run_layer(batch, box=lbox, step=lstep, bank=bank):
+            box["state"], out = step(params, bank.weights, bank.scales, box["state"], batch)
+            return out.next_tokens
+
+        t_lay = time_call(run_layer, co, warmup=2, repeats=repeats)
         rows.append(
             {
                 "device": jax.devices()[0].device_kind,
@@ -138,8 +159,10 @@ def timing_rows(model: str, budgets: list[int], repeats: int) -> list[dict]:
                 "inference_only_ms": 1e3 * t_inf.median,
                 "coserve_ms": 1e3 * t_co.median,
                 "coserve/inference": t_co.median / t_inf.median,
+                "coserve_layer_bwd_ms": 1e3 * t_lay.median,
                 "ft_fwd_tokens": B - B // 2,
                 "bwd_chunk_tokens": B,
+                "layer_bwd_tokens": scfg.ft_max_len,
             }
         )
     return rows

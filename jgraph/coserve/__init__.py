@@ -1,15 +1,18 @@
 """FlexLLM co-serving: LLM inference and token-level LoRA finetuning in one jitted step.
 
 The engine (issue #5): a Llama-architecture model (`LlamaConfig`, `init_params`, `forward`,
-`LlamaModel`, Hugging Face checkpoints and tokenizers from local files), LoRA adapters (`LoraConfig`,
-`init_lora`, `AdapterBank` with per-token selection, `merge_lora`, PEFT `save_peft`/`load_peft`),
-a paged KV cache (`paged_attention`), and the co-serving step (`make_coserve_step`) that runs
-decode, chunked-prefill and finetuning-forward tokens plus one finetuning backward chunk per
-call, with exact LoRA gradients and pruned activation retention; with a ``MODEL`` mesh axis
-the same step runs tensor-parallel with LoRA shardings derived from the base weights
-(`coserve_specs`, `lora_specs`). `CoServeEngine` is a simple host loop around it (FCFS
-admission, chunked prefill, finetuning in the leftover budget, Orbax checkpoints of the
-finetuning job); the request manager, SLO controller and HTTP server are a later issue.
+`LlamaModel`, Hugging Face checkpoints and tokenizers from local files), LoRA adapters
+(`LoraConfig`, `init_lora`, `AdapterBank` with per-token selection, `merge_lora`, PEFT
+`save_peft`/`load_peft`), a paged KV cache (`paged_attention`, pure JAX, and
+`paged_attention_pallas`, a Pallas/Triton kernel selected by ``CoServeConfig.attention_impl``),
+and the co-serving step (`make_coserve_step`) that runs decode, chunked-prefill and
+finetuning-forward tokens plus one finetuning backward step per call, with exact LoRA gradients
+and pruned activation retention (the backward split by token chunks or by layers:
+``CoServeConfig.backward_mode``, `backward_steps`); with a ``MODEL`` mesh axis the same step
+runs tensor-parallel with LoRA shardings derived from the base weights (`coserve_specs`,
+`lora_specs`). `CoServeEngine` is a simple host loop around it (FCFS admission, chunked
+prefill, finetuning in the leftover budget, Orbax checkpoints of the finetuning job); the
+request manager, SLO controller and HTTP server are a later issue.
 `coserve_backward_bytes` / `vjp_residual_bytes` count activation memory on abstract shapes.
 
 References:
@@ -17,10 +20,13 @@ References:
     Guarantees", NSDI 2026 (arXiv 2402.18789).
 """
 
+from jgraph.coserve._backward import backward_steps as backward_steps
 from jgraph.coserve._checkpoint import config_from_hf as config_from_hf
 from jgraph.coserve._checkpoint import load_hf_checkpoint as load_hf_checkpoint
 from jgraph.coserve._checkpoint import save_hf_checkpoint as save_hf_checkpoint
 from jgraph.coserve._config import LORA_TARGETS as LORA_TARGETS
+from jgraph.coserve._config import AttentionImpl as AttentionImpl
+from jgraph.coserve._config import BackwardMode as BackwardMode
 from jgraph.coserve._config import CoServeConfig as CoServeConfig
 from jgraph.coserve._config import LlamaConfig as LlamaConfig
 from jgraph.coserve._config import LoraConfig as LoraConfig
@@ -43,6 +49,7 @@ from jgraph.coserve._model import init_params as init_params
 from jgraph.coserve._paged import INVALID as INVALID
 from jgraph.coserve._paged import paged_attention as paged_attention
 from jgraph.coserve._paged import write_pages as write_pages
+from jgraph.coserve._paged_pallas import paged_attention_pallas as paged_attention_pallas
 from jgraph.coserve._parallel import count_collectives as count_collectives
 from jgraph.coserve._parallel import lora_specs as lora_specs
 from jgraph.coserve._parallel import make_tp_forward as make_tp_forward
@@ -66,6 +73,8 @@ __all__ = [
     "LORA_TARGETS",
     "TRAINABLE",
     "AdapterBank",
+    "AttentionImpl",
+    "BackwardMode",
     "ByteTokenizer",
     "CoServeConfig",
     "CoServeEngine",
@@ -78,6 +87,7 @@ __all__ = [
     "StepOutput",
     "StepReport",
     "adapter_sel",
+    "backward_steps",
     "config_from_hf",
     "coserve_backward_bytes",
     "coserve_specs",
@@ -95,6 +105,7 @@ __all__ = [
     "make_tp_forward",
     "merge_lora",
     "paged_attention",
+    "paged_attention_pallas",
     "param_specs",
     "plain_lora_train",
     "sample_loss_reference",

@@ -12,7 +12,14 @@ from typing import Literal
 
 from jgraph.core import check_choice, check_int, check_number, config_error
 
-__all__ = ["LORA_TARGETS", "CoServeConfig", "LlamaConfig", "LoraConfig"]
+__all__ = [
+    "LORA_TARGETS",
+    "AttentionImpl",
+    "BackwardMode",
+    "CoServeConfig",
+    "LlamaConfig",
+    "LoraConfig",
+]
 
 LORA_TARGETS: tuple[str, ...] = (
     "q_proj",
@@ -26,6 +33,10 @@ LORA_TARGETS: tuple[str, ...] = (
 """The projections a LoRA adapter may target (Hugging Face / PEFT module names)."""
 
 DType = Literal["float32", "bfloat16", "float16"]
+AttentionImpl = Literal["reference", "pallas", "auto"]
+"""Paged attention of inference rows: the pure-JAX reference, the Pallas kernel, or "auto"."""
+BackwardMode = Literal["token", "layer"]
+"""How a finetuning sample's backward is split over steps: by token chunks or by layers."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -221,6 +232,19 @@ class CoServeConfig:
         bwd_chunk: tokens per backward chunk (1 <= bwd_chunk <= S); a chunk goes through all
             layers in one step.
         grad_accum: finetuning samples per optimizer update.
+        backward_mode: "token" (FlexLLM's token-level backward: each step back-propagates one
+            chunk of ``bwd_chunk`` tokens through all layers, carrying dK/dV accumulators
+            [L, S, Hkv, d] between steps) or "layer" (FlexLLM's layer-level split: each step
+            back-propagates ``bwd_layers`` layers for all of the sample's tokens, carrying only
+            the gradient of the lowest processed layer's input in ``ft_dh``; inside a step the
+            tokens still go in ``bwd_chunk`` query chunks, so no S x S matrix is formed).
+        bwd_layers: k, layers per backward step in "layer" mode (1 <= k <= n_layers; the
+            lowest group may be partial).
+        attention_impl: paged attention of inference rows: "reference" (pure JAX, every
+            backend), "pallas" (the Pallas kernel: Triton on GPU, the Pallas interpreter on
+            CPU, for tests only: it is slow there), or "auto" (currently the reference on every
+            backend: the kernel's GPU speed has not been measured yet; see
+            ``scripts/bench_paged_attention.py``).
     """
 
     token_budget: int = 64
@@ -232,6 +256,9 @@ class CoServeConfig:
     ft_max_len: int = 64
     bwd_chunk: int = 16
     grad_accum: int = 1
+    backward_mode: BackwardMode = "token"
+    bwd_layers: int = 1
+    attention_impl: AttentionImpl = "auto"
 
     def __post_init__(self) -> None:
         for name in (
@@ -258,6 +285,20 @@ class CoServeConfig:
                 self.bwd_chunk,
                 f"must divide ft_max_len={self.ft_max_len} (backward chunks tile the sample)",
                 "pick a divisor of ft_max_len",
+            )
+        check_choice("CoServeConfig.backward_mode", self.backward_mode, ("token", "layer"))
+        check_int(
+            "CoServeConfig.bwd_layers", self.bwd_layers, minimum=1, fix="use 1 <= k <= n_layers"
+        )
+        check_choice(
+            "CoServeConfig.attention_impl", self.attention_impl, ("reference", "pallas", "auto")
+        )
+        if self.attention_impl == "pallas" and self.page_size & (self.page_size - 1):
+            raise config_error(
+                "CoServeConfig.page_size",
+                self.page_size,
+                "must be a power of two with attention_impl='pallas' (Triton tile shapes)",
+                "use 8, 16 or 32 tokens per page, or attention_impl='reference'",
             )
 
     @property

@@ -72,6 +72,7 @@ def demo(out_dir: Path) -> DemoReport:
     alone, t_alone, _ = _serve(engine, prompts, new)
 
     engine.reset(lora=lora0, key=jax.random.key(3))
+    assert tok.eos_id is not None, "the byte tokenizer always has an end-of-text id"
     sample = [*tok.encode(PHRASE), tok.eos_id]
     engine.add_finetuning([sample], epochs=25)
     together, t_co, reports = _serve(engine, prompts, new)

@@ -8,8 +8,9 @@ Data flow: the caller `submit`s inference requests and `add_finetuning` samples,
    running request that is generating, then chunked prefill of running and newly admitted
    requests (FCFS, admitted while a slot and enough free KV pages exist) within the token
    budget, then the leftover budget (capped by ``ft_tokens_per_step``) for forward tokens of the
-   current finetuning sample; when that sample's forward is complete, one backward chunk per
-   step, last chunk first;
+   current finetuning sample; when that sample's forward is complete, one backward step per
+   step (a token chunk, last chunk first, or a group of layers, top group first:
+   ``CoServeConfig.backward_mode``);
 2. calls the jitted, state-donating step from `make_coserve_step` once (no recompilation: all
    shapes are fixed by `CoServeConfig`);
 3. appends sampled tokens, retires finished requests (freeing slot and pages) and advances the
@@ -39,6 +40,7 @@ import optax
 from jax.sharding import Mesh
 
 from jgraph.core import atomic_write_json, check_int, check_number, config_error
+from jgraph.coserve._backward import backward_steps
 from jgraph.coserve._config import CoServeConfig, LlamaConfig, LoraConfig
 from jgraph.coserve._lora import BASE, AdapterBank, init_lora
 from jgraph.coserve._paged import INVALID
@@ -87,7 +89,7 @@ class StepReport:
         decode_tokens: decode rows in the batch.
         prefill_tokens: prefill rows in the batch.
         ft_forward_tokens: finetuning forward rows in the batch.
-        bwd_chunk: finetuning backward chunk run this step, or None.
+        bwd_chunk: finetuning backward step run this step (token chunk or layer group), or None.
         sample_loss: loss of the finetuning sample completed this step, or None.
         updated: the optimizer applied an update this step.
     """
@@ -324,7 +326,7 @@ class CoServeEngine:
 
     def _build(
         self,
-    ) -> tuple[dict[str, np.ndarray], list[tuple[_Request, int, int]], dict[str, int]]:
+    ) -> tuple[dict[str, Any], list[tuple[_Request, int, int]], dict[str, int]]:
         b = empty_batch(self.scfg)
         B = self.scfg.token_budget
         rows: list[tuple[_Request, int, int]] = []  # (request, rows placed, sampling row)
@@ -386,10 +388,11 @@ class CoServeEngine:
             if self._bwd_chunk is None and self._ft_cursor >= len(self._ft):
                 # Forward complete: the backward may start in this same step, since the step
                 # runs its backward on the buffers its forward just wrote.
-                self._bwd_chunk = math.ceil(len(self._ft) / self.scfg.bwd_chunk) - 1
+                self._bwd_chunk = backward_steps(self.cfg, self.scfg, len(self._ft)) - 1
                 self._bwd_first = True
         bwd = self._bwd_chunk
         if bwd is not None:
+            assert self._ft is not None, "a backward chunk without a finetuning sample (a bug)"
             b["bwd_chunk"] = np.int32(bwd)
             b["bwd_len"] = np.int32(len(self._ft))
             b["bwd_first"] = np.bool_(self._bwd_first)
@@ -442,7 +445,7 @@ class CoServeEngine:
 
     def run(self, *, max_steps: int = 100_000) -> list[StepReport]:
         """Steps until idle (or ``max_steps``); returns the reports."""
-        reports = []
+        reports: list[StepReport] = []
         while not self.idle and len(reports) < max_steps:
             reports.append(self.step())
         return reports
@@ -508,7 +511,7 @@ class CoServeEngine:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self._ckpt_tree())
         tree = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
         host = json.loads((directory / f"host_{step}.json").read_text())
-        self.state = self.state.replace(**tree)
+        self.state = dataclasses.replace(self.state, **tree)
         self.losses = list(host["losses"])
         self.samples_done = int(host["samples_done"])
         self._samples = collections.deque(host["samples"])

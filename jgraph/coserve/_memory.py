@@ -1,8 +1,9 @@
 """Bytes kept for the finetuning backward, counted without materializing anything.
 
 * Co-serving: the explicit buffers of `CoServeState` that exist for the backward (layer inputs
-  ``ft_x``, the finetuning K/V ``ft_k/ft_v``, the top gradient ``ft_dh``, and the backward's
-  ``dk_acc/dv_acc`` accumulators), read from ``jax.eval_shape(init_state, ...)``.
+  ``ft_x``, the finetuning K/V ``ft_k/ft_v``, the top gradient ``ft_dh``, and the token-level
+  backward's ``dk_acc/dv_acc`` accumulators, empty in "layer" backward mode), read from
+  ``jax.eval_shape(init_state, ...)``.
 * Baselines: the residuals that ``jax.vjp`` of the full-sequence loss saves, listed by
   ``jax.ad_checkpoint.print_saved_residuals`` and summed; arguments (weights, tokens) are
   excluded, so only activations count. "lora" stops the gradient of the base weights (LoRA
@@ -42,7 +43,10 @@ def coserve_backward_bytes(
     """Bytes of the co-serving step's backward buffers for one sample of ``scfg.ft_max_len``.
 
     Returns:
-        ``{"retained": ft_x + ft_k + ft_v + ft_dh, "workspace": dk_acc + dv_acc}``.
+        ``{"retained": ft_x + ft_k + ft_v + ft_dh, "workspace": dk_acc + dv_acc,
+        "in_step": float32 accumulators that live only inside one backward step}``: in
+        "token" mode the carried chunk gradient [C, D]; in "layer" mode one layer's dK/dV
+        [S, Hkv, d] each plus the layer-input gradient [S, D] (the state's dK/dV are empty).
 
     Example:
         >>> from jgraph.coserve import CoServeConfig, LlamaConfig, LoraConfig
@@ -61,9 +65,15 @@ def coserve_backward_bytes(
     def nbytes(a) -> int:
         return int(np.prod(a.shape)) * jnp.dtype(a.dtype).itemsize
 
+    S, C = scfg.ft_max_len, scfg.bwd_chunk
+    if scfg.backward_mode == "layer":
+        in_step = 4 * S * (2 * cfg.kv_dim + cfg.d_model)
+    else:
+        in_step = 4 * C * cfg.d_model
     return {
         "retained": sum(nbytes(a) for a in (st.ft_x, st.ft_k, st.ft_v, st.ft_dh)),
         "workspace": nbytes(st.dk_acc) + nbytes(st.dv_acc),
+        "in_step": in_step,
     }
 
 

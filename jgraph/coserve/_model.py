@@ -268,7 +268,7 @@ def forward(
 
     def body(x: jax.Array, xs: tuple[Params, Params]) -> tuple[jax.Array, None]:
         layer, lo = xs
-        ad = ((lo, sel),) if lora is not None else ()
+        ad = ((lo, sel),) if lora is not None and sel is not None else ()
         y, _ = decoder_layer(cfg, layer, x, positions, dense_causal_attend, adapters=ad)
         return y, None
 

@@ -13,15 +13,20 @@ Data flow of `make_coserve_step(...)(params, bank_weights, bank_scales, state, b
    and the loss gradient w.r.t. the last hidden state in ``ft_dh`` [S, D] (token-local, so the
    [S, vocab] probabilities are never kept). Frozen weights get no gradient; attention
    probabilities are recomputed; nothing S x S is ever formed.
-3. Backward (when ``bwd_chunk >= 0``): the chunk's tokens go through all layers top-down.
-   Each layer is rematerialized from ``ft_x`` and differentiated with `jax.vjp` w.r.t. the
-   chunk input, the earlier positions' K/V and the LoRA weights; the K/V cotangents go to the
-   ``dk_acc/dv_acc`` accumulators, which later (earlier-position) chunks read as the cotangent
-   of their own K/V. Chunks run last to first, so when a chunk is processed every use of its
-   K/V has been seen and the accumulated LoRA gradient is exact.
-4. When the chunk is the sample's first (``bwd_last``), the sample's gradient is handed to the
-   optax optimizer (wrapped in `optax.MultiSteps`, so updates happen every ``grad_accum``
-   samples).
+3. Backward (when ``bwd_chunk >= 0``; `jgraph.coserve._backward`): in "token" mode the
+   chunk's tokens go through all layers top-down. Each layer is rematerialized from ``ft_x``
+   and differentiated with `jax.vjp` w.r.t. the chunk input, the earlier positions' K/V and
+   the LoRA weights; the K/V cotangents go to the ``dk_acc/dv_acc`` accumulators, which later
+   (earlier-position) chunks read as the cotangent of their own K/V. Chunks run last to first,
+   so when a chunk is processed every use of its K/V has been seen and the accumulated LoRA
+   gradient is exact. In "layer" mode a step runs ``bwd_layers`` layers for all tokens instead
+   (dK/dV then never leave the step; ``ft_dh`` carries the gradient down between steps).
+4. When the backward step is the sample's last (``bwd_last``), the sample's gradient is handed
+   to the optax optimizer (wrapped in `optax.MultiSteps`, so updates happen every
+   ``grad_accum`` samples).
+
+Inference rows' paged attention runs the pure-JAX reference or the Pallas kernel
+(``CoServeConfig.attention_impl``); finetuning rows attend to the dense finetuning buffer.
 
 The state is donated; all shapes come from `CoServeConfig`, so different request mixes never
 recompile. The host side (`jgraph.coserve.CoServeEngine`) builds batches.
@@ -30,6 +35,7 @@ recompile. The host side (`jgraph.coserve.CoServeEngine`) builds batches.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -41,11 +47,13 @@ import optax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from jgraph.core import MODEL
+from jgraph.core import MODEL, config_error
+from jgraph.coserve._backward import backward_step, check_backward, multi_steps
 from jgraph.coserve._config import CoServeConfig, LlamaConfig, LoraConfig
 from jgraph.coserve._lora import adapter_sel
 from jgraph.coserve._model import attend_segments, decoder_layer, lm_logits
 from jgraph.coserve._paged import INVALID, paged_context, write_pages
+from jgraph.coserve._paged_pallas import paged_attention_pallas, resolve_attention_impl
 from jgraph.coserve._parallel import check_tp_divisible, lora_specs, param_specs
 
 __all__ = [
@@ -70,9 +78,12 @@ class CoServeState:
         ft_k: finetuning-sample keys (post-RoPE) [L, S, Hkv, d].
         ft_v: finetuning-sample values [L, S, Hkv, d].
         ft_x: retained layer inputs of the finetuning sample [L, S, D].
-        ft_dh: loss gradient w.r.t. the last layer's output [S, D] (float32).
-        dk_acc: key-cotangent accumulator of the backward [L, S, Hkv, d] (float32).
-        dv_acc: value-cotangent accumulator [L, S, Hkv, d] (float32).
+        ft_dh: loss gradient w.r.t. the last layer's output [S, D] (float32); in "layer"
+            backward mode each backward step replaces it with the gradient w.r.t. the input
+            of the lowest layer it processed.
+        dk_acc: key-cotangent accumulator of the token-level backward [L, S, Hkv, d]
+            (float32); [L, 0, Hkv, d] (empty) in "layer" backward mode.
+        dv_acc: value-cotangent accumulator, same shape.
         lora: the trainable adapter ``{target: {"A": [L, in, r], "B": [L, r, out]}}``.
         grad: the current sample's accumulated LoRA gradient (float32).
         opt_state: optax state of `optax.MultiSteps`.
@@ -113,7 +124,9 @@ class StepBatch:
         temperature: 0 for greedy, else sampling temperature [B].
         page_table: [R, max_pages_per_request] pool page per logical page.
         loss_scale: weight of each finetuning token's loss (1 / (n - 1) for a sample of n).
-        bwd_chunk: chunk index to back-propagate, `INVALID` for none.
+        bwd_chunk: backward step to run, `INVALID` for none: the token chunk ("token"
+            mode) or the layer group ("layer" mode: with k = ``bwd_layers`` and G groups, group
+            j holds layers [L - (G-j)k, L - (G-1-j)k), clipped at 0); see `backward_steps`.
         bwd_len: length n of the sample being back-propagated (positions >= n of its last
             chunk hold stale data of an earlier, longer sample and are masked out).
         bwd_first: this chunk starts the sample's backward (resets the accumulators).
@@ -146,6 +159,7 @@ class StepOutput:
         sample_done: a finetuning sample completed its backward in this step.
         updated: the optimizer applied an update in this step.
         samples_done: samples completed so far.
+        logits: float32 logits per row [B, vocab] with ``return_logits``, else [B, 0].
     """
 
     next_tokens: jax.Array
@@ -154,9 +168,10 @@ class StepOutput:
     sample_done: jax.Array
     updated: jax.Array
     samples_done: jax.Array
+    logits: jax.Array
 
 
-def empty_batch(scfg: CoServeConfig) -> dict[str, np.ndarray]:
+def empty_batch(scfg: CoServeConfig) -> dict[str, Any]:
     """Host-side numpy arrays of an all-padding batch, to fill in and pass to `StepBatch`."""
     B = scfg.token_budget
     return {
@@ -190,6 +205,7 @@ def init_state(
     """
     dt = jnp.dtype(cfg.dtype)
     L, S, hk, d = cfg.n_layers, scfg.ft_max_len, cfg.n_kv_heads, cfg.head_dim
+    S_acc = 0 if scfg.backward_mode == "layer" else S  # layer mode keeps dK/dV inside a step
     pool = (L, scfg.num_pages, scfg.page_size, hk, d)
     f32 = jnp.float32
     return CoServeState(
@@ -199,11 +215,11 @@ def init_state(
         ft_v=jnp.zeros((L, S, hk, d), dt),
         ft_x=jnp.zeros((L, S, cfg.d_model), dt),
         ft_dh=jnp.zeros((S, cfg.d_model), f32),
-        dk_acc=jnp.zeros((L, S, hk, d), f32),
-        dv_acc=jnp.zeros((L, S, hk, d), f32),
+        dk_acc=jnp.zeros((L, S_acc, hk, d), f32),
+        dv_acc=jnp.zeros((L, S_acc, hk, d), f32),
         lora=jax.tree.map(jnp.copy, lora),  # the state is donated; never alias the caller's
         grad=jax.tree.map(lambda a: jnp.zeros(a.shape, f32), lora),
-        opt_state=_multi(optimizer, scfg).init(lora),
+        opt_state=multi_steps(optimizer, scfg).init(lora),
         loss_acc=jnp.zeros((), f32),
         samples_done=jnp.zeros((), jnp.int32),
         updates_done=jnp.zeros((), jnp.int32),
@@ -211,11 +227,7 @@ def init_state(
     )
 
 
-def _multi(optimizer: optax.GradientTransformation, scfg: CoServeConfig):
-    return optax.MultiSteps(optimizer, every_k_schedule=scfg.grad_accum)
-
-
-def _forward(cfg, lora_cfg, S, params, bank_w, bank_scales, state, batch, axis):
+def _forward(cfg, lora_cfg, S, params, bank_w, bank_scales, state, batch, axis, attn):
     pos, slots, pt, is_ft = batch.positions, batch.slots, batch.page_table, batch.is_ft
     n_bank = bank_scales.shape[0]
     x = params["embed"][batch.tokens]
@@ -235,8 +247,17 @@ def _forward(cfg, lora_cfg, S, params, bank_w, bank_scales, state, batch, axis):
             kp2, vp2 = write_pages(kp, k, pt, slots, pos), write_pages(vp, v, pt, slots, pos)
             fk2 = fk.at[ft_idx].set(k, mode="drop")
             fv2 = fv.at[ft_idx].set(v, mode="drop")
-            keys, vals, mask = paged_context(kp2, vp2, pt, slots, pos)
-            o = attend_segments(q, [(keys, vals, mask), (fk2, fv2, ft_mask)])
+            if attn is None:  # reference: one softmax over the gathered pages and the buffer
+                keys, vals, mask = paged_context(kp2, vp2, pt, slots, pos)
+                o = attend_segments(q, [(keys, vals, mask), (fk2, fv2, ft_mask)])
+            else:
+                # A row is an inference row (a slot: pages only) or a finetuning row (the
+                # buffer only), so the joint softmax splits exactly into the two.
+                o = jnp.where(
+                    (slots >= 0)[:, None, None],
+                    attn(q, kp2, vp2, pt, slots, pos),
+                    attend_segments(q, [(fk2, fv2, ft_mask)]),
+                )
             return o, (kp2, vp2, fk2, fv2)
 
         adapters = [(jax.tree.map(lambda a: a[None], tl), sel_train)]
@@ -270,59 +291,7 @@ def _forward(cfg, lora_cfg, S, params, bank_w, bank_scales, state, batch, axis):
         k_pages=kp, v_pages=vp, ft_k=fk, ft_v=fv, ft_x=fx, ft_dh=ft_dh,
         loss_acc=state.loss_acc + loss, rng=rng,
     )  # fmt: skip
-    return state, next_tokens
-
-
-def _backward(cfg, lora_cfg, scfg, optimizer, params, state, batch, axis):
-    C, S, L = scfg.bwd_chunk, scfg.ft_max_len, cfg.n_layers
-    s = batch.bwd_chunk * C
-    first = batch.bwd_first
-    dk0 = jnp.where(first, 0.0, state.dk_acc)
-    dv0 = jnp.where(first, 0.0, state.dv_acc)
-    g0 = jax.tree.map(lambda g: jnp.where(first, 0.0, g), state.grad)
-    pos_c = s + jnp.arange(C, dtype=jnp.int32)
-    mask = jnp.arange(S, dtype=jnp.int32)[None, :] <= pos_c[:, None]  # [C, S] causal
-    dh0 = jax.lax.dynamic_slice_in_dim(state.ft_dh, s, C, 0)
-    dh0 = jnp.where((pos_c < batch.bwd_len)[:, None], dh0, 0.0)
-    sel = jnp.full((C, 1), lora_cfg.scale, jnp.float32)
-
-    def layer_bwd(i, carry):
-        dh, dk, dv, grad = carry
-        li = L - 1 - i
-        layer = jax.tree.map(lambda a: a[li], params["layers"])
-        x_c = jax.lax.dynamic_slice_in_dim(state.ft_x[li], s, C, 0)
-
-        def g(x_c, K, V, tl):
-            def attend(q, k, v):
-                K2 = jax.lax.dynamic_update_slice_in_dim(K, k.astype(K.dtype), s, 0)
-                V2 = jax.lax.dynamic_update_slice_in_dim(V, v.astype(V.dtype), s, 0)
-                return attend_segments(q, [(K2, V2, mask)]), (k, v)
-
-            ad = ((jax.tree.map(lambda a: a[None], tl), sel),)
-            return decoder_layer(cfg, layer, x_c, pos_c, attend, adapters=ad, axis_name=axis)
-
-        tl = jax.tree.map(lambda a: a[li], state.lora)
-        (y, (kc, vc)), vjp = jax.vjp(g, x_c, state.ft_k[li], state.ft_v[li], tl)
-        dkc = jax.lax.dynamic_slice_in_dim(dk[li], s, C, 0).astype(kc.dtype)
-        dvc = jax.lax.dynamic_slice_in_dim(dv[li], s, C, 0).astype(vc.dtype)
-        dx, dK, dV, dtl = vjp((dh.astype(y.dtype), (dkc, dvc)))
-        dk = dk.at[li].add(dK.astype(jnp.float32))
-        dv = dv.at[li].add(dV.astype(jnp.float32))
-        grad = jax.tree.map(lambda a, d: a.at[li].add(d.astype(jnp.float32)), grad, dtl)
-        return dx.astype(jnp.float32), dk, dv, grad
-
-    _, dk, dv, grad = jax.lax.fori_loop(0, L, layer_bwd, (dh0, dk0, dv0, g0))
-
-    def update(args):
-        lora, opt_state, grad = args
-        g = jax.tree.map(lambda a, p: a.astype(p.dtype), grad, lora)
-        upd, opt_state = _multi(optimizer, scfg).update(g, opt_state, lora)
-        return optax.apply_updates(lora, upd), opt_state
-
-    lora, opt_state = jax.lax.cond(
-        batch.bwd_last, update, lambda a: (a[0], a[1]), (state.lora, state.opt_state, grad)
-    )
-    return state.replace(dk_acc=dk, dv_acc=dv, grad=grad, lora=lora, opt_state=opt_state)
+    return state, next_tokens, logits
 
 
 def make_coserve_step(
@@ -334,6 +303,7 @@ def make_coserve_step(
     mesh: Mesh | None = None,
     bank_targets: tuple[str, ...] = (),
     inference_only: bool = False,
+    return_logits: bool = False,
 ) -> Callable[..., tuple[CoServeState, StepOutput]]:
     """Builds the jitted co-serving step (state donated).
 
@@ -350,17 +320,48 @@ def make_coserve_step(
         bank_targets: the bank's targets (needed with ``mesh`` to shard the bank).
         inference_only: build the step without the finetuning backward (the baseline the
             co-serving step is compared with; finetuning rows still run forward).
+        return_logits: also return every row's logits (``StepOutput.logits`` [B, vocab]);
+            otherwise that field is empty ([B, 0]) so nothing large leaves the device.
 
     Returns:
         ``step(params, bank_weights, bank_scales, state, batch) -> (state, StepOutput)`` where
         ``bank_weights``/``bank_scales`` are an `AdapterBank`'s arrays (capacity
         ``scfg.max_adapters``; may be empty) and ``batch`` is a `StepBatch`.
+
+    Raises:
+        ConfigError: ``bwd_layers`` > ``n_layers``; ``attention_impl="pallas"`` with a head
+            size that is not a power of two, on a backend without a Pallas kernel, or with
+            ``mesh``.
     """
     axis = None if mesh is None else MODEL
+    check_backward(cfg, scfg)
+    platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
+    impl, interpret = resolve_attention_impl(scfg.attention_impl, platform)
+    if impl == "pallas" and cfg.head_dim & (cfg.head_dim - 1):
+        raise config_error(
+            "LlamaConfig.head_dim",
+            cfg.head_dim,
+            "must be a power of two with attention_impl='pallas' (Triton tile shapes)",
+            "use attention_impl='reference' for this model",
+        )
+    if impl == "pallas" and mesh is not None:
+        # The Pallas interpreter rejects shard_map's varying-axis checks (jax 0.10.2), so the
+        # kernel under tensor parallelism could not be tested here: refuse rather than guess.
+        raise config_error(
+            "CoServeConfig.attention_impl",
+            scfg.attention_impl,
+            "is not supported with a tensor-parallel mesh yet",
+            "use attention_impl='reference' (or 'auto') with mesh=...",
+        )
+    attn = (
+        None
+        if impl == "reference"
+        else functools.partial(paged_attention_pallas, interpret=interpret)
+    )
 
     def step(params, bank_w, bank_scales, state: CoServeState, batch: StepBatch):
-        state, next_tokens = _forward(
-            cfg, lora_cfg, scfg.ft_max_len, params, bank_w, bank_scales, state, batch, axis
+        state, next_tokens, logits = _forward(
+            cfg, lora_cfg, scfg.ft_max_len, params, bank_w, bank_scales, state, batch, axis, attn
         )
         has_bwd = (batch.bwd_chunk >= 0) & (not inference_only)
         state = (
@@ -368,7 +369,7 @@ def make_coserve_step(
             if inference_only
             else jax.lax.cond(
                 has_bwd,
-                lambda st: _backward(cfg, lora_cfg, scfg, optimizer, params, st, batch, axis),
+                lambda st: backward_step(cfg, lora_cfg, scfg, optimizer, params, st, batch, axis),
                 lambda st: st,
                 state,
             )
@@ -377,7 +378,8 @@ def make_coserve_step(
         sample_loss = jnp.where(done, state.loss_acc, jnp.nan)
         samples = state.samples_done + done.astype(jnp.int32)
         updated = done & (samples % scfg.grad_accum == 0)
-        state = state.replace(
+        state = dataclasses.replace(
+            state,
             loss_acc=jnp.where(done, 0.0, state.loss_acc),
             samples_done=samples,
             updates_done=state.updates_done + updated.astype(jnp.int32),
@@ -389,14 +391,15 @@ def make_coserve_step(
             sample_done=done,
             updated=updated,
             samples_done=samples,
+            logits=logits if return_logits else jnp.zeros((logits.shape[0], 0), logits.dtype),
         )
         return state, out
 
     if mesh is None:
         return jax.jit(step, donate_argnums=(3,))
     pspecs, bspecs, sspecs = coserve_specs(cfg, scfg, lora_cfg, optimizer, mesh, bank_targets)
-    batch_specs = StepBatch(**{k: P() for k in empty_batch(scfg)})
-    out_specs = StepOutput(**{f.name: P() for f in dataclasses.fields(StepOutput)})
+    batch_specs = _spec_tree(StepBatch, **{k: P() for k in empty_batch(scfg)})
+    out_specs = _spec_tree(StepOutput, **{f.name: P() for f in dataclasses.fields(StepOutput)})
     sharded = jax.shard_map(
         step,
         mesh=mesh,
@@ -404,6 +407,12 @@ def make_coserve_step(
         out_specs=(sspecs, out_specs),
     )
     return jax.jit(sharded, donate_argnums=(3,))
+
+
+def _spec_tree(cls: type, **specs: Any) -> Any:
+    """An instance of the pytree dataclass ``cls`` holding PartitionSpecs instead of arrays
+    (the spec prefix `jax.shard_map` takes); typed Any since its fields say Array."""
+    return cls(**specs)
 
 
 def coserve_specs(
@@ -428,7 +437,7 @@ def coserve_specs(
         lambda: init_state(cfg, scfg, _zeros_lora(cfg, lora_cfg), optimizer, key=jax.random.key(0))
     )
     opt_specs = optax.tree_map_params(
-        _multi(optimizer, scfg),
+        multi_steps(optimizer, scfg),
         lambda _, spec: spec,
         abstract.opt_state,
         lspecs,
@@ -436,7 +445,8 @@ def coserve_specs(
         is_leaf=lambda x: isinstance(x, P),
     )
     kv = P(None, None, MODEL, None)  # [L, S, Hkv, d]
-    sspecs = CoServeState(
+    sspecs = _spec_tree(
+        CoServeState,
         k_pages=P(None, None, None, MODEL, None),
         v_pages=P(None, None, None, MODEL, None),
         ft_k=kv,

@@ -20,6 +20,19 @@ def test_coserve_buffers_match_the_retention_formula():
     assert b["workspace"] == 4 * S * cfg.n_layers * 2 * cfg.kv_dim
 
 
+def test_layer_mode_carries_no_dkdv_between_steps():
+    cfg, S = LlamaConfig.small(), 128
+    tok = coserve_backward_bytes(cfg, CoServeConfig(ft_max_len=S, bwd_chunk=32), LORA)
+    lay = coserve_backward_bytes(
+        cfg, CoServeConfig(ft_max_len=S, bwd_chunk=32, backward_mode="layer", bwd_layers=2), LORA
+    )
+    assert lay["retained"] == tok["retained"]  # same forward retention
+    assert lay["workspace"] == 0 < tok["workspace"]
+    # Inside a step: one layer's dK/dV and the layer-input gradient, all tokens, float32.
+    assert lay["in_step"] == 4 * S * (2 * cfg.kv_dim + cfg.d_model)
+    assert tok["in_step"] == 4 * 32 * cfg.d_model
+
+
 def test_vjp_residuals_hold_the_quadratic_attention_term():
     cfg = LlamaConfig.tiny()
     one, two = (vjp_residual_bytes(cfg, LORA, s, trainable="lora") for s in (64, 128))

@@ -29,6 +29,7 @@ from jgraph.coserve import (
     make_coserve_step,
     make_tp_forward,
     param_specs,
+    plain_lora_train,
     shard_tree,
 )
 from jgraph.testing import assert_trees_close, cpu_mesh
@@ -206,3 +207,43 @@ def test_coserving_step_adds_no_forward_collective(tp_step_setup):
     # Bank adapters and the trainable adapter on all seven projections ride the two Megatron
     # all-reduces of the base model: the inference step has exactly the base model's count.
     assert counts == base_counts == {"all-reduce": 2}
+
+
+def test_tp_layer_level_backward_equals_single_device_token_level(engine, cfg, params, lora_cfg):
+    """FlexLLM's layer-level backward (one layer per step) under tensor parallelism gives the
+    single-device token-level engine's generations, and the loss curve and trained adapter of
+    a plain LoRA training loop (SGD with momentum over 2 accumulated samples, 2 epochs)."""
+    import dataclasses
+
+    scfg = dataclasses.replace(engine.scfg, max_adapters=0, backward_mode="layer")
+    tp = CoServeEngine(
+        cfg, params, scfg, lora_cfg, optimizer=optax.sgd(0.3, momentum=0.9),
+        key=jax.random.key(0), ft_tokens_per_step=6, mesh=cpu_mesh((2,), (MODEL,)),
+    )  # fmt: skip
+    lora0 = init_lora(cfg, lora_cfg, key=jax.random.key(32), b_std=0.02)
+    samples = [[256, *range(5, 17)], [256, 9, 8, 7, 6, 5, 4]]
+    results = []
+    for eng in (engine, tp):
+        eng.reset(lora=lora0, key=jax.random.key(0))
+        eng.add_finetuning(samples, epochs=2)
+        rids = [eng.submit(p, max_new_tokens=5) for p in ([256, 72, 105], [256, 3])]
+        reports = eng.run(max_steps=400)
+        results.append(([eng.result(r) for r in rids], eng.losses, eng.trainable_adapter()))
+    # Two layer groups per sample, top first, some of them beside decode tokens.
+    assert [r.bwd_chunk for r in reports if r.bwd_chunk is not None] == [1, 0] * 4
+    assert any(r.bwd_chunk is not None and r.decode_tokens for r in reports)
+    (ref_out, _, _), (tp_out, tp_loss, tp_lora) = results
+    assert tp_out == ref_out
+    losses, final = plain_lora_train(
+        cfg, params, lora0, lora_cfg, optax.sgd(0.3, momentum=0.9), samples * 2, grad_accum=2
+    )
+    assert_trees_close(np.float32(tp_loss), np.float32(losses), kind="gradient")
+    assert_trees_close(jax.device_get(tp_lora), final, kind="gradient")
+    assert losses[-1] < losses[0]  # it learns
+    assert float(jnp.max(jnp.abs(final["q_proj"]["B"] - lora0["q_proj"]["B"]))) > 1e-4
+
+
+def test_pallas_attention_with_a_mesh_is_refused(cfg, lora_cfg):
+    scfg = CoServeConfig(attention_impl="pallas", page_size=4)
+    with pytest.raises(ConfigError, match=r"attention_impl='pallas': is not supported with a"):
+        make_coserve_step(cfg, scfg, lora_cfg, optax.sgd(0.1), mesh=cpu_mesh((2,), (MODEL,)))

@@ -11,9 +11,12 @@ from jgraph.core import ConfigError
 from jgraph.coserve import (
     AdapterBank,
     CoServeConfig,
+    LlamaConfig,
     StepBatch,
+    backward_steps,
     empty_batch,
     init_lora,
+    init_params,
     init_state,
     make_coserve_step,
     plain_lora_train,
@@ -55,7 +58,7 @@ def _run_sample(cfg, params, scfg, step, state, sample, fwd_chunk):
         state, out = step(params, bank.weights, bank.scales, state, StepBatch(**b))
         cur += m
     fwd_loss = float(out.ft_loss)
-    last = -(-n // scfg.bwd_chunk) - 1
+    last = backward_steps(cfg, scfg, n) - 1
     for c in range(last, -1, -1):
         b = empty_batch(scfg)
         b["bwd_chunk"], b["bwd_first"], b["bwd_last"] = np.int32(c), c == last, c == 0
@@ -86,6 +89,47 @@ def test_chunked_lora_gradients_equal_full_sequence_grad(cfg, params, lora_cfg, 
     assert_trees_close(state.grad, ref_grad, kind="gradient")
     # Negative check: the gradient is not trivially small, and a truncated backward differs.
     assert float(jnp.max(jnp.abs(ref_grad["k_proj"]["A"]))) > 1e-4
+
+
+# FlexLLM's layer-level split: k = 1 and k = L on the 2-layer model, and k = 2 on a 3-layer
+# model (a partial lowest group); query chunks of 4, S and 8 inside each layer.
+@pytest.mark.parametrize(("n_layers", "k", "chunk"), [(2, 1, 4), (2, 2, S), (3, 2, 8)])
+def test_layer_level_gradients_equal_full_sequence_grad(lora_cfg, n_layers, k, chunk):
+    cfg = LlamaConfig.tiny(n_layers=n_layers)
+    params = init_params(cfg, key=jax.random.key(5))
+    lora = init_lora(cfg, lora_cfg, key=jax.random.key(6), b_std=0.05)
+    scfg = CoServeConfig(
+        token_budget=8, max_requests=2, ft_max_len=S, bwd_chunk=chunk, page_size=4,
+        backward_mode="layer", bwd_layers=k,
+    )  # fmt: skip
+    opt = optax.sgd(0.0)
+    step = make_coserve_step(cfg, scfg, lora_cfg, opt)
+    state = init_state(cfg, scfg, lora, opt, key=jax.random.key(0))
+    assert state.dk_acc.size == 0
+    assert state.dv_acc.size == 0
+    assert backward_steps(cfg, scfg, 13) == -(-n_layers // k)
+    stale = np.asarray(jax.random.randint(jax.random.key(98), (S,), 0, 256), np.int32)
+    state, _, _ = _run_sample(cfg, params, scfg, step, state, stale, fwd_chunk=5)
+    sample = np.asarray(jax.random.randint(jax.random.key(7), (13,), 0, 256), np.int32)
+    state, out, fwd_loss = _run_sample(cfg, params, scfg, step, state, sample, fwd_chunk=5)
+    ref_loss, ref_grad = _ref_grad(cfg, params, lora, lora_cfg, *_padded(sample))
+    assert bool(out.sample_done)
+    assert_trees_close(np.float32(fwd_loss), ref_loss, kind="forward")
+    assert_trees_close(state.grad, ref_grad, kind="gradient")
+    # Negative check: every layer got a real gradient (a skipped group would leave zeros).
+    for li in range(n_layers):
+        assert float(jnp.max(jnp.abs(ref_grad["q_proj"]["A"][li]))) > 1e-4
+        assert float(jnp.max(jnp.abs(state.grad["q_proj"]["A"][li]))) > 1e-4
+
+
+def test_layer_mode_config_errors(cfg, lora_cfg):
+    with pytest.raises(ConfigError, match=r"CoServeConfig.backward_mode='chunk'.*not one of"):
+        CoServeConfig(backward_mode="chunk")
+    with pytest.raises(ConfigError, match=r"CoServeConfig.bwd_layers=0: must be >= 1"):
+        CoServeConfig(backward_mode="layer", bwd_layers=0)
+    scfg = CoServeConfig(backward_mode="layer", bwd_layers=3)
+    with pytest.raises(ConfigError, match=r"bwd_layers=3: exceeds the model's n_layers=2"):
+        make_coserve_step(cfg, scfg, lora_cfg, optax.sgd(0.1))
 
 
 def test_coserved_loss_curve_equals_plain_lora_loop(engine, cfg, params, lora_cfg):
