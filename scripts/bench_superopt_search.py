@@ -6,9 +6,12 @@ shapes in the spec, so they run once): time, states, pruning breakdown,
 verified μGraphs, the best structure, whether the known-good structure was
 verified (and when), and the analytic cost (an H100 *model*, not a
 measurement) of the best candidate vs the XLA candidate; (2) the pruning
-ablation (with vs without abstract expressions) on small programs under a
-state/time cap; (3) the verifier's false-positive rate on a corpus of >= 1,000
-wrong μGraphs at large primes and in Mirage's (p, q) = (167, 83) single-test mode.
+ablation on small programs under a state/time cap: abstract-expression pruning
+(Mirage's) and the two jgraph heuristics (live-operand rule, top-k sizes per
+map assignment), each switched off alone; (3) the verifier's false-positive
+rate on two corpora of >= 1,000 wrong μGraphs each (structural mutants, and
+"congruent" ones whose wrong constants vanish mod 167 and/or 83) at large
+primes and in Mirage's (p, q) = (167, 83) modes.
 
     .venv/bin/python scripts/bench_superopt_search.py --out results/superopt.json
     .venv/bin/python scripts/bench_superopt_search.py --smoke
@@ -64,6 +67,8 @@ def search_rows(runs, time_limit: float, scale: int, max_kernel_ops: int) -> lis
                 "shape_mem": st.pruned["shape_or_memory"],
                 "dup": st.pruned["duplicate"],
                 "cost_bound": st.pruned["cost_bound"],
+                "lookahead": st.pruned.get("lookahead", 0),
+                "live_rule": st.pruned.get("live_operand", 0),
                 "verifier_rej": sum(st.rejected.values()),
                 "verified": st.verified,
                 "known_good": f"yes@{min(c.found_s for c in good):.0f}s" if good else "no",
@@ -77,49 +82,68 @@ def search_rows(runs, time_limit: float, scale: int, max_kernel_ops: int) -> lis
     return rows
 
 
+_VARIANTS = {
+    "default": {},
+    "no abstract-expression pruning": {"pruning": False},
+    "no live-operand rule": {"require_live_operand": False},
+    "all grid/loop sizes": {"sizes_per_mapping": 0},
+}
+
+
 def ablation_rows(names, scale: int, cap_s: float, max_states: int) -> list[dict]:
+    """Each pruning rule switched off alone, on small programs under a state/time cap.
+
+    The abstract-expression check is Mirage's; the live-operand rule and the
+    top-k sizes per map assignment are jgraph heuristics, measured here for what
+    they cost in states and whether they lose the known-good structure
+    (``verify_all``: every candidate is verified, not only those that beat the
+    best so far, so "known_good" says whether the structure is reachable).
+    """
     rows = []
     for name in names:
         prog = get_program(name, scale=scale)
-        base = {
-            "max_kernel_ops": 1,
-            "max_block_ops": 7,
-            "max_block_inputs": 2,
-            "max_states": max_states,
-        }
-        out = {}
-        for pruning in (True, False):
-            cfg = SearchConfig(time_limit_s=cap_s, pruning=pruning, **base)
+        base = {"max_kernel_ops": 1, "max_block_ops": 10, "max_block_inputs": 3}
+        for label, extra in _VARIANTS.items():
+            cfg = SearchConfig(
+                time_limit_s=cap_s, max_states=max_states, verify_all=True, **base, **extra
+            )
             t = time.perf_counter()
             res = search(prog.graph, config=cfg)
-            out[pruning] = (res.stats.states, time.perf_counter() - t, res.stats.exhausted)
-        rows.append(
-            {
-                "program": f"{name}/scale{scale}",
-                "states_pruned": out[True][0],
-                "s_pruned": out[True][1],
-                "done_pruned": out[True][2],
-                "states_unpruned": out[False][0],
-                "s_unpruned": out[False][1],
-                "done_unpruned": out[False][2],
-                "state_ratio": out[False][0] / max(out[True][0], 1),
-            }
-        )
+            good = [c for c in res.candidates if is_known_good(name, c.graph)]
+            rows.append(
+                {
+                    "program": f"{name}/scale{scale}",
+                    "variant": label,
+                    "states": res.stats.states,
+                    "seconds": time.perf_counter() - t,
+                    "exhausted": res.stats.exhausted,
+                    "verified": res.stats.verified,
+                    "known_good": f"yes@{min(c.found_s for c in good):.1f}s" if good else "no",
+                }
+            )
+            print(format_table(rows[-1:]), flush=True)
     return rows
 
 
 def fp_rows(per_program: int, scales: tuple[int, ...]) -> list[dict]:
-    corpus = []
+    """False positives per mutant family and verifier mode (every mutant is wrong in float64)."""
+    corpora: dict[str, list] = {"structural": [], "congruent": []}
     for scale in scales:
         for name in ("rmsnorm_linear", "gated_mlp", "lora", "gqa", "ntrans"):
             prog = get_program(name, scale=scale)
             good = handwritten(name, prog)
-            corpus += [(prog, m) for m in mutants(prog.graph, good, limit=per_program)]
+            for family, corpus in corpora.items():
+                corpus += [
+                    (prog, m) for m in mutants(prog.graph, good, limit=per_program, family=family)
+                ]
     modes = {
         "large primes (q~2^25), 3 random tests": VerifyConfig(tests=3, float_screen=False),
         "large primes (q~2^25), 1 random test": VerifyConfig(tests=1, float_screen=False),
         "mirage (167,83), 1 random test": VerifyConfig(
             tests=1, primes="mirage", float_screen=False
+        ),
+        "mirage (167,83), 3 random tests": VerifyConfig(
+            tests=3, primes="mirage", float_screen=False
         ),
         "mirage (167,83), 1 counter test": VerifyConfig(
             tests=1, primes="mirage", inputs="counter", float_screen=False
@@ -127,24 +151,25 @@ def fp_rows(per_program: int, scales: tuple[int, ...]) -> list[dict]:
     }
     rows = []
     for label, cfg in modes.items():
-        verifiers: dict[tuple, Verifier] = {}
-        accepted = 0
-        t = time.perf_counter()
-        for prog, m in corpus:
-            key = (prog.name, prog.shapes)
-            if key not in verifiers:
-                verifiers[key] = Verifier(prog.graph, cfg)
-            v = verifiers[key]
-            accepted += v.check(m).ok
-        rows.append(
-            {
-                "mode": label,
-                "mutants": len(corpus),
-                "false_positives": accepted,
-                "fp_rate": accepted / len(corpus),
-                "s_per_check": (time.perf_counter() - t) / len(corpus),
-            }
-        )
+        for family, corpus in corpora.items():
+            verifiers: dict[tuple, Verifier] = {}
+            accepted = 0
+            t = time.perf_counter()
+            for prog, m in corpus:
+                key = (prog.name, prog.shapes)
+                if key not in verifiers:
+                    verifiers[key] = Verifier(prog.graph, cfg)
+                accepted += verifiers[key].check(m).ok
+            rows.append(
+                {
+                    "mode": label,
+                    "family": family,
+                    "mutants": len(corpus),
+                    "false_positives": accepted,
+                    "fp_rate": accepted / len(corpus),
+                    "s_per_check": (time.perf_counter() - t) / len(corpus),
+                }
+            )
     return rows
 
 
@@ -154,20 +179,26 @@ def main() -> None:
     p.add_argument("--out", default=None, help="JSON results path")
     p.add_argument("--time-limit", type=float, default=50.0, help="seconds per search")
     p.add_argument(
+        "--programs", default="", help="comma-separated subset, e.g. gqa:1,lora (full runs only)"
+    )
+    p.add_argument(
         "--parts", default="search,ablation,fp", help="comma-separated subset of search,ablation,fp"
     )
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.smoke:
         runs, scale, tl, k = [("rmsnorm_linear", 1)], 16, 10.0, 1
-        abl, abl_scale, cap, cap_states = ["rmsnorm_linear"], 16, 10.0, 3000
+        abl, abl_scale, cap, cap_states = ["rmsnorm_linear"], 16, 5.0, 3000
         per_program, fp_scales = 12, (16,)
     else:
         runs = [(n, b) for n in ("rmsnorm_linear", "gqa", "qknorm", "ntrans") for b in (1, 8)]
         runs += [("lora", 1), ("gated_mlp", 1)]
+        if args.programs:
+            keep = set(args.programs.split(","))
+            runs = [r for r in runs if r[0] in keep or f"{r[0]}:{r[1]}" in keep]
         scale, tl, k = 1, args.time_limit, 2
-        abl, abl_scale, cap, cap_states = ["rmsnorm_linear", "gated_mlp"], 16, 60.0, 200_000
-        per_program, fp_scales = 400, (16, 8)
+        abl, abl_scale, cap, cap_states = ["rmsnorm_linear", "gated_mlp"], 16, 30.0, 2_000_000
+        per_program, fp_scales = 200, (16, 8)
     parts = set(args.parts.split(","))
     srows, arows, frows = [], [], []
     if "search" in parts:

@@ -11,6 +11,16 @@ from jgraph.core import format_table
 PROGRAMS = ("gqa", "qknorm", "rmsnorm_linear", "lora", "gated_mlp", "ntrans")
 
 
+def _sizes(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; pass e.g. 2") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0 (0 keeps every size)")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     help_ = "search μGraphs for a tensor program (Mirage)"
     p = sub.add_parser("superopt", help=help_, description=help_)
@@ -35,6 +45,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     run_p.add_argument("--backend", choices=("cuda", "h100", "tpu"), default="h100")
     run_p.add_argument("--tests", type=positive_int, default=3, help="random field tests")
     run_p.add_argument("--max-kernel-ops", type=positive_int, default=3)
+    run_p.add_argument(
+        "--sizes-per-mapping",
+        type=_sizes,
+        default=2,
+        help="grid/loop sizes kept per map assignment (0 = all; a jgraph heuristic)",
+    )
+    run_p.add_argument(
+        "--no-live-operand-rule",
+        action="store_true",
+        help="also explore ops that read only already-read tensors (the full space)",
+    )
     run_p.add_argument("--out", type=Path, default=None, help="folder for the PNG, text and JSON")
     run_p.add_argument("--cache-dir", type=Path, default=None, help="reuse/store verified results")
 
@@ -56,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         max_kernel_ops=args.max_kernel_ops,
         maps=args.maps,
         backend=args.backend,
+        sizes_per_mapping=args.sizes_per_mapping,
+        require_live_operand=not args.no_live_operand_rule,
         verify=VerifyConfig(tests=args.tests),
     )
     prog = get_program(args.program, batch=args.batch, scale=args.scale)

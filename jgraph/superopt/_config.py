@@ -27,7 +27,14 @@ class SearchConfig:
         max_block_ops: block-graph ops including input iterators and savers (Mirage: 11).
         max_block_inputs: operands of one graph-defined kernel (Mirage: 3, 4 for LoRA).
         max_block_outputs: outputs of one graph-defined kernel.
-        sizes_per_mapping: grid/loop sizes kept per map assignment (ranked by cost).
+        sizes_per_mapping: grid/loop sizes kept per map assignment, ranked by a
+            closed-form cost (bytes loaded and occupancy); 0 keeps every size. A
+            jgraph heuristic, not in Mirage: it never changes *which* map
+            assignments are explored, only how many sizes of each.
+        require_live_operand: every new op must read a tensor nothing has read yet.
+            A jgraph heuristic, not in Mirage: it drops DAGs whose canonical order
+            has an op reading only already-read tensors (e.g. two different
+            unary ops of one tensor); ``False`` restores the full space.
         maps: ``"derived"`` (from shapes) or ``"mirage"`` (Mirage's fixed lists).
         backend: ``"cuda"`` (96 KiB smem), ``"h100"`` (227 KiB) or ``"tpu"``.
         pruning: abstract-expression pruning (off only for the ablation).
@@ -43,6 +50,7 @@ class SearchConfig:
     max_block_inputs: int = 4
     max_block_outputs: int = 2
     sizes_per_mapping: int = 2
+    require_live_operand: bool = True
     maps: Literal["derived", "mirage"] = "derived"
     backend: Literal["cuda", "h100", "tpu"] = "h100"
     pruning: bool = True
@@ -63,7 +71,7 @@ class SearchConfig:
         check_int("SearchConfig.max_block_ops", self.max_block_ops, minimum=3, maximum=16)
         check_int("SearchConfig.max_block_inputs", self.max_block_inputs, minimum=1, maximum=6)
         check_int("SearchConfig.max_block_outputs", self.max_block_outputs, minimum=1, maximum=4)
-        check_int("SearchConfig.sizes_per_mapping", self.sizes_per_mapping, minimum=1)
+        check_int("SearchConfig.sizes_per_mapping", self.sizes_per_mapping, minimum=0)
         check_choice("SearchConfig.maps", self.maps, ("derived", "mirage"))
         check_choice("SearchConfig.backend", self.backend, tuple(SMEM_BUDGET))
 

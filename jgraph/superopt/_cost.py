@@ -142,13 +142,13 @@ class CostModel:
                 if len(consumers.get(i, [])) == 1 and i not in graph.outputs:
                     kernel_of[k] = kernel_of[src]
                     break
-        dram = flops = smem = 0
+        dram, flops, smem = 0, 0.0, 0
         time_us = 0.0
         kernels = sorted(set(kernel_of.values()))
         for kern in kernels:
             members = [k for k in kernel_of if kernel_of[k] == kern]
             member_outs = {out_id[k] + s for k in members for s in range(graph.ops[k].n_outputs)}
-            k_bytes = k_mm = k_vec = 0
+            k_bytes, k_mm, k_vec = 0, 0.0, 0.0
             for k in members:
                 op = graph.ops[k]
                 ins = [shapes[i] for i in op.inputs]
@@ -171,11 +171,11 @@ class CostModel:
                     k_mm, k_vec = (k_mm + f, k_vec) if op.kind == "matmul" else (k_mm, k_vec + f)
                     blocks = dev.num_sms
             occupancy = min(1.0, blocks / dev.num_sms)
-            t = max(
+            k_s = max(
                 k_bytes / dev.hbm_bytes_per_s,
                 k_mm / dev.matmul_flops_per_s + k_vec / dev.vector_flops_per_s,
             )
-            time_us += t * 1e6 / occupancy + dev.launch_us
+            time_us += k_s * 1e6 / occupancy + dev.launch_us
             dram += k_bytes
             flops += k_mm + k_vec
         est = self.measure(graph) if self.measure is not None else time_us

@@ -23,6 +23,7 @@ Accumulators (``n`` = the tile's last dim, ``F`` = the for-loop range):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
@@ -74,7 +75,14 @@ def apply_op(
         ms = ring.scale(ring.sum(ring.mul(x, x), len(x.shape) - 1), Fraction(1, n))
         return ring.div(x, ring.sqrt(ms))
     if kind == "concat":
-        return ring.concat(ins, lead + attrs.get("dim", rank - 1) % rank)
+        axis = lead + attrs.get("dim", rank - 1) % rank
+        # operands may be replicated (size 1) along different grid/loop axes
+        shp = [max(v.shape[a] for v in ins) for a in range(lead)]
+        ins = [
+            ring.struct(functools.partial(_broadcast, ring, (*shp, *v.shape[lead:])), v)
+            for v in ins
+        ]
+        return ring.concat(ins, axis)
     raise ValueError(f"the interpreter has no op {kind!r}")
 
 
@@ -100,10 +108,11 @@ def _load(ring: Ring, x: Any, grid: Triple, imap: Triple, fmap: int, frange: int
     padded = [
         split[labels.index(k)] if k in labels else 1 for k in order[:4]
     ] + tile  # size-1 axes where the input does not vary
-    full = (*grid, frange, *tile)
 
+    # Replicated axes stay size 1 and broadcast in each op, so a block op whose
+    # operands are all replicated along an axis is computed once, not per block.
     def f(v: np.ndarray) -> np.ndarray:
-        return ring.xp.broadcast_to(v.reshape(split).transpose(perm).reshape(padded), full)
+        return v.reshape(split).transpose(perm).reshape(padded)
 
     return ring.struct(f, x)
 
@@ -111,6 +120,7 @@ def _load(ring: Ring, x: Any, grid: Triple, imap: Triple, fmap: int, frange: int
 def _store(ring: Ring, x: Any, grid: Triple, omap: Triple) -> Any:
     """Places ``[gx, gy, gz, *tile]`` block tiles into the output tensor."""
     tile = x.shape[3:]
+    x = ring.struct(lambda v: ring.xp.broadcast_to(v, (*grid, *tile)), x)
     perm, out = [a for a in range(3) if grid[a] == 1 or omap[a] == -1], []
     for j, t in enumerate(tile):
         axes = [a for a in range(3) if grid[a] > 1 and omap[a] == j]
@@ -134,8 +144,8 @@ def _accumulate(
 ) -> Any:
     r = _acc_ring(ring)
 
-    def it(v: Any, i: int) -> Any:
-        return r.to_acc(ring.struct(lambda a: a[:, :, :, i], v))
+    def it(v: Any, i: int) -> Any:  # iteration i (a size-1 loop axis: loop-invariant)
+        return r.to_acc(ring.struct(lambda a: a[:, :, :, i if a.shape[3] > 1 else 0], v))
 
     x = xs[0]
     n = x.shape[-1]
@@ -227,3 +237,7 @@ def _evaluate(graph: KernelGraph, inputs: Sequence[Any], ring: Ring) -> list[Any
         else:
             vals.append(apply_op(op.kind, args, op.attr, ring))
     return [vals[o] for o in graph.outputs]
+
+
+def _broadcast(ring: Any, shape: tuple[int, ...], a: Any) -> Any:
+    return ring.xp.broadcast_to(a, shape)

@@ -153,8 +153,8 @@ class _Capture:
             raise _unsupported(name, f"{t.shape} -> {shape} changes the kernel layout")
         if name == "dot_general":
             (lc, rc), (lb, rb) = p["dimension_numbers"]
-            a, b = (self.tensor(v, name) for v in ins)
-            r = len(a.shape)
+            lhs, rhs = (self.tensor(v, name) for v in ins)
+            r = len(lhs.shape)
             batch = tuple(range(r - 2))
             if (
                 (tuple(lc), tuple(rc)) != ((r - 1,), (r - 2,))
@@ -162,7 +162,7 @@ class _Capture:
                 or tuple(rb) != batch
             ):
                 raise _unsupported(name, "only batched (..., m, k) @ (..., k, n) matmuls")
-            return [_V(t=g.matmul(a, b))]
+            return [_V(t=g.matmul(lhs, rhs))]
         raise _unsupported(name)
 
 

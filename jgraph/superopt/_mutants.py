@@ -8,6 +8,15 @@ enters the corpus only if it is a valid μGraph and is *wrong*: its float64
 output differs from the reference program's on random inputs. Equivalent
 mutants (a changed loop range often is one) are discarded, so every accepted
 mutant is a false positive.
+
+The ``congruent`` family is what separates small fields from large ones: a
+``mul_scalar`` by a constant ``c`` inserted after one block op, with ``c`` wrong
+over the reals but invisible modulo Mirage's primes (p, q) = (167, 83):
+``c ≡ 1 (mod pq)`` (a normalization or trip count off by a multiple of ``pq``),
+``c ≡ 1 (mod q)`` (an exp argument scaled wrongly: ω has order q, so only the
+exponent's value mod q matters) and ``c ≡ 1 (mod p)`` (a wrong factor on a value
+derived from exp, which lives mod p only). Over q ≈ 2^25 these constants are not
+1, so the large-prime verifier still rejects them.
 """
 
 from __future__ import annotations
@@ -20,9 +29,14 @@ import numpy as np
 
 from jgraph.core import ConfigError
 from jgraph.superopt._interp import evaluate
-from jgraph.superopt._ir import BlockGraph, BlockInput, BlockOutput, KernelGraph, Op
+from jgraph.superopt._ir import BlockGraph, BlockInput, BlockOutput, KernelGraph, Op, make_attrs
+from jgraph.superopt._ring import MIRAGE_PRIMES
 
-__all__ = ["mutants"]
+__all__ = ["CONGRUENT_SCALARS", "mutants"]
+
+_P, _Q = MIRAGE_PRIMES
+# c ≡ 1 mod pq, mod q only, mod p only (see the module docstring)
+CONGRUENT_SCALARS = (1 + _P * _Q, 1 + 2 * _P * _Q, 1 + _Q, 1 + 3 * _Q, 1 + _P, 1 + 2 * _P)
 
 _ACC_SWAP = ("accum_sum", "accum_sum_ld", "accum_mean_ld", "accum_rms_ld", "accum_max")
 _NONCOMM = ("div", "sub", "matmul", "pow")
@@ -44,6 +58,29 @@ def _drop(block: BlockGraph, k: int) -> BlockGraph | None:
     )
     outs = tuple(BlockOutput(fix(o.src), o.omap) for o in block.outputs)
     return dataclasses.replace(block, ops=ops, outputs=outs)
+
+
+def _insert_scale(block: BlockGraph, k: int, c: int) -> BlockGraph:
+    """Inserts ``mul_scalar(c)`` after block op ``k``; its consumers and savers read the result."""
+    t = len(block.inputs) + k
+
+    def fix(i: int) -> int:
+        return i + 1 if i >= t else i
+
+    scaled = Op("mul_scalar", (t,), make_attrs({"scalar": c}))
+    ops = (
+        *block.ops[: k + 1],
+        scaled,
+        *(Op(o.kind, tuple(fix(i) for i in o.inputs), o.attrs) for o in block.ops[k + 1 :]),
+    )
+    outs = tuple(BlockOutput(fix(o.src), o.omap) for o in block.outputs)
+    return dataclasses.replace(block, ops=ops, outputs=outs)
+
+
+def _congruent(block: BlockGraph) -> Iterator[BlockGraph]:
+    for k in range(len(block.ops)):
+        for c in CONGRUENT_SCALARS:
+            yield _insert_scale(block, k, c)
 
 
 def _block_mutations(block: BlockGraph, rng: random.Random) -> Iterator[BlockGraph]:
@@ -95,12 +132,15 @@ def _block_mutations(block: BlockGraph, rng: random.Random) -> Iterator[BlockGra
     del rng
 
 
-def _single(graph: KernelGraph, rng: random.Random) -> list[KernelGraph]:
+def _single(
+    graph: KernelGraph, rng: random.Random, family: str = "structural"
+) -> list[KernelGraph]:
     out = []
+    gen = _block_mutations if family == "structural" else (lambda b, _r: _congruent(b))
     for j, op in enumerate(graph.ops):
         if op.block is None:
             continue
-        for b in _block_mutations(op.block, rng):
+        for b in gen(op.block, rng):
             ops = list(graph.ops)
             ops[j] = dataclasses.replace(op, block=b)
             out.append(dataclasses.replace(graph, ops=tuple(ops)))
@@ -116,11 +156,19 @@ def _valid(g: KernelGraph) -> bool:
 
 
 def mutants(
-    reference: KernelGraph, correct: KernelGraph, *, limit: int = 1000, seed: int = 0
+    reference: KernelGraph,
+    correct: KernelGraph,
+    *,
+    limit: int = 1000,
+    seed: int = 0,
+    family: str = "structural",
 ) -> list[KernelGraph]:
     """Wrong μGraphs derived from ``correct`` (equivalent to ``reference``).
 
     Single mutations first, then random double mutations until ``limit``.
+    ``family``: ``"structural"`` (maps, accumulators, operands, loop range, grid,
+    dropped ops) or ``"congruent"`` (constants invisible mod (167, 83); see the
+    module docstring; a congruent mutation of a structural one for the doubles).
 
     Example:
         >>> from jgraph.superopt import get_program, handwritten
@@ -151,16 +199,19 @@ def mutants(
         if wrong:
             out.append(g)
 
-    singles = _single(correct, rng)
+    if family not in ("structural", "congruent"):
+        raise ConfigError("mutants.family", family, "unknown", "use 'structural' or 'congruent'")
+    singles = _single(correct, rng, family)
     for g in singles:
         consider(g)
+    bases = _single(correct, rng) if family == "congruent" else singles
     tries = 0
-    while len(out) < limit and singles and tries < 50 * limit:
+    while len(out) < limit and bases and tries < 50 * limit:
         tries += 1
-        base = rng.choice(singles)
+        base = rng.choice(bases)
         if not _valid(base):
             continue
-        more = _single(base, rng)
+        more = _single(base, rng, family)
         if more:
             consider(rng.choice(more))
     return out

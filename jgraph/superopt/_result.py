@@ -76,6 +76,7 @@ class SearchResult:
                     "cost": c.cost.as_dict(),
                     "label": c.label,
                     "found_s": c.found_s,
+                    "found_states": c.found_states,
                     "verdict": dataclasses.asdict(c.verdict),
                 }
                 for c in self.candidates
@@ -91,6 +92,7 @@ class SearchResult:
                 cost=Cost(**c["cost"]),
                 label=str(c["label"]),
                 found_s=float(c.get("found_s", 0.0)),
+                found_states=int(c.get("found_states", 0)),
                 verdict=Verdict(
                     ok=bool(c["verdict"]["ok"]),
                     stage=c["verdict"]["stage"],

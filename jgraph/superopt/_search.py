@@ -22,6 +22,26 @@ occurs in the reference's expressions (any other op would be pruned by the
 oracle anyway). Anytime: the best verified candidate so far is kept, and the
 reference itself (all pre-defined ops: the plain XLA candidate) is always in
 the result, so a search never returns nothing.
+
+What keeps it fast (none of it changes which μGraphs are in the space):
+
+* iterative deepening on the kernel count with exact lookahead: the last op
+  must read every unread input and leave exactly as many sinks as the
+  reference has outputs, each *equivalent* (not just a subexpression) to one of
+  them, so the last kernel's block structures are filtered by that before any
+  schedule is derived;
+* block structures per (operand expressions, shapes) and schedules per
+  (shapes, structure) are cached, so deeper iterations reuse them;
+* moves are ordered by progress (size of the new expressions), then by model
+  cost: order only, every move is still explored;
+* the verifier's first field test runs incrementally: kernel outputs are cached
+  along the DFS path, so a candidate costs one kernel evaluation, and only
+  those that pass it get the full `Verifier.check`.
+
+Two jgraph heuristics (not in Mirage) shrink the space and can be switched off:
+``SearchConfig.require_live_operand`` (every new op reads an unread tensor) and
+``SearchConfig.sizes_per_mapping`` (top-k grid/loop sizes per map assignment;
+0 keeps all). The benchmark's ablation measures both.
 """
 
 from __future__ import annotations
@@ -35,35 +55,25 @@ from typing import Any
 
 from jgraph.core import progress
 from jgraph.superopt._absexpr import Expr, Oracle, block_expr, erase, graph_exprs, kernel_expr
+from jgraph.superopt._canonical import (
+    HEAD_OF,
+    canonical_key,
+    enumerate_dags,
+    expr_heads,
+    expr_size,
+)
 from jgraph.superopt._config import SearchConfig
 from jgraph.superopt._cost import Cost, CostModel
+from jgraph.superopt._interp import apply_op, run_block
 from jgraph.superopt._ir import KernelGraph, KernelOp, Op, make_attrs
 from jgraph.superopt._ops import ACCUMULATORS, BINARY, COMMUTATIVE, ShapeError, op_shape
+from jgraph.superopt._ring import FieldZeroDivisionError, NonLaxError
 from jgraph.superopt._tiling import schedules, shape_consistent
 from jgraph.superopt._verify import Verdict, Verifier
 
 __all__ = ["Candidate", "SearchStats", "canonical_key", "enumerate_dags", "run_search"]
 
 log = logging.getLogger(__name__)
-
-_ALL_KINDS = (
-    "matmul", "exp", "sqrt", "silu", "gelu", "relu", "add", "mul", "div", "pow", "rms_norm",
-    "reduce_sum", "reduce_max", "accum_sum", "accum_sum_ld", "accum_rms_ld", "accum_redtox_ld",
-    "accum_max", "accum_rescale", "customized",
-)  # fmt: skip
-_RANK = {k: i for i, k in enumerate(_ALL_KINDS)}
-_HEAD_OF = {"exp": "exp", "sqrt": "sqrt", "silu": "silu", "gelu": "gelu", "relu": "relu",
-            "add": "add", "mul": "mul", "div": "div", "pow": "pow"}  # fmt: skip
-
-
-def canonical_key(inputs: Sequence[int], kind: str, attrs: Any = ()) -> tuple[Any, ...]:
-    """The order key of an op: inputs largest-first, then as given, then kind and attributes.
-
-    A consumer of tensor ``t`` always has a larger key than ``t``'s producer, so
-    the strictly increasing sequence of keys is exactly one topological order of
-    each DAG.
-    """
-    return (tuple(sorted(inputs, reverse=True)), tuple(inputs), _RANK.get(kind, 99), repr(attrs))
 
 
 class _StopSearchError(Exception):
@@ -79,6 +89,7 @@ class Candidate:
     verdict: Verdict
     label: str = "search"
     found_s: float = 0.0  # seconds into the search when it was verified
+    found_states: int = 0  # search states explored when it was verified (deterministic)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -99,16 +110,6 @@ class SearchStats:
         return dataclasses.asdict(self)
 
 
-def _heads(e: Expr, out: set[str]) -> None:
-    out.add(e[0])
-    if e[0] in ("sum", "rms", "max"):
-        _heads(e[2], out)
-    elif e[0] != "var":
-        for a in e[1:]:
-            if isinstance(a, tuple):
-                _heads(a, out)
-
-
 class _Searcher:
     def __init__(self, reference: KernelGraph, config: SearchConfig, verifier: Verifier) -> None:
         self.ref, self.cfg, self.verifier = reference, config, verifier
@@ -120,9 +121,9 @@ class _Searcher:
         self.eoracle = Oracle([erase(t) for t in self.targets]) if config.pruning else None
         heads: set[str] = set()
         for t in self.targets:
-            _heads(t, heads)
+            expr_heads(t, heads)
         ref_kinds = {op.kind for op in reference.ops}
-        elem = [k for k, h in _HEAD_OF.items() if h in heads or k in ref_kinds]
+        elem = [k for k, h in HEAD_OF.items() if h in heads or k in ref_kinds]
         self.kvocab = [k for k in ("matmul", "rms_norm", "reduce_sum") if k in ref_kinds] + elem
         self.bvocab = list(elem)
         if {"sum", "mul"} <= heads:
@@ -144,14 +145,25 @@ class _Searcher:
         self.start = time.perf_counter()
         self.states = 0
         self.pruned = dict.fromkeys(
-            ("canonical", "abstract_expression", "shape_or_memory", "duplicate", "cost_bound"), 0
+            (
+                "canonical",
+                "abstract_expression",
+                "shape_or_memory",
+                "duplicate",
+                "cost_bound",
+                "lookahead",
+                "live_operand",
+            ),
+            0,
         )
         self.rejected: dict[str, int] = {}
         self.found: list[Candidate] = []
         self.seen: set[KernelGraph] = set()
         self.first_s: float | None = None
         self.depth = config.max_kernel_ops
-        self._struct_cache: dict[Any, list[tuple[tuple[Op, ...], tuple[int, ...]]]] = {}
+        self._struct_cache: dict[Any, list[Any]] = {}
+        self._sched_cache: dict[Any, list[Any]] = {}
+        self._fp_path: list[tuple[KernelOp, list[Any]]] = []
 
     # -- budget -----------------------------------------------------------------------
     def _tick(self) -> None:
@@ -174,11 +186,12 @@ class _Searcher:
         shapes = [s.shape for s in self.ref.inputs]
         exprs: list[Expr] = [("var", i) for i in range(self.n_in)]
         try:
-            moves = self._sorted_moves([], list(self._kernel_moves([], shapes, exprs, None, 0)))
             # Iterative deepening on the kernel count: one-kernel candidates are
-            # verified first, and their cost then bounds every deeper prefix.
+            # verified first, and their cost then bounds every deeper prefix. The
+            # depth also tells each level how many ops may follow (lookahead).
             for depth in range(1, self.cfg.max_kernel_ops + 1):
                 self.depth = depth
+                moves = self._sorted_moves([], list(self._kernel_moves([], shapes, exprs, None, 0)))
                 for move in progress(
                     moves,
                     description=f"μGraph search (<= {depth} kernels)",
@@ -219,18 +232,24 @@ class _Searcher:
             self._descend(ops, shapes, exprs, n_custom, move)
 
     def _sorted_moves(self, ops: list[KernelOp], moves: list[Any]) -> list[Any]:
-        """Cheapest first (model cost of the prefix with the move), so good candidates come early."""
+        """Most progress first, then cheapest, so good candidates come early.
 
-        def cost(move: Any) -> float:
+        Progress is the total size of the new abstract expressions (how much of
+        the program the move computes); cost is the model cost of the prefix with
+        the move. Only the order changes: every move is still explored.
+        """
+
+        def key(move: Any) -> tuple[int, float]:
             new_ops = (*ops, move[1])
             n = len(self.ref.inputs) + sum(o.n_outputs for o in new_ops)
             g = KernelGraph(self.ref.inputs, new_ops, tuple(range(n - move[1].n_outputs, n)))
+            progress = sum(expr_size(e) for e in move[3])
             try:
-                return self.cost_model(g).estimated_us
+                return -progress, self.cost_model(g).estimated_us
             except ShapeError:
-                return float("inf")
+                return -progress, float("inf")
 
-        return sorted(moves, key=cost)
+        return sorted(moves, key=key)
 
     def _try(self, ops: list[KernelOp], sinks: list[int], exprs: list) -> bool:
         order = None
@@ -259,6 +278,9 @@ class _Searcher:
         left = self.cfg.time_limit_s - (time.perf_counter() - self.start)
         if left < self.verifier.setup_seconds:  # a check would overrun the time limit
             raise _StopSearchError
+        if self._quick_reject(ops, sinks):
+            self.rejected["field"] = self.rejected.get("field", 0) + 1
+            return False
         verdict = self.verifier.check(graph)
         if not verdict.ok:
             self.rejected[verdict.stage] = self.rejected.get(verdict.stage, 0) + 1
@@ -269,26 +291,91 @@ class _Searcher:
                 inv[i] = graph.outputs[p]
             graph = dataclasses.replace(graph, outputs=tuple(inv))
         found_s = time.perf_counter() - self.start
-        self.found.append(Candidate(graph=graph, cost=cost, verdict=verdict, found_s=found_s))
+        self.found.append(
+            Candidate(
+                graph=graph, cost=cost, verdict=verdict, found_s=found_s, found_states=self.states
+            )
+        )
         self.best_us = min(self.best_us, cost.estimated_us)
         if self.first_s is None:
             self.first_s = time.perf_counter() - self.start
         log.info("verified candidate %d: %.2f us (model)", len(self.found), cost.estimated_us)
         return True
 
+    def _quick_reject(self, ops: list[KernelOp], sinks: list[int]) -> bool:
+        """The verifier's first field test, with kernel outputs cached along the DFS path.
+
+        Exactly the first test of `Verifier.check` (same ring, inputs and
+        schedule semantics), but a prefix shared by many candidates is evaluated
+        once. True means the candidate fails it (``check`` would reject it too).
+        """
+        test = self.verifier.first_test()
+        if test is None:
+            return False
+        ring, ins, ref = test
+        path = self._fp_path
+        k = 0
+        while k < len(path) and k < len(ops) and path[k][0] is ops[k]:
+            k += 1
+        del path[k:]
+        vals = list(ins)
+        for _, new in path:
+            vals.extend(new)
+        try:
+            for op in ops[k:]:
+                args = [vals[i] for i in op.inputs]
+                if op.block is not None:
+                    new = run_block(op.block, args, ring)
+                else:
+                    new = [apply_op(op.kind, args, op.attr, ring)]
+                path.append((op, new))
+                vals.extend(new)
+        except NonLaxError:
+            return True
+        except FieldZeroDivisionError:
+            return False  # improbable; let the full check resample
+        return not any(
+            all(ring.equal(vals[p[i]], r) for i, r in enumerate(ref))
+            for p in itertools.permutations(sinks)
+        )
+
     def _kernel_moves(
         self, ops: list[KernelOp], shapes: list, exprs: list, last: Any, n_custom: int
     ) -> Iterator[Any]:
+        """Moves from a state; exact lookahead from the ops left (``self.depth``).
+
+        After this op, ``rest`` ops remain; each reads at most ``cap`` tensors and
+        leaves at least one sink, so the inputs nobody read yet must fit in
+        ``rest * cap`` reads and the sinks must be reducible to the reference's
+        output count. The last op must read every unread input and leave exactly
+        that many sinks, each of which must be *equivalent* (not just a
+        subexpression) to a reference output modulo the axioms.
+        """
         n = len(shapes)
         consumed = {i for op in ops for i in op.inputs}
-        live = {t for t in range(n) if t not in consumed}  # sinks and unused inputs
+        live = {t for t in range(n) if t not in consumed}  # sinks and unread inputs
+        unread = {t for t in live if t < self.n_in}
+        sinks = live - unread
+        rest = self.depth - len(ops) - 1
+        cap = max(2, self.cfg.max_block_inputs if self.cfg.max_customized else 2)
+
+        def fits(ins: Sequence[int], n_new: int) -> bool:
+            left_unread = len(unread.difference(ins))
+            left_sinks = len(sinks.difference(ins)) + n_new
+            if rest == 0:
+                return left_unread == 0 and left_sinks == self.n_out
+            return left_unread <= rest * cap and left_sinks - rest * (cap - 1) <= self.n_out
+
         for kind in self.kvocab:
             arity = 2 if kind in BINARY or kind == "matmul" else 1
             for ins in itertools.product(range(n), repeat=arity):
                 if kind in COMMUTATIVE and ins[0] > ins[1]:
                     continue
-                if not live.intersection(ins):
-                    self.pruned["canonical"] += 1
+                if self.cfg.require_live_operand and not live.intersection(ins):
+                    self.pruned["live_operand"] += 1
+                    continue
+                if not fits(ins, 1):
+                    self.pruned["lookahead"] += 1
                     continue
                 dims = range(len(shapes[ins[0]])) if kind == "reduce_sum" else [None]
                 for d in dims:
@@ -308,32 +395,34 @@ class _Searcher:
                     if e in exprs:
                         self.pruned["duplicate"] += 1
                         continue
-                    if self._ok(e):
+                    if self._ok(e) and (rest or self._final_ok(e)):
                         yield key, KernelOp(kind, tuple(ins), attrs), [shape], [e]
         if n_custom >= self.cfg.max_customized:
             return
         for size in range(1, min(self.cfg.max_block_inputs, n) + 1):
             for ins in itertools.combinations(range(n), size):
-                if not live.intersection(ins):
-                    self.pruned["canonical"] += 1
+                if self.cfg.require_live_operand and not live.intersection(ins):
+                    self.pruned["live_operand"] += 1
                     continue
                 key = canonical_key(ins, "customized")
                 if last is not None and key <= last:
                     self.pruned["canonical"] += 1
                     continue
-                in_shapes = [tuple(shapes[i]) for i in ins]
+                if rest == 0 and unread.difference(ins):
+                    self.pruned["lookahead"] += 1
+                    continue
+                need = self.n_out - len(sinks.difference(ins)) if rest == 0 else None
+                if need is not None and need < 1:
+                    self.pruned["lookahead"] += 1
+                    continue
+                in_shapes = tuple(tuple(shapes[i]) for i in ins)
                 in_exprs = [exprs[i] for i in ins]
-                for struct_ops, sinks in self._structures(in_exprs, in_shapes):
-                    for block in schedules(
-                        in_shapes, struct_ops, sinks, smem_budget=self.cfg.smem_budget,
-                        sizes_per_mapping=self.cfg.sizes_per_mapping, maps=self.cfg.maps,
-                    ):  # fmt: skip
+                for struct_ops, struct_sinks, _ in self._structures(in_exprs, in_shapes, need):
+                    if not fits(ins, len(struct_sinks)):
+                        self.pruned["lookahead"] += 1
+                        continue
+                    for block, tiles, outs in self._schedules(in_shapes, struct_ops, struct_sinks):
                         self._tick()
-                        try:
-                            tiles, _, outs = block.infer(in_shapes)
-                        except ShapeError:
-                            self.pruned["shape_or_memory"] += 1
-                            continue
                         bex = list(in_exprs)
                         for bop in block.ops:
                             bex.append(
@@ -344,18 +433,61 @@ class _Searcher:
                         if any(e in exprs for e in new):
                             self.pruned["duplicate"] += 1
                             continue
-                        if all(self._ok(e) for e in new):
-                            yield key, KernelOp("customized", tuple(ins), (), block), outs, new
+                        if all(self._ok(e) and (rest or self._final_ok(e)) for e in new):
+                            yield key, KernelOp("customized", ins, (), block), list(outs), new
+
+    def _final_ok(self, e: Expr, erased: bool = False) -> bool:
+        """Whether ``e`` is equivalent to some reference output (the last op's outputs must be)."""
+        if not self.pruning:
+            return True
+        oracle = self.eoracle if erased else self.oracle
+        hit = any(oracle.equivalent(e, k) for k in range(self.n_out))  # type: ignore[union-attr]
+        if not hit:
+            self.pruned["abstract_expression"] += 1
+        return hit
+
+    def _schedules(
+        self, in_shapes: tuple[tuple[int, ...], ...], ops: tuple[Op, ...], sinks: tuple[int, ...]
+    ) -> list[tuple[Any, list[tuple[int, ...]], list[tuple[int, ...]]]]:
+        """`schedules` of a structure with tile and output shapes, cached per (shapes, structure)."""
+        key = (in_shapes, ops, sinks)
+        hit = self._sched_cache.get(key)
+        if hit is None:
+            hit = []
+            for block in schedules(
+                in_shapes, ops, sinks, smem_budget=self.cfg.smem_budget,
+                sizes_per_mapping=self.cfg.sizes_per_mapping, maps=self.cfg.maps,
+            ):  # fmt: skip
+                try:
+                    tiles, _, outs = block.infer(in_shapes)
+                except ShapeError:
+                    self.pruned["shape_or_memory"] += 1
+                    continue
+                hit.append((block, tiles, outs))
+            self._sched_cache[key] = hit
+        return hit
 
     # -- block level ------------------------------------------------------------------
     def _structures(
-        self, in_exprs: list[Expr], in_shapes: list[tuple[int, ...]]
-    ) -> list[tuple[tuple[Op, ...], tuple[int, ...]]]:
-        ekey = (tuple(erase(e) for e in in_exprs), tuple(in_shapes))
+        self, in_exprs: list[Expr], in_shapes: tuple[tuple[int, ...], ...], need: int | None
+    ) -> list[tuple[tuple[Op, ...], tuple[int, ...], tuple[Expr, ...]]]:
+        """Closed block-graph structures on these operands (cached).
+
+        ``need`` (the last kernel op): exactly that many outputs, each (degree-free)
+        equivalent to a reference output.
+        """
+        ekey = (tuple(erase(e) for e in in_exprs), in_shapes, need)
         if ekey not in self._struct_cache:
-            out: list[tuple[tuple[Op, ...], tuple[int, ...]]] = []
+            out: list[tuple[tuple[Op, ...], tuple[int, ...], tuple[Expr, ...]]] = []
             ex = [erase(e) for e in in_exprs]
-            self._block(ex, list(in_shapes), [], ex, [False] * len(ex), None, out)
+            max_out = self.cfg.max_block_outputs if need is None else need
+            if max_out <= self.cfg.max_block_outputs:
+                self._block(
+                    ex, list(in_shapes), [], ex, [False] * len(ex), None, out, max_out,
+                    need is not None,
+                )  # fmt: skip
+            if need is not None:
+                out = [s for s in out if all(self._final_ok(e, erased=True) for e in s[2])]
             self._struct_cache[ekey] = out
         return self._struct_cache[ekey]
 
@@ -368,6 +500,8 @@ class _Searcher:
         post: list[bool],
         last: Any,
         out: list,
+        max_out: int,
+        exact_out: bool,
     ) -> None:
         self._tick()
         n_in = len(in_ex)
@@ -376,50 +510,48 @@ class _Searcher:
         if (
             ops
             and all(t >= n_in and post[t] for t in sinks)
-            and len(sinks) <= self.cfg.max_block_outputs
+            and (len(sinks) == max_out if exact_out else len(sinks) <= max_out)
         ):
-            out.append((tuple(ops), tuple(sinks)))
+            out.append((tuple(ops), tuple(sinks), tuple(ex[t] for t in sinks)))
         room = self.cfg.max_block_ops - n_in - len(ops) - 1
-        unconsumed_in = sum(1 for t in range(n_in) if t not in consumed)
-        pre_sinks = sum(1 for t in sinks if not post[t])
-        if room <= 0 or unconsumed_in > 2 * room or pre_sinks > room + 1:
+        # each further op lowers the sink count by at most one (it reads <= 2 tensors)
+        if room <= 0 or len(sinks) - room > max_out:
             return
         n = len(ex)
         sink_set = set(sinks)
         floor = last[0][0] if last is not None else -1  # the largest input of the last op
-        ranks = [len(s) for s in in_shapes]
+        live_only = self.cfg.require_live_operand
+        # operand tuples whose key can exceed the last op's (canonical order) ...
+        unary = [(i,) for i in range(max(floor, 0), n)]
+        binary = [(i, j) for i in range(n) for j in range(n) if max(i, j) >= floor]
+        self.pruned["canonical"] += (n - len(unary)) + (n * n - len(binary))
+        if live_only:  # ... that read a tensor nothing has read yet (jgraph heuristic)
+            n_u, n_b = len(unary), len(binary)
+            unary = [t for t in unary if t[0] in sink_set]
+            binary = [t for t in binary if t[0] in sink_set or t[1] in sink_set]
+            self.pruned["live_operand"] += (n_u - len(unary)) + (n_b - len(binary))
+        skipped = 0
         for kind in self.bvocab:
-            arity = 2 if kind in BINARY or kind in ("matmul", "accum_rescale") else 1
-            for ins in itertools.product(range(n), repeat=arity):
+            two = kind in BINARY or kind in ("matmul", "accum_rescale")
+            is_acc = kind in ACCUMULATORS
+            operands: list[tuple[int, ...]] = list(binary if two else unary)
+            for ins in operands:
                 if kind in COMMUTATIVE and ins[0] > ins[1]:
-                    continue
-                if max(ins) < floor:
-                    continue  # its key cannot exceed the last op's (canonical order)
-                if not any(i in sink_set for i in ins):
-                    self.pruned["canonical"] += 1
                     continue
                 if kind == "accum_redtox_ld" and ins[0] >= n_in:
                     continue  # folds concatenated partials, which arrive as kernel inputs
-                phases = {post[i] for i in ins}
-                if kind in ACCUMULATORS:
-                    if phases != {False}:
+                if is_acc:
+                    if any(post[i] for i in ins):
                         continue
                     phase = True
-                elif len(phases) != 1:
-                    continue
                 else:
-                    phase = phases.pop()
-                if kind == "accum_redtox_ld":
-                    attr_opts = [{"dimx": d} for d in self.dimx]
-                elif kind in ("reduce_sum", "reduce_max"):
-                    attr_opts = [{"dim": d} for d in range(ranks[0])]
-                else:
-                    attr_opts = [{}]
-                for a in attr_opts:
-                    attrs = make_attrs(a)
+                    phase = post[ins[0]]
+                    if two and post[ins[1]] != phase:
+                        continue
+                for attrs in self._battrs(kind, len(in_shapes[0])):
                     key = canonical_key(ins, kind, attrs)
                     if last is not None and key <= last:
-                        self.pruned["canonical"] += 1
+                        skipped += 1
                         continue
                     e = self._bexpr(kind, [ex[i] for i in ins])
                     if (e, phase) in zip(ex, post, strict=True):
@@ -427,11 +559,22 @@ class _Searcher:
                         continue
                     if not self._ok(e, erased=True):
                         continue
-                    new_ops = [*ops, Op(kind, tuple(ins), attrs)]
+                    new_ops = [*ops, Op(kind, ins, attrs)]
                     if not shape_consistent(in_shapes, new_ops):
                         self.pruned["shape_or_memory"] += 1
                         continue
-                    self._block(in_ex, in_shapes, new_ops, [*ex, e], [*post, phase], key, out)
+                    self._block(
+                        in_ex, in_shapes, new_ops, [*ex, e], [*post, phase], key, out,
+                        max_out, exact_out,
+                    )  # fmt: skip
+        self.pruned["canonical"] += skipped
+
+    def _battrs(self, kind: str, rank: int) -> list[Any]:
+        if kind == "accum_redtox_ld":
+            return [make_attrs({"dimx": d}) for d in self.dimx]
+        if kind in ("reduce_sum", "reduce_max"):
+            return [make_attrs({"dim": d}) for d in range(rank)]
+        return [()]
 
     @staticmethod
     def _bexpr(kind: str, ins: list[Expr]) -> Expr:
@@ -463,32 +606,3 @@ def run_search(
         time_to_first_s=s.first_s,
     )
     return s.found, stats
-
-
-def enumerate_dags(
-    n_inputs: int, arities: dict[str, int], max_ops: int
-) -> list[tuple[tuple[str, tuple[int, ...]], ...]]:
-    """All op sequences up to ``max_ops`` whose `canonical_key` strictly increases.
-
-    The same canonical rule the search applies (without its pruning), exposed so
-    that tests can check that it yields every DAG exactly once. An op is
-    ``(kind, input ids)``; tensor ids are inputs first, then ops in order.
-    """
-    out: list[tuple[tuple[str, tuple[int, ...]], ...]] = []
-
-    def rec(seq: list[tuple[str, tuple[int, ...]]], last: Any) -> None:
-        if seq:
-            out.append(tuple(seq))
-        if len(seq) == max_ops:
-            return
-        n = n_inputs + len(seq)
-        for kind, arity in arities.items():
-            for ins in itertools.product(range(n), repeat=arity):
-                if kind in COMMUTATIVE and ins[0] > ins[1]:
-                    continue
-                key = canonical_key(ins, kind)
-                if last is None or key > last:
-                    rec([*seq, (kind, ins)], key)
-
-    rec([], None)
-    return out

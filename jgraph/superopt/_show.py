@@ -80,8 +80,8 @@ def draw(graph: KernelGraph, path: str | Path, *, title: str = "") -> Path:
 
     shapes = graph.shapes
     n_k = len(graph.ops)
-    blocks = [op for op in graph.ops if op.block is not None]
-    depth = max([len(op.block.inputs) + len(op.block.ops) for op in blocks] + [0])
+    blocks = [op.block for op in graph.ops if op.block is not None]
+    depth = max([len(b.inputs) + len(b.ops) for b in blocks] + [0])
     fig_h = 2.2 + 0.45 * depth
     fig, ax = plt.subplots(figsize=(max(6.0, 2.6 * (n_k + 1)), fig_h))
     ax.set_axis_off()

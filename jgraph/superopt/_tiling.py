@@ -10,8 +10,10 @@ the class sizes; every input's ``imap``/``fmap`` follows from its dims' classes.
 An output's ``omap`` is forced for axes whose class it has; an axis whose class
 it lacks (a split contraction) concatenates the partial results along one of
 its dims, and each choice is enumerated. Sizes are ranked by a closed-form
-cost (bytes loaded including replication, and occupancy) and the best
-``sizes_per_mapping`` per map assignment are kept; the shared-memory budget and
+cost (bytes loaded including replication, bytes written including
+concatenated partials, and occupancy; vectorized with numpy and cached per map
+assignment, since it depends on no op) and the best ``sizes_per_mapping`` per
+map assignment are kept (0 keeps all); the shared-memory budget and
 the 4096-block limit are enforced. ``maps="mirage"`` restricts all this to
 Mirage's fixed candidate lists (``frange`` in {1, 4, 16, 64}, 32 to 4096 blocks,
 the 8 imap triples) for comparison.
@@ -19,10 +21,13 @@ the 8 imap triples) for comparison.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
+
+import numpy as np
 
 from jgraph.superopt._ir import BlockGraph, BlockInput, BlockOutput, Op
 from jgraph.superopt._ops import ACCUMULATORS, BINARY, UNARY
@@ -120,24 +125,63 @@ def shape_consistent(in_shapes: Sequence[tuple[int, ...]], ops: Sequence[Op]) ->
     return _symbolic(in_shapes, ops) is not None
 
 
-def _pow2_divisors(n: int, cap: int) -> list[int]:
-    return [2**e for e in range(1, 13) if n % 2**e == 0 and 2**e <= cap]
+@functools.lru_cache(maxsize=4096)
+def _pow2_divisors(n: int, cap: int) -> tuple[int, ...]:
+    return tuple(2**e for e in range(1, 13) if n % 2**e == 0 and 2**e <= cap)
 
 
-def _grid_sizes(n: int, maps: str) -> list[int]:
+@functools.lru_cache(maxsize=4096)
+def _grid_sizes(n: int, maps: str) -> tuple[int, ...]:
     """Grid sizes for a dim of size n: powers of two leaving tiles of >= 16 (or n itself if n <= 16)."""
     if maps == "mirage":
-        return [g for g in _pow2_divisors(n, 256) if g >= 2]
+        return tuple(g for g in _pow2_divisors(n, 256) if g >= 2)
     if n <= 16:
-        return [n] if n > 1 else []
-    return [g for g in _pow2_divisors(n, 4096) if n // g >= 16]
+        return (n,) if n > 1 else ()
+    return tuple(g for g in _pow2_divisors(n, 4096) if n // g >= 16)
 
 
-def _loop_sizes(n: int, maps: str) -> list[int]:
-    """For-loop ranges for a per-block extent n: powers of two leaving chunks of >= 8."""
+@functools.lru_cache(maxsize=4096)
+def _loop_sizes(n: int, maps: str) -> tuple[int, ...]:
+    """For-loop ranges for a per-block extent n, chunks near 128 first.
+
+    Powers of two leaving chunks of >= 8 (Mirage's RMSNorm: 4096 / 32); the
+    shared-memory check then takes the first that fits.
+    """
     if maps == "mirage":
-        return [f for f in (4, 16, 64) if n % f == 0]
-    return [f for f in _pow2_divisors(n, 4096) if n // f >= 8]
+        opts = [f for f in (4, 16, 64) if n % f == 0]
+    else:
+        opts = [f for f in _pow2_divisors(n, 4096) if n // f >= 8]
+    return tuple(sorted(opts, key=lambda f: abs(math.log2(n // f) - 7)))
+
+
+@functools.lru_cache(maxsize=65536)
+def _grid_ranking(
+    sizes: tuple[int, ...],
+    reps: tuple[tuple[int, ...], ...],
+    grid_opts: tuple[tuple[int, ...], ...],
+    mirage: bool,
+) -> tuple[tuple[int, ...], ...]:
+    """Grid sizes of one map assignment, cheapest first (cached: it depends on no op).
+
+    The score is the bytes moved (every input once per block along the grid
+    axes it replicates over, every output times the axes it concatenates partials
+    along) divided by the occupancy (blocks / SMs, capped at 1);
+    ties prefer more blocks. Vectorized over the product of the per-axis options.
+    """
+    if not grid_opts:
+        return ((),)
+    mesh = np.stack(np.meshgrid(*grid_opts, indexing="ij"), -1).reshape(-1, len(grid_opts))
+    blocks = mesh.prod(axis=1)
+    keep = blocks <= 4096
+    if mirage:
+        keep &= blocks >= 32
+    mesh, blocks = mesh[keep], blocks[keep]
+    loaded = np.zeros(len(mesh), dtype=np.float64)
+    for sz, rep in zip(sizes, reps, strict=True):
+        loaded += sz * (mesh[:, list(rep)].prod(axis=1) if rep else 1)
+    score = loaded / np.minimum(1.0, blocks / _SMS)
+    order = np.lexsort((-blocks, score))
+    return tuple(tuple(int(g) for g in mesh[i]) for i in order)
 
 
 def schedules(
@@ -218,42 +262,43 @@ def _sized(
     fmaps = [cl.index(fcls) if fcls in cl else -1 for cl in in_classes]
     if fcls is not None and all(f == -1 for f in fmaps):
         return
-    grid_opts = [_grid_sizes(size[c], maps) for c in axis_classes]
-    # bytes loaded = every input once per block along the axes it does not map
-    reps = [[a for a, c in enumerate(axis_classes) if c not in in_classes[k]] for k in range(n_in)]
-    sizes = [math.prod(s) for s in in_shapes]
-    ranked = []
-    for gs in itertools.product(*grid_opts):
-        blocks = math.prod(gs)
-        if blocks > 4096 or (maps == "mirage" and not 32 <= blocks <= 4096):
-            continue
-        loaded = sum(
-            sz * math.prod(gs[a] for a in rep) for sz, rep in zip(sizes, reps, strict=True)
-        )
-        ranked.append((loaded / min(1.0, blocks / _SMS), -blocks, gs))
-    ranked.sort()
-    scored = []
-    for _, _, gs in ranked:
-        if len(scored) >= keep:
+    grid_opts = tuple(_grid_sizes(size[c], maps) for c in axis_classes)
+    reps = tuple(
+        tuple(a for a, c in enumerate(axis_classes) if c not in in_classes[k]) for k in range(n_in)
+    )
+    sizes = tuple(math.prod(s) for s in in_shapes)
+    # outputs count too: an axis whose class a sink lacks (a split contraction)
+    # multiplies that output by the axis size (the concatenated partials)
+    for t in sinks:
+        ds = tensor_dims[t]
+        sizes += (math.prod(size[d] if d[0] != "c" else d[1] for d in ds),)
+        reps += (tuple(a for a, c in enumerate(axis_classes) if c not in ds),)
+    ranked = _grid_ranking(sizes, reps, grid_opts, maps == "mirage")
+    # per tensor: the constant part of its tile and its symbolic dims (the smem check below)
+    sym_dims = []
+    for k, ds in enumerate(tensor_dims):
+        const = 1
+        syms = []
+        for t in ds:
+            if t[0] == "c":
+                const *= t[1]
+            else:
+                syms.append(t)
+        acc = k >= n_in and ops[k - n_in].kind in ACCUMULATORS
+        sym_dims.append((const * (4 if acc else dtype_bytes), syms))
+    scored: list[Any] = []
+    for gs in ranked:
+        if keep and len(scored) >= keep:
             break
         gmap = dict(zip(axis_classes, gs, strict=True))
-        if fcls is None:
-            f_opts = [1]
-        else:
-            rest = size[fcls] // gmap.get(fcls, 1)
-            # chunks near 128 first (Mirage's RMSNorm: 4096 / 32), the smem check decides
-            f_opts = sorted(_loop_sizes(rest, maps), key=lambda f: abs(math.log2(rest // f) - 7))
+        f_opts = (1,) if fcls is None else _loop_sizes(size[fcls] // gmap.get(fcls, 1), maps)
         for F in f_opts:
             smem = 0
-            for k, ds in enumerate(tensor_dims):
-                acc = k >= n_in and ops[k - n_in].kind in ACCUMULATORS
-                elems = 1
-                for t in ds:
-                    if t[0] == "c":
-                        elems *= t[1]
-                    else:
-                        elems *= size[t] // gmap.get(t, 1) // (F if t == fcls else 1)
-                smem += elems * (4 if acc else dtype_bytes)
+            for nbytes, syms in sym_dims:
+                elems = nbytes
+                for t in syms:
+                    elems *= size[t] // gmap.get(t, 1) // (F if t == fcls else 1)
+                smem += elems
             if smem <= smem_budget:
                 scored.append((gs, F))
                 break

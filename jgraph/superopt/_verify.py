@@ -133,6 +133,15 @@ class Verifier:
         # about what one check costs (the reference's own fingerprints and float run)
         self.setup_seconds = time.perf_counter() - start
 
+    def first_test(self) -> tuple[ModRing, list[ModT], list[ModT]] | None:
+        """The first field test (ring, inputs, reference outputs), for incremental checks.
+
+        The search evaluates a candidate's kernels on these inputs along its DFS
+        path (each prefix once) and calls `check` only when the last kernel's
+        outputs match, so most wrong candidates cost one kernel, not a full run.
+        """
+        return self._tests[0] if self._lax and self._tests else None
+
     def _field(self, cand: KernelGraph) -> Verdict:
         if not self._lax:
             return Verdict(ok=False, stage="field", reason="reference is not LAX")
@@ -157,10 +166,11 @@ class Verifier:
         return Verdict(ok=True, stage="field", permutation=perms[0])
 
     def _screen(self, cand: KernelGraph, perm: tuple[int, ...]) -> Verdict:
-        for name, ring in (
+        screens: tuple[tuple[Literal["float32", "float16"], FloatRing], ...] = (
             ("float32", FloatRing(np.float32, np.float32)),
             ("float16", FloatRing(np.float16, np.float32)),
-        ):
+        )
+        for name, ring in screens:
             ins = [ring.from_numpy(x) for x in self._float_inputs]
             if name not in self._ref_err:
                 ref = evaluate(self.reference, ins, ring)

@@ -28,3 +28,21 @@ def test_zero_time_limit_is_a_one_line_usage_error(capsys):
 def test_unknown_program_is_a_usage_error(capsys):
     assert main(["superopt", "run", "--program", "bert"]) == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_heuristic_switches_reach_the_search_config(capsys):
+    code = main(["superopt", "run", "--program", "rmsnorm_linear", "--batch", "1", "--scale", "16",
+                 "--time-limit", "30", "--max-kernel-ops", "1", "--sizes-per-mapping", "0",
+                 "--no-live-operand-rule"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    # with the live-operand rule off, nothing is pruned by it
+    assert "live_operand" in out
+    row = next(line for line in out.splitlines() if line.startswith("live_operand"))
+    assert row.split()[-1] == "0"
+
+
+def test_negative_sizes_per_mapping_is_a_usage_error(capsys):
+    code = main(["superopt", "run", "--program", "gqa", "--sizes-per-mapping", "-1"])
+    assert code == 2
+    assert "--sizes-per-mapping" in capsys.readouterr().err

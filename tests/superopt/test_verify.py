@@ -87,3 +87,27 @@ def test_verify_config_validates():
         VerifyConfig(tests=0)
     with pytest.raises(ConfigError, match=r"VerifyConfig\.primes='small'"):
         VerifyConfig(primes="small")
+
+
+@pytest.mark.parametrize("kind", ["rmsnorm_linear", "lora", "gqa"])
+def test_congruent_mutants_fool_the_small_field_but_not_large_primes(kind):
+    from jgraph.superopt import evaluate
+
+    prog = _prog(kind)
+    corpus = mutants(prog.graph, handwritten(kind, prog), limit=30, seed=0, family="congruent")
+    assert len(corpus) >= 20
+    xs = [np.random.default_rng(4).standard_normal(s) for s in prog.shapes]
+    ref = evaluate(prog.graph, xs)[0]
+    with np.errstate(all="ignore"):
+        assert all(not np.allclose(evaluate(m, xs)[0], ref) for m in corpus)  # all wrong
+    large = Verifier(prog.graph, VerifyConfig(tests=1, float_screen=False))
+    small = Verifier(prog.graph, VerifyConfig(tests=1, primes="mirage", float_screen=False))
+    assert [m for m in corpus if large.check(m).ok] == []
+    # the constants are 1 modulo 167 and/or 83, so Mirage's arithmetic accepts some
+    assert sum(small.check(m).ok for m in corpus) > 0
+
+
+def test_unknown_mutant_family_is_a_config_error():
+    prog = _prog("rmsnorm_linear")
+    with pytest.raises(ConfigError, match=r"mutants.family='typo'"):
+        mutants(prog.graph, handwritten("rmsnorm_linear", prog), family="typo")
