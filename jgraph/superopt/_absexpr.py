@@ -2,14 +2,14 @@
 
 An abstract expression forgets element positions and keeps which inputs are
 combined by which operators and how many terms each sum has: ``("var", i)``,
-``("add"|"mul"|"div"|"pow", a, b)``, ``("exp"|"sqrt"|"silu"|"gelu"|"relu"|"neg"|"scale", a)``,
+``("add"|"mul"|"div"|"pow", a, b)``, ``("exp"|"sqrt"|"silu"|"gelu"|"relu"|"neg"|"scale"|"sq", a)``,
 ``("sum"|"rms"|"max", n, a)``. Tiling is invisible; a matmul over a tile with
 contraction ``k`` is ``sum(k, mul(a, b))`` and an accumulator over ``F``
 iterations wraps its input in ``sum(F, ·)``.
 
 `Oracle` saturates the reference outputs' expressions once with the equivalence
 axioms (commutativity/associativity, distributivity, division rules, sum rules,
-``rms(n, x) = sqrt(sum(n, x·x))``) plus, for every sum degree ``n`` in the target
+``rms(n, x) = sqrt(sum(n, sq(x)))``) plus, for every sum degree ``n`` in the target
 and each divisor ``j``, ``sum(n, x) = sum(j, sum(n/j, x))``. Then ``e ⊑ E_out`` is
 "``e`` is represented in the saturated e-graph" (it contains every subterm of
 every equivalent form), cached per expression. egglog was chosen over z3
@@ -18,6 +18,14 @@ quantifier instantiation per query (z3's MBQI took the v0.2.4 route). The
 ``erased`` variant sets every degree to 0 (degree-free), a weaker check used
 before grid and loop sizes are known; it never prunes what the exact check keeps.
 These rules may be only abstractly true; they are never used to verify.
+
+A square (``square(x)`` or ``mul(x, x)`` of one tensor) is the atomic ``sq(x)``,
+which distributivity does not expand (``x·x`` found by the rules still folds
+into ``sq(x)``). Otherwise every norm's ``sqrt(sum(y·y))`` expands
+``y = a + b`` into ``a·a + a·b + b·a + b·b``, and then ``b + b``, ``a·a``, ...
+all become subexpressions of the target: nTrans's two norms let thousands of
+such block DAGs through. A candidate that computes a norm by expanding a square
+is pruned by this choice; it is never cheaper than squaring ``y``.
 """
 
 # mypy: disable-error-code="empty-body"
@@ -51,8 +59,8 @@ def _sum(n: int, x: Expr, erased: bool) -> Expr:
 
 
 def _elementwise(kind: str, a: Sequence[Expr]) -> Expr:
-    if kind == "square":
-        return ("mul", a[0], a[0])
+    if kind == "square" or (kind == "mul" and a[0] == a[1]):
+        return ("sq", a[0])  # atomic square: see the module docstring
     if kind == "rsqrt":
         return ("div", ("one",), ("sqrt", a[0]))
     if kind == "mul_scalar":  # constants are invisible to the abstraction
@@ -180,13 +188,14 @@ class Oracle:
         def smax(n: i64Like, a: T) -> T: ...
 
         self._unary_ids = {
-            k: i for i, k in enumerate(("exp", "sqrt", "silu", "gelu", "relu", "neg", "scale"))
+            k: i
+            for i, k in enumerate(("exp", "sqrt", "silu", "gelu", "relu", "neg", "scale", "sq"))
         }
         self._T, self._fns = T, {"add": add, "mul": mul, "div": div, "pow": powf, "concat": concat}
         self._un, self._sum, self._rms, self._max = un, ssum, rms, smax
         a, b, c = vars_("a b c", T)
         n, m = vars_("n m", i64)
-        sqrt_id = self._unary_ids["sqrt"]
+        sqrt_id, sq_id = self._unary_ids["sqrt"], self._unary_ids["sq"]
         rules = [
             rewrite(add(a, b)).to(add(b, a)),
             rewrite(mul(a, b)).to(mul(b, a)),
@@ -201,7 +210,8 @@ class Oracle:
             birewrite(ssum(n, div(a, b))).to(div(ssum(n, a), b)),
             rewrite(ssum(n, ssum(m, a))).to(ssum(n * m, a)),
             rewrite(smax(n, smax(m, a))).to(smax(n * m, a)),
-            birewrite(rms(n, a)).to(un(sqrt_id, ssum(n, mul(a, a)))),
+            birewrite(rms(n, a)).to(un(sqrt_id, ssum(n, un(sq_id, a)))),
+            rewrite(mul(a, a)).to(un(sq_id, a)),
         ]
         degrees: set[int] = set()
         for t in targets:
@@ -209,8 +219,11 @@ class Oracle:
         for d in sorted(degrees):
             for j in _divisors(d):
                 rules.append(rewrite(ssum(d, a)).to(ssum(j, ssum(d // j, a))))
-                rules.append(rewrite(rms(d, a)).to(un(sqrt_id, ssum(j, ssum(d // j, mul(a, a))))))
+                rules.append(
+                    rewrite(rms(d, a)).to(un(sqrt_id, ssum(j, ssum(d // j, un(sq_id, a)))))
+                )
                 rules.append(rewrite(smax(d, a)).to(smax(j, smax(d // j, a))))
+        self._terms: dict[Expr, Any] = {}
         self.egraph = EGraph()
         self.egraph.register(*rules)
         self.targets = [self.term(t) for t in targets]
@@ -227,7 +240,13 @@ class Oracle:
         self.queries = 0
 
     def term(self, e: Expr) -> Any:
-        """The egglog term of an expression."""
+        """The egglog term of an expression (memoized: subterms recur across queries)."""
+        t = self._terms.get(e)
+        if t is None:
+            t = self._terms[e] = self._term(e)
+        return t
+
+    def _term(self, e: Expr) -> Any:
         head = e[0]
         if head == "var":
             return self._T.var(e[1])

@@ -133,7 +133,7 @@ class _Searcher:
         self.bvocab.append("accum_sum")
         if "sum" in heads:
             self.bvocab += ["accum_sum_ld", "accum_redtox_ld"]
-        if "rms" in heads or {"sqrt", "sum", "mul"} <= heads:  # rms(n, x) = sqrt(sum(n, x·x))
+        if "rms" in heads or {"sqrt", "sum", "sq"} <= heads:  # rms(n, x) = sqrt(sum(n, sq(x)))
             self.bvocab.append("accum_rms_ld")
         if "max" in heads:
             self.bvocab += ["accum_max", "reduce_max"]

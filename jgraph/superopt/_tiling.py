@@ -131,10 +131,16 @@ def _pow2_divisors(n: int, cap: int) -> tuple[int, ...]:
 
 
 @functools.lru_cache(maxsize=4096)
-def _grid_sizes(n: int, maps: str) -> tuple[int, ...]:
-    """Grid sizes for a dim of size n: powers of two leaving tiles of >= 16 (or n itself if n <= 16)."""
+def _grid_sizes(n: int, maps: str, any_tile: bool = False) -> tuple[int, ...]:
+    """Grid sizes for a dim of size n: powers of two leaving tiles of >= 16 (or n itself if n <= 16).
+
+    ``any_tile``: the dim is no matmul operand's, so tiles down to one element
+    are allowed (`schedules` uses it only as a fallback when nothing else fits).
+    """
     if maps == "mirage":
         return tuple(g for g in _pow2_divisors(n, 256) if g >= 2)
+    if any_tile:
+        return _pow2_divisors(n, 4096)
     if n <= 16:
         return (n,) if n > 1 else ()
     return tuple(g for g in _pow2_divisors(n, 4096) if n // g >= 16)
@@ -273,7 +279,6 @@ def _sized(
         ds = tensor_dims[t]
         sizes += (math.prod(size[d] if d[0] != "c" else d[1] for d in ds),)
         reps += (tuple(a for a, c in enumerate(axis_classes) if c not in ds),)
-    ranked = _grid_ranking(sizes, reps, grid_opts, maps == "mirage")
     # per tensor: the constant part of its tile and its symbolic dims (the smem check below)
     sym_dims = []
     for k, ds in enumerate(tensor_dims):
@@ -286,22 +291,35 @@ def _sized(
                 syms.append(t)
         acc = k >= n_in and ops[k - n_in].kind in ACCUMULATORS
         sym_dims.append((const * (4 if acc else dtype_bytes), syms))
-    scored: list[Any] = []
-    for gs in ranked:
-        if keep and len(scored) >= keep:
-            break
-        gmap = dict(zip(axis_classes, gs, strict=True))
-        f_opts = (1,) if fcls is None else _loop_sizes(size[fcls] // gmap.get(fcls, 1), maps)
-        for F in f_opts:
-            smem = 0
-            for nbytes, syms in sym_dims:
-                elems = nbytes
-                for t in syms:
-                    elems *= size[t] // gmap.get(t, 1) // (F if t == fcls else 1)
-                smem += elems
-            if smem <= smem_budget:
-                scored.append((gs, F))
+
+    def fitting(ranked: tuple[tuple[int, ...], ...]) -> list[Any]:
+        scored: list[Any] = []
+        for gs in ranked:
+            if keep and len(scored) >= keep:
                 break
+            gmap = dict(zip(axis_classes, gs, strict=True))
+            f_opts = (1,) if fcls is None else _loop_sizes(size[fcls] // gmap.get(fcls, 1), maps)
+            for F in f_opts:
+                smem = 0
+                for nbytes, syms in sym_dims:
+                    elems = nbytes
+                    for t in syms:
+                        elems *= size[t] // gmap.get(t, 1) // (F if t == fcls else 1)
+                    smem += elems
+                if smem <= smem_budget:
+                    scored.append((gs, F))
+                    break
+        return scored
+
+    scored = fitting(_grid_ranking(sizes, reps, grid_opts, maps == "mirage"))
+    if not scored and maps != "mirage":
+        # Fallback, tried only when no size with >= 16-element tiles fits: dims no
+        # matmul reads (rows of an element-wise or norm kernel) may be split down to
+        # one element, e.g. nTrans's (64, 4096) rows: 3 fp16 inputs need <= 4 rows.
+        mm = {d for op in ops if op.kind == "matmul" for t in op.inputs for d in tensor_dims[t]}
+        small = tuple(_grid_sizes(size[c], maps, c not in mm) for c in axis_classes)
+        if small != grid_opts:
+            scored = fitting(_grid_ranking(sizes, reps, small, False))
     for gs, F in scored:
         grid = tuple(gs) + (1,) * (3 - len(gs))
         inputs = tuple(BlockInput(imaps[k], fmaps[k] if F > 1 else -1) for k in range(n_in))

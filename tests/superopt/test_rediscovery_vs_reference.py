@@ -1,6 +1,7 @@
 """The search rediscovers Mirage's known-good structures; every find matches float64 and jnp.
 
-Small shapes (``scale=8``) keep this CPU-sized. The budgets are state counts
+Small shapes (``scale=8``) keep this CPU-sized; nTrans runs at the spec's batch-8
+shapes (64 x 4096), where only one- to four-row tiles fit in shared memory. The budgets are state counts
 (the search is deterministic), with time limits far above what they need, so
 a loaded machine makes these slower, never different. ``verify_all``: at these
 small shapes the one-kernel candidates are cheaper in the cost model than the
@@ -27,18 +28,19 @@ from jgraph.superopt._search import _Searcher
 from jgraph.testing import assert_trees_close
 
 _CASES = {
-    # name: (max_kernel_ops, max_states, verify_all)
-    "lora": (1, 20_000, False),
-    "gated_mlp": (1, 20_000, True),
-    "gqa": (2, 420_000, True),
+    # name: (batch, scale, max_kernel_ops, max_states, verify_all)
+    "lora": (1, 8, 1, 20_000, False),
+    "gated_mlp": (1, 8, 1, 20_000, True),
+    "gqa": (1, 8, 2, 420_000, True),
+    "ntrans": (8, 1, 1, 5_000, True),
 }
 
 
 @pytest.fixture(scope="module", params=sorted(_CASES))
 def found(request):
     name = request.param
-    kernels, states, verify_all = _CASES[name]
-    prog = get_program(name, scale=8)
+    batch, scale, kernels, states, verify_all = _CASES[name]
+    prog = get_program(name, batch=batch, scale=scale)
     cfg = SearchConfig(
         time_limit_s=900, max_states=states, max_kernel_ops=kernels, verify_all=verify_all
     )
@@ -57,6 +59,11 @@ def test_search_rediscovers_the_known_good_structure(found):
     elif name == "lora":
         assert len(good[0].graph.ops) == 1
         assert kinds[0].count("matmul") == 3
+    elif name == "ntrans":  # one kernel: both norms and the residual adds, rows over the grid
+        assert len(good[0].graph.ops) == 1
+        assert kinds[0].count("rms_norm") + kinds[0].count("accum_rms_ld") == 2
+        block = good[0].graph.ops[0].block
+        assert 64 // (block.grid[0] * block.grid[1] * block.grid[2]) <= 4  # rows per block
     else:
         assert kinds[0].count("matmul") == 2
         assert kinds[0].count("accum_sum") == 2
