@@ -38,14 +38,23 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: error: {message} (see '{self.prog} --help')")
 
 
-def positive_int(text: str) -> int:
+def _int_at_least(text: str, minimum: int, note: str = "") -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer; pass e.g. 8") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{value} must be >= {minimum}{note}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str, note: str = "") -> int:
+    """An integer >= 0; ``note`` says what 0 means (e.g. " (0 keeps every size)")."""
+    return _int_at_least(text, 0, note)
 
 
 def positive_float(text: str) -> float:

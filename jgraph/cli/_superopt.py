@@ -5,20 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jgraph.cli._args import EXIT_OK, Parser, positive_float, positive_int
+from jgraph.cli._args import EXIT_OK, Parser, non_negative_int, positive_float, positive_int
 from jgraph.core import format_table
 
 PROGRAMS = ("gqa", "qknorm", "rmsnorm_linear", "lora", "gated_mlp", "ntrans")
 
 
 def _sizes(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; pass e.g. 2") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 0 (0 keeps every size)")
-    return value
+    return non_negative_int(text, " (0 keeps every size)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
