@@ -28,6 +28,8 @@ from jgraph.superopt._builder import STensor as STensor
 from jgraph.superopt._builder import ThreadblockGraphBuilder as ThreadblockGraphBuilder
 from jgraph.superopt._builder import new_kernel_graph as new_kernel_graph
 from jgraph.superopt._builder import new_threadblock_graph as new_threadblock_graph
+from jgraph.superopt._candidate import Candidate as Candidate
+from jgraph.superopt._candidate import SearchStats as SearchStats
 from jgraph.superopt._config import SearchConfig as SearchConfig
 from jgraph.superopt._cost import Cost as Cost
 from jgraph.superopt._cost import CostModel as CostModel
@@ -61,8 +63,6 @@ from jgraph.superopt._result import search as search
 from jgraph.superopt._ring import FloatRing as FloatRing
 from jgraph.superopt._ring import ModRing as ModRing
 from jgraph.superopt._ring import safe_prime_pairs as safe_prime_pairs
-from jgraph.superopt._search import Candidate as Candidate
-from jgraph.superopt._search import SearchStats as SearchStats
 from jgraph.superopt._show import draw as draw
 from jgraph.superopt._show import dump as dump
 from jgraph.superopt._verify import Verdict as Verdict

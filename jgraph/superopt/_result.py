@@ -20,10 +20,11 @@ from typing import Any
 
 from jgraph._version import __version__
 from jgraph.core import atomic_write_json
+from jgraph.superopt._candidate import Candidate, SearchStats
 from jgraph.superopt._config import SearchConfig
 from jgraph.superopt._cost import Cost, CostModel
 from jgraph.superopt._ir import KernelGraph
-from jgraph.superopt._search import Candidate, SearchStats, run_search
+from jgraph.superopt._search import run_search
 from jgraph.superopt._verify import Verdict, Verifier
 
 __all__ = ["CacheWarning", "SearchResult", "cache_key", "search"]

@@ -55,6 +55,7 @@ from typing import Any
 
 from jgraph.core import progress
 from jgraph.superopt._absexpr import Expr, Oracle, block_expr, erase, graph_exprs, kernel_expr
+from jgraph.superopt._candidate import Candidate, SearchStats
 from jgraph.superopt._canonical import (
     HEAD_OF,
     canonical_key,
@@ -63,13 +64,13 @@ from jgraph.superopt._canonical import (
     expr_size,
 )
 from jgraph.superopt._config import SearchConfig
-from jgraph.superopt._cost import Cost, CostModel
+from jgraph.superopt._cost import CostModel
 from jgraph.superopt._interp import apply_op, run_block
 from jgraph.superopt._ir import KernelGraph, KernelOp, Op, make_attrs
 from jgraph.superopt._ops import ACCUMULATORS, BINARY, COMMUTATIVE, ShapeError, op_shape
 from jgraph.superopt._ring import FieldZeroDivisionError, NonLaxError
 from jgraph.superopt._tiling import schedules, shape_consistent
-from jgraph.superopt._verify import Verdict, Verifier
+from jgraph.superopt._verify import Verifier
 
 __all__ = ["Candidate", "SearchStats", "canonical_key", "enumerate_dags", "run_search"]
 
@@ -78,36 +79,6 @@ log = logging.getLogger(__name__)
 
 class _StopSearchError(Exception):
     pass
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Candidate:
-    """A verified μGraph with its model cost; ``label`` is ``"xla"`` for the reference."""
-
-    graph: KernelGraph
-    cost: Cost
-    verdict: Verdict
-    label: str = "search"
-    found_s: float = 0.0  # seconds into the search when it was verified
-    found_states: int = 0  # search states explored when it was verified (deterministic)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class SearchStats:
-    """What the search did: states, time, pruning breakdown, verification counts."""
-
-    states: int
-    seconds: float
-    pruned: dict[str, int]
-    verified: int
-    rejected: dict[str, int]
-    verify_seconds: float
-    oracle_queries: int
-    exhausted: bool
-    time_to_first_s: float | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 class _Searcher:
