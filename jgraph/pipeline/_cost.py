@@ -262,14 +262,3 @@ class CostModel:
             act[:, t] = x * act_sum
             work[:, t] = 2.0 * x * outmax
         return tps, static, act, work
-
-    def min_tps_per_sample(self, ids: Iterable[int], max_per_device: int) -> float:
-        """Lower bound on device-seconds per sample of these nodes (best micro-batch, no comm)."""
-        idx = np.asarray(list(ids), dtype=np.int64)
-        best = np.inf
-        x = 1
-        while x <= max_per_device:
-            f, b = self.node_times(x)
-            best = min(best, float((f[idx] + b[idx]).sum()) / x)
-            x *= 2
-        return best

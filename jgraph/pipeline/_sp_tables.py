@@ -102,23 +102,11 @@ class SPTables:
         return vals
 
     def _group(self, node: SPNode, i: int, p: int) -> np.ndarray:
-        """Children i..p as the first group of a split: child i's own table, or one stage."""
-        return self._group_with_dmin(node, i, p)[0]
-
-    def _group_with_dmin(
-        self, node: SPNode, i: int, p: int
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """The group's table and, when it is a single stage, its devices per downstream depth."""
-        if node.kind == "parallel" and i == p:
-            child = node.children[i]
-            if child.kind == "leaf":
-                key = self.s.canon.range_id(child, 0, 0)
-                return self._base(key, child, 0, 0), self.base_dmin[key]
-            return self.suffix(child, 0), None
-        if node.kind == "series" and i == p and node.children[i].kind != "leaf":
-            return self.suffix(node.children[i], 0), None
-        key = self.s.canon.range_id(node, i, p)
-        return self._base(key, node, i, p), self.base_dmin[key]
+        """Children i..p as the first group of a split: child i on its own (any child of a
+        parallel node, a composite child of a series node), decomposed further; else one stage."""
+        if i == p and (node.kind == "parallel" or node.children[i].kind != "leaf"):
+            return self.suffix(node.children[i], 0)
+        return self._base(self.s.canon.range_id(node, i, p), node, i, p)
 
     def suffix(self, node: SPNode, i: int) -> np.ndarray:
         """Table of children i..end of ``node`` (a leaf: the node itself)."""
