@@ -22,15 +22,35 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jgraph.core import format_table, time_call, write_results
-from jgraph.coserve import INVALID, paged_attention, paged_attention_pallas
+from jgraph.coserve import (
+    INVALID,
+    AdapterBank,
+    CoServeConfig,
+    LlamaConfig,
+    LoraConfig,
+    StepBatch,
+    empty_batch,
+    init_lora,
+    init_params,
+    init_state,
+    make_coserve_step,
+    paged_attention,
+    paged_attention_pallas,
+)
 
+_KERNEL_DEFAULTS = {
+    k: p.default for k, p in inspect.signature(paged_attention_pallas).parameters.items()
+}
 # (hq, hkv, head_dim, page_size, dtype)
 SHAPES = {
     "tiny": (4, 2, 16, 16, "float32"),
@@ -82,7 +102,7 @@ def make_inputs(shape: str, reqs: list[tuple[int, int]], *, seed: int = 0):
     return q, kp, vp, jnp.asarray(pt), jnp.asarray(slots, jnp.int32), jnp.asarray(pos, jnp.int32)
 
 
-def bench(size: str, *, repeats: int, variants: list[tuple[int | None, int | None]]) -> list[dict]:
+def bench(size: str, *, repeats: int, variants: list[dict]) -> list[dict]:
     backend = jax.default_backend()
     interpret = backend != "gpu"
     device = jax.devices()[0].device_kind
@@ -94,13 +114,13 @@ def bench(size: str, *, repeats: int, variants: list[tuple[int | None, int | Non
         valid = np.asarray(args[4]) >= 0
         t_ref = time_call(ref, *args, warmup=2, repeats=repeats)
         want = np.asarray(ref(*args).astype(jnp.float32))[valid]
-        for bq, ns in variants:
-            ker = jax.jit(
-                lambda *a, bq=bq, ns=ns: paged_attention_pallas(
-                    *a, block_q=bq, kv_splits=ns, interpret=interpret
-                )
-            )
-            t_ker = time_call(ker, *args, warmup=2, repeats=repeats)
+        for kw in variants:
+            ker = jax.jit(lambda *a, kw=kw: paged_attention_pallas(*a, **kw, interpret=interpret))
+            try:
+                t_ker = time_call(ker, *args, warmup=2, repeats=repeats)
+            except Exception as e:  # a variant Triton rejects (e.g. out of shared memory)
+                print(f"{name} {kw}: failed: {type(e).__name__}: {str(e)[:200]}")
+                continue
             got = np.asarray(ker(*args).astype(jnp.float32))[valid]
             rows.append(
                 {
@@ -111,8 +131,11 @@ def bench(size: str, *, repeats: int, variants: list[tuple[int | None, int | Non
                     "scenario": name,
                     "rows": int(valid.sum()),
                     "max_ctx": max(n for n, _ in reqs),
-                    "block_q": "default" if bq is None else bq,
-                    "kv_splits": "default" if ns is None else ns,
+                    "block_q": kw.get("block_q", "default"),
+                    "kv_splits": kw.get("kv_splits", "default"),
+                    "pages/step": kw.get("pages_per_step", _KERNEL_DEFAULTS["pages_per_step"]),
+                    "warps": kw.get("num_warps", _KERNEL_DEFAULTS["num_warps"]),
+                    "stages": kw.get("num_stages", _KERNEL_DEFAULTS["num_stages"]),
                     "reference_ms": 1e3 * t_ref.median,
                     "pallas_ms": 1e3 * t_ker.median,
                     "reference/pallas": t_ref.median / t_ker.median,
@@ -128,6 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", choices=sorted(SHAPES), default=None)
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--out", default=None, help="write JSON results here")
+    ap.add_argument(
+        "--sweep", action="store_true", help="more kernel variants (pages/step, warps, stages)"
+    )
+    ap.add_argument(
+        "--step",
+        action="store_true",
+        help="also time the whole co-serving step, attention_impl reference vs pallas",
+    )
     args = ap.parse_args(argv)
     gpu = jax.default_backend() == "gpu"
     size = args.size or ("tiny" if args.smoke else "8b" if gpu else "small")
@@ -135,7 +166,21 @@ def main(argv: list[str] | None = None) -> int:
     # The default block (16 query vectors) suits decode; 4x larger blocks suit prefill chunks.
     # kv_splits=1 shows what the default split of long contexts (flash-decoding) buys.
     big = 4 * max(1, 16 // _group_pad(size))
-    variants = [(None, None)] if args.smoke else [(None, None), (big, None), (None, 1)]
+    variants: list[dict] = [{}]
+    if not args.smoke:
+        variants += [{"block_q": big}, {"kv_splits": 1}]
+    if args.sweep:
+        variants += [
+            {"pages_per_step": 1},
+            {"pages_per_step": 4},
+            {"pages_per_step": 4, "num_warps": 8},
+            {"pages_per_step": 4, "num_stages": 3},
+            {"pages_per_step": 4, "kv_splits": 1},
+            {"pages_per_step": 4, "block_q": big},
+            {"pages_per_step": 2, "block_q": big, "num_warps": 8},
+            {"pages_per_step": 4, "block_q": big, "num_warps": 8},
+            {"pages_per_step": 8},
+        ]
     rows = bench(size, repeats=repeats, variants=variants)
     kind = jax.devices()[0].device_kind
     print(f"Ragged paged attention on {kind} ({jax.default_backend()}), jax {jax.__version__}")
@@ -143,9 +188,102 @@ def main(argv: list[str] | None = None) -> int:
         print("NOTE: the kernel ran in the Pallas interpreter; its times are not a performance")
         print("number (run this script on a GPU to measure the Triton kernel).")
     print(format_table(rows, [c for c in rows[0] if c not in ("device", "kernel_mode")]))
+    for name in dict.fromkeys(r["scenario"] for r in rows):
+        best = max((r for r in rows if r["scenario"] == name), key=lambda r: r["reference/pallas"])
+        knobs = {k: best[k] for k in ("block_q", "kv_splits", "pages/step", "warps", "stages")}
+        print(f"best kernel variant for {name}: {best['reference/pallas']:.2f}x, {knobs}")
+    step = []
+    if args.step or args.smoke:
+        step = step_rows("tiny" if args.smoke or not gpu else "8b-2layer", repeats=repeats)
+        print(f"\nWhole co-serving step, attention_impl reference vs pallas ({kind})")
+        print(format_table(step, [c for c in step[0] if c != "device"]))
     if args.out:
-        write_results(args.out, name="bench_paged_attention", rows=rows, smoke=args.smoke)
+        write_results(args.out, name="bench_paged_attention", rows=rows + step, smoke=args.smoke)
     return 0
+
+
+STEP_MODELS = {
+    # Llama-3.1-8B layers (bf16, 32/8 heads of 128) with 2 layers and a small vocabulary: the
+    # attention share of a decode step is the 8B model's, the step fits any GPU.
+    "8b-2layer": (LlamaConfig.llama31_8b, {"n_layers": 2, "vocab_size": 1024}, 64, 1024),
+    "tiny": (LlamaConfig.tiny, {}, 8, 40),
+}
+
+
+def _step_batch(scfg: CoServeConfig, n_decode: int, n_ft: int, ctx: int) -> StepBatch:
+    """n_decode decode rows (one per request, ``ctx`` tokens of context), n_ft finetuning rows."""
+    b = empty_batch(scfg)
+    per = -(-ctx // scfg.page_size)
+    for r in range(n_decode):
+        b["page_table"][r, :per] = np.arange(per) + per * r
+        b["tokens"][r], b["positions"][r], b["slots"][r] = 5, ctx - 1, r
+    rows = slice(n_decode, n_decode + n_ft)
+    b["tokens"][rows] = 7
+    b["positions"][rows] = np.arange(n_ft)
+    b["is_ft"][rows] = True
+    b["adapters"][rows] = scfg.max_adapters
+    b["labels"][rows] = 8
+    b["loss_scale"] = np.float32(1.0 / max(1, scfg.ft_max_len - 1))
+    return StepBatch(**b)
+
+
+def step_rows(model: str, *, repeats: int) -> list[dict]:
+    """The co-serving step (decode-only, and decode + finetuning forward rows) with the
+    reference attention vs the Pallas kernel: same params, same state, same batch."""
+    make, overrides, budget, ctx = STEP_MODELS[model]
+    cfg = make(**overrides)
+    per = -(-ctx // 16)
+    base = CoServeConfig(
+        token_budget=budget, max_requests=budget, page_size=16, num_pages=budget * per + 1,
+        max_pages_per_request=per, max_adapters=0, ft_max_len=budget, bwd_chunk=budget,
+    )  # fmt: skip
+    lora_cfg = LoraConfig(rank=16, alpha=16.0, targets=("q_proj", "v_proj"))
+    params = init_params(cfg, key=jax.random.key(0))
+    lora = init_lora(cfg, lora_cfg, key=jax.random.key(1))
+    bank = AdapterBank.build(cfg, [], capacity=0)
+    opt = optax.sgd(1e-3)
+    batches = {
+        "decode": _step_batch(base, budget, 0, ctx),
+        "decode+ft_fwd": _step_batch(base, budget // 2, budget // 2, ctx),
+    }
+    rows = []
+    for name, batch in batches.items():
+        times, toks = {}, {}
+        for impl in ("reference", "pallas"):
+            scfg = dataclasses.replace(base, attention_impl=impl)
+            step = make_coserve_step(cfg, scfg, lora_cfg, opt)
+            state = init_state(cfg, scfg, lora, opt, key=jax.random.key(2))
+            k1, k2 = jax.random.split(jax.random.key(3))
+            dt = state.k_pages.dtype
+            # Random history (a zero pool would make every score equal).
+            box = {
+                "state": state.replace(
+                    k_pages=jax.random.normal(k1, state.k_pages.shape, jnp.float32).astype(dt),
+                    v_pages=jax.random.normal(k2, state.v_pages.shape, jnp.float32).astype(dt),
+                )
+            }
+
+            def run(b, box=box, step=step):
+                box["state"], out = step(params, bank.weights, bank.scales, box["state"], b)
+                return out.next_tokens
+
+            times[impl] = time_call(run, batch, warmup=2, repeats=repeats).median
+            toks[impl] = np.asarray(run(batch))
+        dec = np.asarray(batch.slots) >= 0
+        rows.append(
+            {
+                "device": jax.devices()[0].device_kind,
+                "model": model,
+                "batch": name,
+                "decode_rows": int(dec.sum()),
+                "ctx": ctx,
+                "reference_ms": 1e3 * times["reference"],
+                "pallas_ms": 1e3 * times["pallas"],
+                "reference/pallas": times["reference"] / times["pallas"],
+                "same_decode_tokens": float(np.mean(toks["reference"][dec] == toks["pallas"][dec])),
+            }
+        )
+    return rows
 
 
 def _group_pad(size: str) -> int:

@@ -242,9 +242,9 @@ class CoServeConfig:
             lowest group may be partial).
         attention_impl: paged attention of inference rows: "reference" (pure JAX, every
             backend), "pallas" (the Pallas kernel: Triton on GPU, the Pallas interpreter on
-            CPU, for tests only: it is slow there), or "auto" (currently the reference on every
-            backend: the kernel's GPU speed has not been measured yet; see
-            ``scripts/bench_paged_attention.py``).
+            CPU, for tests only: it is slow there), or "auto" (the kernel on NVIDIA GPUs, where
+            it was measured faster, when head size and page size are powers of two and there
+            is no tensor-parallel mesh; the reference elsewhere: `resolve_attention_impl`).
     """
 
     token_budget: int = 64

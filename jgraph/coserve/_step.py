@@ -53,7 +53,11 @@ from jgraph.coserve._config import CoServeConfig, LlamaConfig, LoraConfig
 from jgraph.coserve._lora import adapter_sel
 from jgraph.coserve._model import attend_segments, decoder_layer, lm_logits
 from jgraph.coserve._paged import INVALID, paged_context, write_pages
-from jgraph.coserve._paged_pallas import paged_attention_pallas, resolve_attention_impl
+from jgraph.coserve._paged_pallas import (
+    device_platform,
+    paged_attention_pallas,
+    resolve_attention_impl,
+)
 from jgraph.coserve._parallel import check_tp_divisible, lora_specs, param_specs
 
 __all__ = [
@@ -335,8 +339,14 @@ def make_coserve_step(
     """
     axis = None if mesh is None else MODEL
     check_backward(cfg, scfg)
-    platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
-    impl, interpret = resolve_attention_impl(scfg.attention_impl, platform)
+    device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
+    impl, interpret = resolve_attention_impl(
+        scfg.attention_impl,
+        device_platform(device),
+        head_dim=cfg.head_dim,
+        page_size=scfg.page_size,
+        tensor_parallel=mesh is not None,
+    )
     if impl == "pallas" and cfg.head_dim & (cfg.head_dim - 1):
         raise config_error(
             "LlamaConfig.head_dim",

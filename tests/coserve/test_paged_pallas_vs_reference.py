@@ -86,18 +86,27 @@ def test_kernel_equals_reference_and_dense(name):
 
 
 @pytest.mark.parametrize(
-    ("hq", "hkv", "block_q", "kv_splits"), [(16, 1, 1, 1), (4, 2, 16, 3), (4, 2, 32, 8)]
+    ("hq", "hkv", "block_q", "kv_splits", "pages_per_step"),
+    [(16, 1, 1, 1, 1), (4, 2, 16, 3, 1), (4, 2, 32, 8, 1), (4, 2, 16, 1, 2), (16, 1, 1, 2, 3)],
 )
-def test_block_sizes_and_kv_splits(hq, hkv, block_q, kv_splits):
+def test_block_sizes_and_kv_splits(hq, hkv, block_q, kv_splits, pages_per_step):
     """One row per program (a GQA group of 16 fills the dot), and blocks of 16/32 rows that
     hold several requests (shuffled, so a request's rows are not adjacent: each slot must
     still be read exactly once per block); the context split over 3 programs (uneven shares)
-    and over 8 (more splits than some requests have pages: empty shares must merge as 0)."""
+    and over 8 (more splits than some requests have pages: empty shares must merge as 0);
+    2 and 3 pages per online-softmax step (3 pages per request share: the last step is
+    partly past the share and must be masked)."""
     reqs = [(30, 4), (12, 1), (45, 7), (2, 2)]
     args, _ = _case(hq, hkv, 16, 16, reqs, seed=3, shuffle=True)
     ref = paged_attention(*args)
     out = jax.jit(
-        lambda *a: paged_attention_pallas(*a, block_q=block_q, kv_splits=kv_splits, interpret=True)
+        lambda *a: paged_attention_pallas(
+            *a,
+            block_q=block_q,
+            kv_splits=kv_splits,
+            pages_per_step=pages_per_step,
+            interpret=True,
+        )
     )(*args)
     valid = np.asarray(args[4]) >= 0
     assert_trees_close(np.asarray(out)[valid], np.asarray(ref)[valid], kind="forward")
@@ -140,6 +149,8 @@ def test_bad_shapes_are_rejected():
         paged_attention_pallas(q[..., :12], kp[..., :12], vp[..., :12], pt, slots, pos)
     with pytest.raises(ConfigError, match=r"kv_splits=0: must be >= 1"):
         paged_attention_pallas(*args, kv_splits=0, interpret=True)
+    with pytest.raises(ConfigError, match=r"pages_per_step=0: must be >= 1"):
+        paged_attention_pallas(*args, pages_per_step=0, interpret=True)
     with pytest.raises(ConfigError, match=r"block_q=3: must be a power of two"):
         paged_attention_pallas(*args, block_q=3, interpret=True)
     with pytest.raises(ConfigError, match=r"block_q=2: gives 4 query vectors.*use block_q >= 8"):
@@ -173,8 +184,8 @@ def test_triton_compiler_params_are_the_public_api():
     pl.triton.CompilerParams(num_warps=4, num_stages=2)
 
 
-@pytest.mark.parametrize(("block_q", "kv_splits"), [(None, None), (16, 1)])
-def test_llama8b_shapes_lower_to_triton(block_q, kv_splits):
+@pytest.mark.parametrize(("block_q", "kv_splits", "pps"), [(None, None, 1), (16, 1, 4)])
+def test_llama8b_shapes_lower_to_triton(block_q, kv_splits, pps):
     """The shapes the GPU benchmark runs (Hq 32, Hkv 8, d 128, bf16, 4096-token contexts;
     by default 8 KV splits), traced abstractly: nothing is allocated."""
     t, pages, maxp = 160, 4097, 256
@@ -188,7 +199,11 @@ def test_llama8b_shapes_lower_to_triton(block_q, kv_splits):
         sds((t,), jnp.int32),
     )
     exported = jax.export.export(
-        jax.jit(lambda *a: paged_attention_pallas(*a, block_q=block_q, kv_splits=kv_splits)),
+        jax.jit(
+            lambda *a: paged_attention_pallas(
+                *a, block_q=block_q, kv_splits=kv_splits, pages_per_step=pps
+            )
+        ),
         platforms=["cuda"],
         disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
     )(*args)
@@ -196,13 +211,15 @@ def test_llama8b_shapes_lower_to_triton(block_q, kv_splits):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("kv_splits", [1, 3])
+@pytest.mark.parametrize(("kv_splits", "pps"), [(1, 1), (3, 1), (1, 3)])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_compiled_triton_kernel_equals_reference(name, kv_splits):
+def test_compiled_triton_kernel_equals_reference(name, kv_splits, pps):
     """On a GPU: the kernel compiled by Triton (not interpreted) against the reference."""
     hq, hkv, d, psize, reqs = CASES[name]
     args, _ = _case(hq, hkv, d, psize, reqs, shuffle=True)
     ref = jax.jit(paged_attention)(*args)
-    out = jax.jit(lambda *a: paged_attention_pallas(*a, kv_splits=kv_splits))(*args)
+    out = jax.jit(lambda *a: paged_attention_pallas(*a, kv_splits=kv_splits, pages_per_step=pps))(
+        *args
+    )
     valid = np.asarray(args[4]) >= 0
     assert_trees_close(np.asarray(out)[valid], np.asarray(ref)[valid], kind="forward")

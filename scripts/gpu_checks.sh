@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The checks a session with a lent GPU runs in one go (device time is short): the paged-attention
+# kernel compiled by Triton against the reference (tests), its variant sweep and the whole
+# co-serving step with attention_impl reference vs pallas (benchmark). Logs and JSON go to
+# $OUT (the device tool's output folder) or ./gpu_out. Each part has its own time limit so a
+# hang in one still leaves the others' results.
+#   PYTHONPATH=. bash scripts/gpu_checks.sh
+set -uo pipefail
+out=${OUT:-gpu_out}
+mkdir -p "$out"
+export PYTHONPATH=. PYTHONUNBUFFERED=1 JGRAPH_PROGRESS=0
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+python3 -c "import sys, jax; print(sys.version); print('jax', jax.__version__, jax.devices())" \
+  | tee -a "$out/gpu.txt"
+timeout 330 python3 scripts/bench_paged_attention.py --sweep --step --repeats 10 \
+  --out "$out/paged.json" 2>&1 | tee "$out/bench.log"
+# Several pytest workers share the GPU: no preallocation of 75% of its memory each.
+XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 200 python3 -m pytest -q -n 4 -p no:benchmark \
+  -p no:cacheprovider -m gpu tests/coserve/test_paged_pallas_vs_reference.py \
+  tests/coserve/test_step_pallas_vs_reference.py 2>&1 | tee "$out/tests_gpu.log"
+XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 120 python3 -m pytest -q -p no:benchmark \
+  -p no:cacheprovider tests/coserve/test_step_pallas_vs_reference.py 2>&1 \
+  | tee "$out/tests_step.log"
