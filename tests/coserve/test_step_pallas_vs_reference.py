@@ -67,11 +67,13 @@ def _run(step, params, bank, state, batches):
 
 def test_pallas_step_equals_reference_step(cfg, params, lora_cfg, lora, bank):
     opt = optax.sgd(0.0)
-    ref_step = make_coserve_step(cfg, SCFG, lora_cfg, opt, return_logits=True)
+    # Explicit: "auto" (SCFG's default) is the kernel on an NVIDIA GPU.
+    ref_cfg = dataclasses.replace(SCFG, attention_impl="reference")
+    ref_step = make_coserve_step(cfg, ref_cfg, lora_cfg, opt, return_logits=True)
     pal_cfg = dataclasses.replace(SCFG, attention_impl="pallas")
     pal_step = make_coserve_step(cfg, pal_cfg, lora_cfg, opt, return_logits=True)
     batches = _batches()
-    st_r = init_state(cfg, SCFG, lora, opt, key=jax.random.key(4))
+    st_r = init_state(cfg, ref_cfg, lora, opt, key=jax.random.key(4))
     st_p = init_state(cfg, pal_cfg, lora, opt, key=jax.random.key(4))
     # The kernel really is in the pallas step (and not in the reference one).
     jaxpr = str(jax.make_jaxpr(pal_step)(params, bank.weights, bank.scales, st_p, batches[0]))
