@@ -26,17 +26,9 @@ import time
 from typing import Any
 
 from jgraph.core import format_table, time_call, write_results
-from jgraph.pipeline import (
-    ClusterConfig,
-    CostModel,
-    NoPlanError,
-    PlannerConfig,
-    mmt,
-    paper_model,
-    plan_pipeline,
-    synthetic_branches,
-)
+from jgraph.pipeline import ClusterConfig, CostModel, NoPlanError, PlannerConfig, plan_pipeline
 from jgraph.pipeline._plan import assemble_plan
+from jgraph.pipeline.models import mmt, paper_model, synthetic_branches
 
 SEQUENTIAL = ("pipedream", "piper", "gpipe")
 

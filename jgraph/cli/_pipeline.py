@@ -99,11 +99,11 @@ def run(args: argparse.Namespace) -> int:
         ClusterConfig,
         NoPlanError,
         PlannerConfig,
-        paper_model,
         plan_pipeline,
-        plan_rows,
         write_plan_png,
     )
+    from jgraph.pipeline._report import plan_rows
+    from jgraph.pipeline.models import paper_model
 
     graph = paper_model(args.model, branches=args.branches)
     overrides = {

@@ -9,16 +9,18 @@ simulator, and PipeDream-, Piper- and GPipe-style sequential baselines on the
 same cost model. The shard_map runtime that executes a `StagePlan` is a later
 issue.
 
+Public submodules: `jgraph.pipeline.models` (the paper's benchmark models) and
+`jgraph.pipeline.profiling` (a DAG of Flax modules, costed by profiling).
+
 Example:
-    >>> from jgraph.pipeline import ClusterConfig, mmt, plan_pipeline
+    >>> from jgraph.pipeline import ClusterConfig, plan_pipeline
+    >>> from jgraph.pipeline.models import mmt
     >>> plan = plan_pipeline(mmt(branches=2, layers=2), ClusterConfig(num_devices=4), batch=32)
     >>> plan.planner, plan.max_memory_bytes <= plan.memory_limit_bytes
     ('graphpipe', True)
 """
 
-from jgraph.pipeline._api import PLANNERS as PLANNERS
 from jgraph.pipeline._api import plan_pipeline as plan_pipeline
-from jgraph.pipeline._api import smallest_fitting_memory as smallest_fitting_memory
 from jgraph.pipeline._baselines import NoPlanError as NoPlanError
 from jgraph.pipeline._config import ClusterConfig as ClusterConfig
 from jgraph.pipeline._config import PlannerConfig as PlannerConfig
@@ -26,19 +28,8 @@ from jgraph.pipeline._cost import CostModel as CostModel
 from jgraph.pipeline._demo import demo as demo
 from jgraph.pipeline._graph import ModelGraph as ModelGraph
 from jgraph.pipeline._graph import Node as Node
-from jgraph.pipeline._models import candle_uno as candle_uno
-from jgraph.pipeline._models import dlrm as dlrm
-from jgraph.pipeline._models import mmt as mmt
-from jgraph.pipeline._models import paper_model as paper_model
-from jgraph.pipeline._models import sequential_transformer as sequential_transformer
-from jgraph.pipeline._models import synthetic_branches as synthetic_branches
 from jgraph.pipeline._plan import Stage as Stage
 from jgraph.pipeline._plan import StagePlan as StagePlan
-from jgraph.pipeline._profile import GraphInput as GraphInput
-from jgraph.pipeline._profile import ModuleGraph as ModuleGraph
-from jgraph.pipeline._profile import ModuleNode as ModuleNode
-from jgraph.pipeline._profile import profile_module_graph as profile_module_graph
-from jgraph.pipeline._report import plan_rows as plan_rows
 from jgraph.pipeline._report import write_plan_png as write_plan_png
 from jgraph.pipeline._schedule import Schedule as Schedule
 from jgraph.pipeline._schedule import make_schedule as make_schedule
@@ -46,13 +37,9 @@ from jgraph.pipeline._simulate import SimResult as SimResult
 from jgraph.pipeline._simulate import simulate as simulate
 
 __all__ = [
-    "PLANNERS",
     "ClusterConfig",
     "CostModel",
-    "GraphInput",
     "ModelGraph",
-    "ModuleGraph",
-    "ModuleNode",
     "NoPlanError",
     "Node",
     "PlannerConfig",
@@ -60,18 +47,9 @@ __all__ = [
     "SimResult",
     "Stage",
     "StagePlan",
-    "candle_uno",
     "demo",
-    "dlrm",
     "make_schedule",
-    "mmt",
-    "paper_model",
     "plan_pipeline",
-    "plan_rows",
-    "profile_module_graph",
-    "sequential_transformer",
     "simulate",
-    "smallest_fitting_memory",
-    "synthetic_branches",
     "write_plan_png",
 ]

@@ -163,7 +163,8 @@ def plan_pipeline(
             the Piper-style planner hits its state cap.
 
     Example:
-        >>> from jgraph.pipeline import ClusterConfig, synthetic_branches
+        >>> from jgraph.pipeline import ClusterConfig
+        >>> from jgraph.pipeline.models import synthetic_branches
         >>> p = plan_pipeline(synthetic_branches(4, layers=2), ClusterConfig(num_devices=8), batch=64)
         >>> p.devices_used <= 8 and p.max_memory_bytes <= p.memory_limit_bytes
         True

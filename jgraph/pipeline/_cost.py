@@ -87,7 +87,8 @@ class CostModel:
     """Prices stages of one graph on one cluster; cached, shared by all planners.
 
     Example:
-        >>> from jgraph.pipeline import ClusterConfig, PlannerConfig, synthetic_branches
+        >>> from jgraph.pipeline import ClusterConfig, PlannerConfig
+        >>> from jgraph.pipeline.models import synthetic_branches
         >>> cm = CostModel(synthetic_branches(2, layers=2), ClusterConfig(num_devices=4), PlannerConfig())
         >>> c = cm.stage_cost(cm.graph.topological_order, devices=1, micro_batch=4, batch=64)
         >>> c.tps > 0 and c.static_bytes > 0

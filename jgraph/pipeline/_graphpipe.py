@@ -68,7 +68,8 @@ class GraphPipeSearch:
     """GraphPipe's search for one cost model and mini-batch size.
 
     Example:
-        >>> from jgraph.pipeline import ClusterConfig, PlannerConfig, CostModel, mmt
+        >>> from jgraph.pipeline import ClusterConfig, PlannerConfig, CostModel
+        >>> from jgraph.pipeline.models import mmt
         >>> cm = CostModel(mmt(branches=2, layers=2), ClusterConfig(num_devices=4), PlannerConfig())
         >>> stages, degrees = GraphPipeSearch(cm, batch=32).best(micro_batch=4)[0]
         >>> sum(degrees) <= 4

@@ -5,16 +5,9 @@ import dataclasses
 import pytest
 
 from jgraph.core import ConfigError
-from jgraph.pipeline import (
-    ClusterConfig,
-    NoPlanError,
-    PlannerConfig,
-    StagePlan,
-    mmt,
-    plan_pipeline,
-    smallest_fitting_memory,
-    synthetic_branches,
-)
+from jgraph.pipeline import ClusterConfig, NoPlanError, PlannerConfig, StagePlan, plan_pipeline
+from jgraph.pipeline._api import smallest_fitting_memory
+from jgraph.pipeline.models import mmt, synthetic_branches
 
 
 def test_graphpipe_runs_branches_concurrently():
@@ -105,7 +98,7 @@ def test_bad_arguments():
 @pytest.mark.parametrize("planner", ["graphpipe", "pipedream"])
 def test_lower_bound_pruning_keeps_the_best_plan(monkeypatch, planner):
     import jgraph.pipeline._plan as plan_module
-    from jgraph.pipeline import sequential_transformer
+    from jgraph.pipeline.models import sequential_transformer
 
     graph, cluster = sequential_transformer(layers=8), ClusterConfig(num_devices=8)
     pruned = plan_pipeline(graph, cluster, batch=64, planner=planner)

@@ -5,15 +5,9 @@ import itertools
 import pytest
 
 from jgraph.core import ConfigError
-from jgraph.pipeline import (
-    ClusterConfig,
-    CostModel,
-    ModelGraph,
-    Node,
-    PlannerConfig,
-    synthetic_branches,
-)
+from jgraph.pipeline import ClusterConfig, CostModel, ModelGraph, Node, PlannerConfig
 from jgraph.pipeline._config import V100_FP32_FLOPS, V100_HBM_BYTES_PER_S
+from jgraph.pipeline.models import synthetic_branches
 
 
 def test_roofline_gives_a_micro_batch_efficiency_curve():
@@ -99,7 +93,7 @@ def test_planner_config_validation():
 def test_vectorised_stage_arrays_equal_the_scalar_costs(overlap):
     import numpy as np
 
-    from jgraph.pipeline import dlrm
+    from jgraph.pipeline.models import dlrm
 
     # DLRM spans two nodes at 8 devices: slow links, multi-node all-reduces.
     cm = CostModel(dlrm(), ClusterConfig(num_devices=8), PlannerConfig(overlap_comm=overlap))

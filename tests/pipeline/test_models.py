@@ -3,7 +3,7 @@
 import pytest
 
 from jgraph.core import ConfigError
-from jgraph.pipeline import candle_uno, dlrm, mmt, paper_model, sequential_transformer
+from jgraph.pipeline.models import candle_uno, dlrm, mmt, paper_model, sequential_transformer
 
 
 def params(g):

@@ -5,15 +5,8 @@ import jax.numpy as jnp
 import pytest
 
 from jgraph.core import ConfigError
-from jgraph.pipeline import (
-    ClusterConfig,
-    GraphInput,
-    ModuleGraph,
-    ModuleNode,
-    _profile,
-    plan_pipeline,
-    profile_module_graph,
-)
+from jgraph.pipeline import ClusterConfig, _profile, plan_pipeline
+from jgraph.pipeline.profiling import GraphInput, ModuleGraph, ModuleNode, profile_module_graph
 
 
 class Join(nn.Module):
