@@ -51,9 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.model, args.seeds, args.fp_epochs, args.epochs, args.bits = "cnn", 1, 3, 1, [2]
 
-    data = quant.load_dataset("digits")
-    fp_recipe = quant.Recipe(epochs=args.fp_epochs, optimizer="sgd", lr=0.1, weight_decay=5e-4)
-    dgms_recipe = quant.Recipe(epochs=args.epochs)
+    data = quant.recipes.load_dataset("digits")
+    fp_recipe = quant.recipes.Recipe(
+        epochs=args.fp_epochs, optimizer="sgd", lr=0.1, weight_decay=5e-4
+    )
+    dgms_recipe = quant.recipes.Recipe(epochs=args.epochs)
     fp_acc: list[float] = []
     per_bits: dict[int, dict[str, list[float]]] = {
         b: {k: [] for k in ("kmeans", "kmeans_bn", "dgms", "sparsity", "paper_cr", "ratio", "sec")}
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in range(args.seeds):
         fp_vars = None
         for bits in args.bits:
-            cfg = quant.RunConfig(
+            cfg = quant.recipes.RunConfig(
                 model=args.model,
                 seed=seed,
                 fp=fp_recipe,
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                 quant=quant.DGMSConfig(bits=bits),
                 plots=False,
             )
-            r = quant.run_recipe(cfg, data=data, fp_variables=fp_vars)
+            r = quant.recipes.run_recipe(cfg, data=data, fp_variables=fp_vars)
             if fp_vars is None:
                 fp_vars = r.fp_variables
                 fp_acc.append(r.fp_accuracy)

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     from jgraph import quant
 
-    fp = quant.Recipe(
+    fp = quant.recipes.Recipe(
         epochs=args.fp_epochs,
         batch_size=args.batch_size,
         optimizer="sgd",
@@ -79,9 +79,9 @@ def run(args: argparse.Namespace) -> int:
         weight_decay=5e-4,
     )
     if args.preset == "original":
-        dg = quant.Recipe.original(epochs=args.epochs, batch_size=args.batch_size)
+        dg = quant.recipes.Recipe.original(epochs=args.epochs, batch_size=args.batch_size)
     else:
-        dg = quant.Recipe(epochs=args.epochs, batch_size=args.batch_size)
+        dg = quant.recipes.Recipe(epochs=args.epochs, batch_size=args.batch_size)
     overrides: dict[str, Any] = {}
     if args.lr is not None:
         overrides["lr"] = args.lr
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_bn_reestimate:
         overrides["bn_reestimate"] = False
     dg = dataclasses.replace(dg, **overrides)
-    config = quant.RunConfig(
+    config = quant.recipes.RunConfig(
         model=args.model,
         data=args.data if args.data is not None else args.dataset,
         seed=args.seed,
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         plots=not args.no_plots,
     )
-    result = quant.run_recipe(config)
+    result = quant.recipes.run_recipe(config)
     r = result.report
     console = Console(soft_wrap=True)
     table = Table(title=f"{args.model}, {args.bits}-bit DGMS on {config.data}", show_header=False)

@@ -141,10 +141,10 @@ def run_recipe(
 
     Example:
         >>> from jgraph import quant
-        >>> cfg = quant.RunConfig(model="mlp", fp=quant.Recipe(epochs=2),
-        ...                       dgms=quant.Recipe(epochs=1), quant=quant.DGMSConfig(bits=2),
+        >>> cfg = quant.recipes.RunConfig(model="mlp", fp=quant.recipes.Recipe(epochs=2),
+        ...                       dgms=quant.recipes.Recipe(epochs=1), quant=quant.DGMSConfig(bits=2),
         ...                       plots=False)
-        >>> result = quant.run_recipe(cfg)
+        >>> result = quant.recipes.run_recipe(cfg)
         >>> result.report.layers[0].distinct <= 4
         True
     """

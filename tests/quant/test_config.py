@@ -38,7 +38,7 @@ def test_dgms_config_errors(kwargs, match):
 )
 def test_recipe_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        quant.Recipe(**kwargs)
+        quant.recipes.Recipe(**kwargs)
 
 
 def test_defaults_and_k():
@@ -51,6 +51,6 @@ def test_defaults_and_k():
 
 def test_run_config_and_model_errors():
     with pytest.raises(ConfigError, match=r"RunConfig.seed=-1: must be >= 0"):
-        quant.RunConfig(seed=-1)
+        quant.recipes.RunConfig(seed=-1)
     with pytest.raises(ConfigError, match=r"model='vgg': not one of 'resnet20', 'cnn', 'mlp'"):
-        quant.make_model("vgg", 10)
+        quant.recipes.make_model("vgg", 10)

@@ -9,7 +9,7 @@ from jgraph.core import ConfigError
 
 
 def test_digits_split_is_fixed_and_stratified():
-    a, b = quant.load_dataset("digits"), quant.load_dataset("digits")
+    a, b = quant.recipes.load_dataset("digits"), quant.recipes.load_dataset("digits")
     np.testing.assert_array_equal(a.x_test, b.x_test)
     assert a.x_train.shape[1:] == (8, 8, 1)
     assert a.x_train.dtype == np.float32
@@ -28,7 +28,7 @@ def test_npz_with_split(tmp_path):
         x_test=rng.integers(0, 256, (9, 6, 6), dtype=np.uint8),
         y_test=np.arange(9) % 3,
     )
-    d = quant.load_dataset(path)
+    d = quant.recipes.load_dataset(path)
     assert d.x_train.shape == (20, 6, 6, 1)
     assert d.x_test.shape == (9, 6, 6, 1)
     assert d.num_classes == 3
@@ -38,7 +38,7 @@ def test_npz_with_split(tmp_path):
 def test_npz_x_y_is_split_here(tmp_path):
     path = tmp_path / "xy.npz"
     np.savez(path, x=np.random.default_rng(0).random((40, 5, 5, 3)), y=np.arange(40) % 4)
-    d = quant.load_dataset(path, test_fraction=0.25)
+    d = quant.recipes.load_dataset(path, test_fraction=0.25)
     assert len(d.x_train) == 32
     assert len(d.x_test) == 8
 
@@ -52,7 +52,7 @@ def test_image_folder(tmp_path):
                 tmp_path / cls / f"{i}.png"
             )
     (tmp_path / "dog" / "notes.txt").write_text("ignored")
-    d = quant.load_dataset(tmp_path)
+    d = quant.recipes.load_dataset(tmp_path)
     assert d.classes == ("cat", "dog")
     assert d.x_train.shape[1:] == (7, 7, 1)
     assert len(d.x_train) + len(d.x_test) == 12
@@ -72,4 +72,4 @@ def test_image_folder(tmp_path):
 )
 def test_bad_data_errors(tmp_path, make, match):
     with pytest.raises(ConfigError, match=match):
-        quant.load_dataset(make(tmp_path))
+        quant.recipes.load_dataset(make(tmp_path))

@@ -43,9 +43,9 @@ def test_math_matches_scipy(k):
     w = np.random.default_rng(1).normal(0, 0.2, (3, 3, 4, 5)).astype(np.float32)
     log_gamma, soft, hard = _reference(w, mix)
     with jax.default_matmul_precision("highest"):
-        got_lg = quant.log_responsibilities(jnp.asarray(w), mix)
-        got_soft = quant.soft_weights(jnp.asarray(w), mix)
-        got_hard = quant.hard_weights(jnp.asarray(w), mix)
+        got_lg = quant.mixture.log_responsibilities(jnp.asarray(w), mix)
+        got_soft = quant.mixture.soft_weights(jnp.asarray(w), mix)
+        got_hard = quant.mixture.hard_weights(jnp.asarray(w), mix)
     assert got_lg.shape == (*w.shape, k)
     # log γ of very unlikely components reaches ~-1e3 in float32, where only
     # relative precision is meaningful: compare probabilities instead for those.
@@ -65,7 +65,7 @@ def test_gaussian_density_matches_scipy_pdf():
         "tau": np.float32(0.01),
     }
     w = np.linspace(-0.2, 0.5, 11).astype(np.float32)
-    lg = np.asarray(quant.log_responsibilities(jnp.asarray(w), mix), np.float64)
+    lg = np.asarray(quant.mixture.log_responsibilities(jnp.asarray(w), mix), np.float64)
     ratio = norm.pdf(w, 0.3, 0.15) / norm.pdf(w, 0.0, 0.2)
     assert_trees_close(
         (lg[:, 1] - lg[:, 0]).astype(np.float32), np.log(ratio).astype(np.float32), kind="forward"
@@ -75,10 +75,12 @@ def test_gaussian_density_matches_scipy_pdf():
 def test_soft_tends_to_hard_as_tau_goes_to_zero():
     mix = _mixture(8, seed=3)
     w = jnp.asarray(np.random.default_rng(2).normal(0, 0.2, 2000).astype(np.float32))
-    hard = np.asarray(quant.hard_weights(w, mix))
+    hard = np.asarray(quant.mixture.hard_weights(w, mix))
     gaps = []
     for tau in (1.0, 0.1, 0.01, 1e-3):
-        soft = np.asarray(quant.soft_weights(w, {**mix, "tau": np.float32(tau)}, tau_min=1e-6))
+        soft = np.asarray(
+            quant.mixture.soft_weights(w, {**mix, "tau": np.float32(tau)}, tau_min=1e-6)
+        )
         gaps.append(float(np.mean(np.abs(soft - hard))))
     assert all(a > b for a, b in itertools.pairwise(gaps)), gaps  # strictly shrinking
     assert gaps[-1] < 1e-3 * gaps[0]
@@ -96,18 +98,18 @@ def test_soft_tends_to_hard_as_tau_goes_to_zero():
 )
 @pytest.mark.parametrize("init", ["kmeans", "empirical"])
 def test_no_nan_on_degenerate_weights(w, init):
-    mix = quant.init_mixture(
+    mix = quant.mixture.init_mixture(
         jnp.asarray(w), 4, key=jax.random.key(0), empirical=init == "empirical"
     )
     assert all(np.all(np.isfinite(np.asarray(v))) for v in mix.values())
 
     def loss(w, mix):
-        return jnp.sum(quant.soft_weights(w, mix) ** 2)
+        return jnp.sum(quant.mixture.soft_weights(w, mix) ** 2)
 
     val, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(jnp.asarray(w), mix)
     assert np.isfinite(float(val))
     assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads))
-    hard = np.asarray(jax.jit(quant.hard_weights)(jnp.asarray(w), mix))
+    hard = np.asarray(jax.jit(quant.mixture.hard_weights)(jnp.asarray(w), mix))
     assert np.all(np.isfinite(hard))
     if init == "kmeans" and np.unique(w).size > 1:
         np.testing.assert_array_equal(hard, w)  # k-means found the exact values
@@ -121,6 +123,8 @@ def test_clamps_keep_zero_sigma_and_tau_finite():
         "tau": np.float32(0.0),
     }
     w = jnp.asarray(np.float32([0.0, 0.2, 0.5]))
-    g = jax.jit(jax.grad(lambda w, m: jnp.sum(quant.soft_weights(w, m)), argnums=(0, 1)))(w, mix)
-    assert np.all(np.isfinite(np.asarray(jax.jit(quant.soft_weights)(w, mix))))
+    g = jax.jit(jax.grad(lambda w, m: jnp.sum(quant.mixture.soft_weights(w, m)), argnums=(0, 1)))(
+        w, mix
+    )
+    assert np.all(np.isfinite(np.asarray(jax.jit(quant.mixture.soft_weights)(w, mix))))
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(g))

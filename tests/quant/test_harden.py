@@ -72,14 +72,14 @@ def test_hard_apply_equals_model_on_hardened_variables(hardened):
 @pytest.mark.parametrize("bits", range(1, 9))
 def test_pack_roundtrip(bits):
     idx = np.random.default_rng(bits).integers(0, 2**bits, size=1001).astype(np.uint8)
-    packed = quant.pack_indices(idx, bits)
+    packed = quant.mixture.pack_indices(idx, bits)
     assert packed.nbytes == math.ceil(1001 * bits / 8)
-    np.testing.assert_array_equal(quant.unpack_indices(packed, bits, 1001), idx)
+    np.testing.assert_array_equal(quant.mixture.unpack_indices(packed, bits, 1001), idx)
 
 
 def test_pack_rejects_too_wide_index():
     with pytest.raises(ValueError, match="does not fit in 2 bits"):
-        quant.pack_indices(np.array([4], np.uint8), 2)
+        quant.mixture.pack_indices(np.array([4], np.uint8), 2)
 
 
 def test_compression_report_by_hand():

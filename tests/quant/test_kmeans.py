@@ -21,7 +21,7 @@ def _groups():
 
 def test_init_follows_the_released_rules():
     parts, w = _groups()
-    mix = quant.init_mixture(w, 2, key=jax.random.key(0))
+    mix = quant.mixture.init_mixture(w, 2, key=jax.random.key(0))
     # References in float64 from the float32 weights the init sees; compared at the table's
     # f32 forward tolerance (the init stores float32 statistics).
     p64 = [p.astype(np.float32).astype(np.float64) for p in parts]
@@ -39,22 +39,22 @@ def test_init_follows_the_released_rules():
 
 def test_empirical_variant_sets_every_sigma():
     _, w = _groups()
-    mix = quant.init_mixture(w, 2, key=jax.random.key(0), empirical=True)
+    mix = quant.mixture.init_mixture(w, 2, key=jax.random.key(0), empirical=True)
     np.testing.assert_array_equal(mix["sigma"], np.full(4, 0.01, np.float32))
-    base = quant.init_mixture(w, 2, key=jax.random.key(0))
+    base = quant.mixture.init_mixture(w, 2, key=jax.random.key(0))
     np.testing.assert_array_equal(mix["mu"], base["mu"])  # same means and π
     np.testing.assert_array_equal(mix["pi"], base["pi"])
 
 
 def test_kmeans_is_deterministic_per_key_and_handles_tiny_clusters():
     w = np.float32([0.0, 0.0, 0.0, 5.0])  # a cluster of one point: n - 1 = 0
-    a = quant.init_mixture(w, 1, key=jax.random.key(3))
-    b = quant.init_mixture(w, 1, key=jax.random.key(3))
+    a = quant.mixture.init_mixture(w, 1, key=jax.random.key(3))
+    b = quant.mixture.init_mixture(w, 1, key=jax.random.key(3))
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
     assert np.all(np.isfinite(a["sigma"]))
     assert np.all(a["sigma"] > 0)
     np.testing.assert_array_equal(a["mu"], [5.0])
-    centres, assign = quant.kmeans_1d(w, 2, key=jax.random.key(0))
+    centres, assign = quant.mixture.kmeans_1d(w, 2, key=jax.random.key(0))
     assert centres.tolist() == [0.0, 5.0]
     assert assign.tolist() == [0, 0, 0, 1]

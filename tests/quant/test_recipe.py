@@ -14,10 +14,10 @@ from jgraph.core import ConfigError
 
 
 def _tiny(tmp_path, bits=2, **kw):
-    return quant.RunConfig(
+    return quant.recipes.RunConfig(
         model="mlp",
-        fp=quant.Recipe(epochs=2, batch_size=64),
-        dgms=quant.Recipe(epochs=1, batch_size=64),
+        fp=quant.recipes.Recipe(epochs=2, batch_size=64),
+        dgms=quant.recipes.Recipe(epochs=1, batch_size=64),
         quant=quant.DGMSConfig(bits=bits),
         out=tmp_path,
         **kw,
@@ -25,7 +25,7 @@ def _tiny(tmp_path, bits=2, **kw):
 
 
 def test_recipe_end_to_end_properties(tmp_path):
-    r = quant.run_recipe(_tiny(tmp_path))
+    r = quant.recipes.run_recipe(_tiny(tmp_path))
     assert r.fp_accuracy > 0.8  # an MLP learns digits in 2 epochs
     assert r.dgms_accuracy > 0.8
     assert 0.0 <= r.kmeans_accuracy <= 1.0
@@ -41,14 +41,16 @@ def test_recipe_end_to_end_properties(tmp_path):
     assert book.shape == (4,)
     assert book[0] == 0.0
     assert packed.nbytes == idx.size * 2 // 8
-    np.testing.assert_array_equal(quant.unpack_indices(packed, 2, idx.size), idx.reshape(-1))
+    np.testing.assert_array_equal(
+        quant.mixture.unpack_indices(packed, 2, idx.size), idx.reshape(-1)
+    )
     # resuming a finished run retrains nothing and reproduces the result
-    again = quant.run_recipe(_tiny(tmp_path, resume=True))
+    again = quant.recipes.run_recipe(_tiny(tmp_path, resume=True))
     assert again.fp_seconds < r.fp_seconds
     assert again.dgms_accuracy == r.dgms_accuracy
     # resuming the DGMS phase with other settings is refused, not silently mixed
     with pytest.raises(ConfigError, match="different settings"):
-        quant.run_recipe(_tiny(tmp_path, bits=3, resume=True))
+        quant.recipes.run_recipe(_tiny(tmp_path, bits=3, resume=True))
 
 
 def _images(root):

@@ -17,7 +17,7 @@ from jgraph.testing import assert_trees_close
 
 @pytest.fixture(scope="module")
 def setup():
-    data = quant.load_dataset("digits")
+    data = quant.recipes.load_dataset("digits")
     x, y = data.x_train[:128], data.y_train[:128]
     xt, yt = data.x_test[:64], data.y_test[:64]
     model = SmallCNN(num_classes=10, width=4)
@@ -27,7 +27,7 @@ def setup():
     return qmodel, qv, (x, y, xt, yt)
 
 
-RECIPE = quant.Recipe(epochs=3, batch_size=64, tau_start=0.05)
+RECIPE = quant.recipes.Recipe(epochs=3, batch_size=64, tau_start=0.05)
 
 
 def test_resume_continues_exactly(setup, tmp_path):
@@ -75,7 +75,7 @@ def _one_update(recipe):
 
 
 def test_original_preset_decays_every_parameter():
-    r = quant.Recipe.original()
+    r = quant.recipes.Recipe.original()
     assert (r.optimizer, r.lr, r.momentum, r.weight_decay) == ("sgd", 2e-5, 0.9, 5e-4)
     assert r.decay_mixture
     assert not r.bn_reestimate
@@ -89,19 +89,19 @@ def test_original_preset_decays_every_parameter():
 
 
 def test_no_decay_on_mixture_flag():
-    upd = _one_update(dataclasses.replace(quant.Recipe.original(), decay_mixture=False))
+    upd = _one_update(dataclasses.replace(quant.recipes.Recipe.original(), decay_mixture=False))
     assert np.all(np.asarray(upd["mixture"]["mu"]) == 0)
     assert np.all(np.asarray(upd["params"]["w"]) != 0)
 
 
 def test_tau_annealing_schedule():
-    recipe = quant.Recipe(tau_start=1.0)
+    recipe = quant.recipes.Recipe(tau_start=1.0)
     scale = [float(_tau_scale(recipe, 0.01, jnp.asarray(s), 100)) for s in (0, 35, 70, 100)]
     np.testing.assert_allclose(scale[0], 100.0, rtol=1e-5)  # τ starts at 1.0 = 100 τ0
     assert scale[0] > scale[1] > scale[2]
     assert scale[2] == pytest.approx(1.0)
     assert scale[3] == pytest.approx(1.0)
-    assert float(_tau_scale(quant.Recipe(), 0.01, jnp.asarray(0), 100)) == 1.0
+    assert float(_tau_scale(quant.recipes.Recipe(), 0.01, jnp.asarray(0), 100)) == 1.0
 
 
 def test_bn_reestimation_with_hard_weights(setup):
@@ -121,7 +121,9 @@ def test_bn_reestimation_with_hard_weights(setup):
 
 
 def test_make_optimizer_works_in_chain():
-    opt = optax.chain(optax.clip_by_global_norm(1.0), quant.make_optimizer(quant.Recipe(), 5))
+    opt = optax.chain(
+        optax.clip_by_global_norm(1.0), quant.make_optimizer(quant.recipes.Recipe(), 5)
+    )
     tree = {"params": {"w": jnp.ones(3)}, "mixture": {"mu": jnp.ones(2)}}
     u, _ = opt.update(jax.tree.map(jnp.ones_like, tree), opt.init(tree), tree)
     assert np.all(np.asarray(u["mixture"]["mu"]) < 0)

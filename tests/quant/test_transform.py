@@ -97,7 +97,10 @@ def test_soft_forward_equals_model_on_soft_kernels(cnn):
     model, _, qmodel, qvars = cnn
     params = dict(qvars["params"])
     for name, mix in qvars["mixture"].items():
-        params[name] = {**params[name], "kernel": quant.soft_weights(params[name]["kernel"], mix)}
+        params[name] = {
+            **params[name],
+            "kernel": quant.mixture.soft_weights(params[name]["kernel"], mix),
+        }
     ref = model.apply({"params": params, "batch_stats": qvars["batch_stats"]}, X, train=False)
     got = qmodel.apply(qvars, X, train=False)
     assert_trees_close(got, ref, kind="exact")
