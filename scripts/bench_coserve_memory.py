@@ -37,14 +37,13 @@ from jgraph.coserve import (
     LlamaConfig,
     LoraConfig,
     StepBatch,
-    coserve_backward_bytes,
     empty_batch,
     init_lora,
     init_params,
     init_state,
     make_coserve_step,
-    vjp_residual_bytes,
 )
+from jgraph.coserve.memory import coserve_backward_bytes, vjp_residual_bytes
 
 LORA = LoraConfig(rank=16, alpha=16.0, targets=("down_proj",))
 MODELS = {

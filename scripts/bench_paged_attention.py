@@ -33,7 +33,6 @@ import optax
 
 from jgraph.core import format_table, time_call, write_results
 from jgraph.coserve import (
-    INVALID,
     AdapterBank,
     CoServeConfig,
     LlamaConfig,
@@ -44,9 +43,8 @@ from jgraph.coserve import (
     init_params,
     init_state,
     make_coserve_step,
-    paged_attention,
-    paged_attention_pallas,
 )
+from jgraph.coserve.attention import INVALID, paged_attention, paged_attention_pallas
 
 _KERNEL_DEFAULTS = {
     k: p.default for k, p in inspect.signature(paged_attention_pallas).parameters.items()

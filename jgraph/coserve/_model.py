@@ -255,7 +255,8 @@ def forward(
 
     Example:
         >>> import jax, jax.numpy as jnp
-        >>> from jgraph.coserve import LlamaConfig, forward, init_params
+        >>> from jgraph.coserve import LlamaConfig, init_params
+        >>> from jgraph.coserve.model import forward
         >>> cfg = LlamaConfig.tiny()
         >>> forward(cfg, init_params(cfg, key=jax.random.key(0)), jnp.arange(5)).shape
         (5, 260)
@@ -284,7 +285,8 @@ class LlamaModel(nn.Module):
 
     Example:
         >>> import jax, jax.numpy as jnp
-        >>> from jgraph.coserve import LlamaConfig, LlamaModel
+        >>> from jgraph.coserve import LlamaConfig
+        >>> from jgraph.coserve.model import LlamaModel
         >>> m = LlamaModel(cfg=LlamaConfig.tiny())
         >>> v = m.init(jax.random.key(0), jnp.arange(4))
         >>> m.apply(v, jnp.arange(4)).shape

@@ -6,7 +6,6 @@ import optax
 import pytest
 
 from jgraph.coserve import (
-    LORA_TARGETS,
     AdapterBank,
     CoServeConfig,
     CoServeEngine,
@@ -15,6 +14,7 @@ from jgraph.coserve import (
     init_lora,
     init_params,
 )
+from jgraph.coserve.model import LORA_TARGETS
 
 
 @pytest.fixture(scope="session")

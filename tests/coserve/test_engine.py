@@ -8,13 +8,8 @@ import optax
 import pytest
 
 from jgraph.core import ConfigError
-from jgraph.coserve import (
-    TRAINABLE,
-    AdapterBank,
-    CoServeEngine,
-    adapter_sel,
-    forward,
-)
+from jgraph.coserve import AdapterBank, CoServeEngine
+from jgraph.coserve.model import TRAINABLE, adapter_sel, forward
 
 PAD_LEN = 24
 PROMPTS = [[256, 72, 101, 108], [256, 9], [256, 1, 2, 3, 4, 5, 6, 7, 8], [256, 50, 60]]

@@ -7,17 +7,9 @@ import pytest
 import safetensors.numpy
 
 from jgraph.core import ConfigError
-from jgraph.coserve import (
-    BASE,
-    AdapterBank,
-    LoraConfig,
-    adapter_sel,
-    forward,
-    init_lora,
-    load_peft,
-    merge_lora,
-    save_peft,
-)
+from jgraph.coserve import AdapterBank, LoraConfig, init_lora, merge_lora
+from jgraph.coserve.checkpoint import load_peft, save_peft
+from jgraph.coserve.model import BASE, adapter_sel, forward
 from jgraph.testing import assert_trees_close
 
 TOKENS = jnp.array([256, 10, 20, 30, 40, 50], jnp.int32)

@@ -1,12 +1,7 @@
 """Retained-bytes accounting: explicit co-serving buffers vs jax.vjp residual counting."""
 
-from jgraph.coserve import (
-    CoServeConfig,
-    LlamaConfig,
-    LoraConfig,
-    coserve_backward_bytes,
-    vjp_residual_bytes,
-)
+from jgraph.coserve import CoServeConfig, LlamaConfig, LoraConfig
+from jgraph.coserve.memory import coserve_backward_bytes, vjp_residual_bytes
 
 LORA = LoraConfig(rank=16, alpha=16.0, targets=("down_proj",))
 

@@ -11,17 +11,15 @@ import pytest
 import safetensors.numpy
 
 from jgraph.core import ConfigError
-from jgraph.coserve import (
+from jgraph.coserve import LlamaConfig, init_params
+from jgraph.coserve._model import _inv_freq
+from jgraph.coserve.checkpoint import (
     ByteTokenizer,
     HFTokenizer,
-    LlamaConfig,
-    LlamaModel,
-    forward,
-    init_params,
     load_hf_checkpoint,
     save_hf_checkpoint,
 )
-from jgraph.coserve._model import _inv_freq
+from jgraph.coserve.model import LlamaModel, forward
 from jgraph.testing import assert_trees_close
 
 

@@ -10,7 +10,7 @@ import pytest
 from jax.experimental import pallas as pl
 
 from jgraph.core import ConfigError
-from jgraph.coserve import INVALID, paged_attention, paged_attention_pallas, write_pages
+from jgraph.coserve.attention import INVALID, paged_attention, paged_attention_pallas, write_pages
 from jgraph.testing import assert_trees_close
 
 NPAGES, MAXP = 24, 4

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jgraph.coserve import INVALID, paged_attention, write_pages
+from jgraph.coserve.attention import INVALID, paged_attention, write_pages
 from jgraph.testing import assert_trees_close
 
 HQ, HKV, D, P, NPAGES, MAXP = 4, 2, 8, 4, 16, 4

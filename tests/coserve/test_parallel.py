@@ -10,28 +10,28 @@ from jax.sharding import PartitionSpec as P
 
 from jgraph.core import DATA, MODEL, ConfigError
 from jgraph.coserve import (
-    LORA_TARGETS,
     AdapterBank,
     CoServeConfig,
     CoServeEngine,
     LlamaConfig,
     LoraConfig,
     StepBatch,
-    adapter_sel,
-    coserve_specs,
-    count_collectives,
     empty_batch,
-    forward,
     init_lora,
     init_params,
     init_state,
-    lora_specs,
     make_coserve_step,
+)
+from jgraph.coserve.model import LORA_TARGETS, adapter_sel, forward
+from jgraph.coserve.parallel import (
+    coserve_specs,
+    count_collectives,
+    lora_specs,
     make_tp_forward,
     param_specs,
-    plain_lora_train,
     shard_tree,
 )
+from jgraph.coserve.reference import plain_lora_train
 from jgraph.testing import assert_trees_close, cpu_mesh
 
 CFG = LlamaConfig.tiny(n_heads=8, n_kv_heads=4, head_dim=8)

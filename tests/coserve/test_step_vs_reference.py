@@ -19,9 +19,8 @@ from jgraph.coserve import (
     init_params,
     init_state,
     make_coserve_step,
-    plain_lora_train,
-    sample_loss_reference,
 )
+from jgraph.coserve.reference import plain_lora_train, sample_loss_reference
 from jgraph.testing import assert_no_recompile, assert_trees_close
 
 S = 16
