@@ -98,12 +98,17 @@ def memory_rows(models: list[str], seqs: list[int]) -> list[dict]:
     return rows
 
 
-def _batch(scfg: CoServeConfig, n_decode: int, n_ft: int, bwd: bool) -> StepBatch:
-    """n_decode decode rows (one per request, 40 tokens of context each), n_ft finetuning rows."""
+def synthetic_batch(
+    scfg: CoServeConfig, n_decode: int, n_ft: int, *, ctx: int = 41, bwd: bool = False
+) -> StepBatch:
+    """n_decode decode rows (one per request, ``ctx`` tokens of context each, pages laid out
+    contiguously), then n_ft finetuning-forward rows; with ``bwd`` also the first backward
+    step of a full-length sample. Shared with bench_paged_attention.py."""
     b = empty_batch(scfg)
+    per = -(-ctx // scfg.page_size)
     for r in range(n_decode):
-        b["page_table"][r, :3] = np.arange(3) + 3 * r
-        b["tokens"][r], b["positions"][r], b["slots"][r] = 5, 40, r
+        b["page_table"][r, :per] = np.arange(per) + per * r
+        b["tokens"][r], b["positions"][r], b["slots"][r] = 5, ctx - 1, r
     rows = slice(n_decode, n_decode + n_ft)
     b["tokens"][rows] = 7
     b["positions"][rows] = np.arange(n_ft)
@@ -136,8 +141,8 @@ def timing_rows(model: str, budgets: list[int], repeats: int) -> list[dict]:
             box["state"], out = step(params, bank.weights, bank.scales, box["state"], batch)
             return out.next_tokens
 
-        inf = _batch(scfg, B, 0, bwd=False)
-        co = _batch(scfg, B // 2, B - B // 2, bwd=True)
+        inf = synthetic_batch(scfg, B, 0)
+        co = synthetic_batch(scfg, B // 2, B - B // 2, bwd=True)
         t_inf = time_call(run, inf, warmup=2, repeats=repeats)
         t_co = time_call(run, co, warmup=2, repeats=repeats)
         # Layer-level backward (1 layer of all 256 tokens per step) on the same batch.

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from bench_coserve_memory import synthetic_batch  # scripts/ is on sys.path when run
 
 from jgraph.core import format_table, time_call, write_results
 from jgraph.coserve import (
@@ -37,8 +38,6 @@ from jgraph.coserve import (
     CoServeConfig,
     LlamaConfig,
     LoraConfig,
-    StepBatch,
-    empty_batch,
     init_lora,
     init_params,
     init_state,
@@ -208,23 +207,6 @@ STEP_MODELS = {
 }
 
 
-def _step_batch(scfg: CoServeConfig, n_decode: int, n_ft: int, ctx: int) -> StepBatch:
-    """n_decode decode rows (one per request, ``ctx`` tokens of context), n_ft finetuning rows."""
-    b = empty_batch(scfg)
-    per = -(-ctx // scfg.page_size)
-    for r in range(n_decode):
-        b["page_table"][r, :per] = np.arange(per) + per * r
-        b["tokens"][r], b["positions"][r], b["slots"][r] = 5, ctx - 1, r
-    rows = slice(n_decode, n_decode + n_ft)
-    b["tokens"][rows] = 7
-    b["positions"][rows] = np.arange(n_ft)
-    b["is_ft"][rows] = True
-    b["adapters"][rows] = scfg.max_adapters
-    b["labels"][rows] = 8
-    b["loss_scale"] = np.float32(1.0 / max(1, scfg.ft_max_len - 1))
-    return StepBatch(**b)
-
-
 def step_rows(model: str, *, repeats: int) -> list[dict]:
     """The co-serving step (decode-only, and decode + finetuning forward rows) with the
     reference attention vs the Pallas kernel: same params, same state, same batch."""
@@ -241,8 +223,8 @@ def step_rows(model: str, *, repeats: int) -> list[dict]:
     bank = AdapterBank.build(cfg, [], capacity=0)
     opt = optax.sgd(1e-3)
     batches = {
-        "decode": _step_batch(base, budget, 0, ctx),
-        "decode+ft_fwd": _step_batch(base, budget // 2, budget // 2, ctx),
+        "decode": synthetic_batch(base, budget, 0, ctx=ctx),
+        "decode+ft_fwd": synthetic_batch(base, budget // 2, budget // 2, ctx=ctx),
     }
     rows = []
     for name, batch in batches.items():
