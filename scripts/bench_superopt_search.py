@@ -136,19 +136,18 @@ def fp_rows(per_program: int, scales: tuple[int, ...]) -> list[dict]:
                 corpus += [
                     (prog, m) for m in mutants(prog.graph, good, limit=per_program, family=family)
                 ]
-    modes = {
-        "large primes (q~2^25), 3 random tests": VerifyConfig(tests=3, float_screen=False),
-        "large primes (q~2^25), 1 random test": VerifyConfig(tests=1, float_screen=False),
-        "mirage (167,83), 1 random test": VerifyConfig(
-            tests=1, primes="mirage", float_screen=False
-        ),
-        "mirage (167,83), 3 random tests": VerifyConfig(
-            tests=3, primes="mirage", float_screen=False
-        ),
-        "mirage (167,83), 1 counter test": VerifyConfig(
-            tests=1, primes="mirage", inputs="counter", float_screen=False
-        ),
-    }
+    modes: dict[str, VerifyConfig] = {}
+    for k in range(1, 6):
+        modes[f"large primes (q~2^25), {k} random test(s)"] = VerifyConfig(
+            tests=k, float_screen=False
+        )
+    for k in range(1, 6):
+        modes[f"mirage (167,83), {k} random test(s)"] = VerifyConfig(
+            tests=k, primes="mirage", float_screen=False
+        )
+    modes["mirage (167,83), 1 counter test"] = VerifyConfig(
+        tests=1, primes="mirage", inputs="counter", float_screen=False
+    )
     rows = []
     for label, cfg in modes.items():
         for family, corpus in corpora.items():

@@ -24,7 +24,11 @@ class SearchConfig:
         max_states: budget of search states (kernel- and block-level nodes).
         max_kernel_ops: kernel-graph ops per candidate (Mirage: 5).
         max_customized: graph-defined kernels per candidate (Mirage: 1, 2 for attention).
-        max_block_ops: block-graph ops including input iterators and savers (Mirage: 11).
+        max_block_ops: block-graph size bound (Mirage: 11): input iterators + block ops + one
+            output saver; a second saver (``max_block_outputs`` = 2) is not counted. So the
+            fused QKNorm kernel (3 inputs + 7 ops + 2 savers) fits at 11; counting every
+            saver would need 12. (Mirage checks its bound, which counts inputs and outputs,
+            while adding block ops; the savers come when a block graph is closed.)
         max_block_inputs: operands of one graph-defined kernel (Mirage: 3, 4 for LoRA).
         max_block_outputs: outputs of one graph-defined kernel.
         sizes_per_mapping: grid/loop sizes kept per map assignment, ranked by a

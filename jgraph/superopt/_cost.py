@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from jgraph.superopt._ir import BlockGraph, KernelGraph
 from jgraph.superopt._ops import ACCUMULATORS, ELEMENTWISE
+from jgraph.superopt._tiling import partial_outputs
 
 __all__ = ["Cost", "CostModel", "Device", "thread_fusion"]
 
@@ -128,8 +129,17 @@ class CostModel:
         kernel_of: dict[int, int] = {}
         out_id = {}
         tid = len(graph.inputs)
+        # bytes per element of every tensor: partial results between kernels are float32
+        width = dict.fromkeys(range(len(graph.inputs)), nbytes)
         for k, op in enumerate(graph.ops):
             out_id[k] = tid
+            partial = (
+                partial_outputs(op.block, [shapes[i] for i in op.inputs])
+                if op.block is not None
+                else (False,)
+            )
+            for s, p in enumerate(partial):
+                width[tid + s] = 4 if p else nbytes
             tid += op.n_outputs
         for k, op in enumerate(graph.ops):
             kernel_of[k] = k
@@ -153,17 +163,20 @@ class CostModel:
                 op = graph.ops[k]
                 ins = [shapes[i] for i in op.inputs]
                 k_bytes += sum(
-                    math.prod(shapes[i]) * nbytes for i in op.inputs if i not in member_outs
+                    math.prod(shapes[i]) * width[i] for i in op.inputs if i not in member_outs
                 )
                 for s in range(op.n_outputs):
                     t = out_id[k] + s
                     if t in graph.outputs or any(
                         kernel_of[c] != kern for c in consumers.get(t, [])
                     ):
-                        k_bytes += math.prod(shapes[t]) * nbytes
+                        k_bytes += math.prod(shapes[t]) * width[t]
                 if op.block is not None:
-                    b_bytes, b_mm, b_vec, b_smem = self._block(op.block, ins, nbytes)
-                    k_bytes += b_bytes - sum(math.prod(s) * nbytes for s in ins)
+                    in_w = [width[i] for i in op.inputs]
+                    b_bytes, b_mm, b_vec, b_smem = self._block(op.block, ins, nbytes, in_w)
+                    k_bytes += b_bytes - sum(
+                        math.prod(s) * w for s, w in zip(ins, in_w, strict=True)
+                    )
                     k_mm, k_vec, smem = k_mm + b_mm, k_vec + b_vec, max(smem, b_smem)
                     blocks = math.prod(op.block.grid)
                 else:
@@ -188,13 +201,18 @@ class CostModel:
         )
 
     def _block(
-        self, block: BlockGraph, in_shapes: list[tuple[int, ...]], nbytes: int
+        self,
+        block: BlockGraph,
+        in_shapes: list[tuple[int, ...]],
+        nbytes: int,
+        in_bytes: list[int] | None = None,
     ) -> tuple[int, int, int, int]:
         """(DRAM bytes incl. outputs' reads of inputs, matmul FLOPs, vector FLOPs, smem/block)."""
         tiles, post, _outs = block.infer(in_shapes)
         n_blocks, frange = math.prod(block.grid), block.frange
+        in_bytes = in_bytes or [nbytes] * len(block.inputs)
         loaded = sum(
-            n_blocks * (frange if b.fmap != -1 else 1) * math.prod(tiles[k]) * nbytes
+            n_blocks * (frange if b.fmap != -1 else 1) * math.prod(tiles[k]) * in_bytes[k]
             for k, b in enumerate(block.inputs)
         )
         mm = vec = 0

@@ -33,6 +33,7 @@ import numpy as np
 from jgraph.superopt._ir import BlockGraph, KernelGraph, Triple
 from jgraph.superopt._ops import ACCUMULATORS
 from jgraph.superopt._ring import FloatRing, ModRing
+from jgraph.superopt._tiling import partial_outputs
 
 __all__ = ["apply_op", "evaluate", "run_block"]
 
@@ -159,7 +160,7 @@ def _accumulate(
                 r.mul(acc, r.exp(r.sub(big_m, new_m))), r.mul(x_i, r.exp(r.sub(m_i, new_m)))
             )
             big_m = new_m
-        return ring.from_acc(acc)
+        return acc
 
     def step(v: Any) -> Any:
         if kind in ("accum_sum", "accum_max"):
@@ -182,14 +183,24 @@ def _accumulate(
         acc = r.scale(acc, Fraction(1, frange * n))
     elif kind == "accum_rms_ld":
         acc = r.sqrt(r.scale(acc, Fraction(1, frange * n)))
-    return ring.from_acc(acc)
+    return acc  # in the accumulation dtype; the output saver casts
 
 
 def run_block(block: BlockGraph, ins: Sequence[Any], ring: Ring) -> list[Any]:
-    """Runs one graph-defined kernel on its operands; returns its output tensors."""
-    _, post, _ = block.infer([tuple(v.shape) for v in ins])
+    """Runs one graph-defined kernel on its operands; returns its output tensors.
+
+    Device-memory tensors are in the ring's storage dtype; on chip, a block
+    computes in its accumulation dtype (float32 for a float16 ring), as a
+    Pallas kernel with float32 matmuls and accumulators does: loaded tiles are
+    widened, and the output savers round to the storage dtype, except savers of
+    partial results (`partial_outputs`), which keep float32 as split-KV
+    kernels store their partials.
+    """
+    in_shapes = [tuple(v.shape) for v in ins]
+    _, post, _ = block.infer(in_shapes)
+    r = _acc_ring(ring)
     vals = [
-        _load(ring, v, block.grid, b.imap, b.fmap, block.frange)
+        r.to_acc(_load(ring, v, block.grid, b.imap, b.fmap, block.frange))
         for v, b in zip(ins, block.inputs, strict=True)
     ]
     for op in block.ops:
@@ -197,9 +208,12 @@ def run_block(block: BlockGraph, ins: Sequence[Any], ring: Ring) -> list[Any]:
         if op.kind in ACCUMULATORS:
             vals.append(_accumulate(op.kind, args, op.attr, ring, block.frange))
         else:
-            lead = 3 if post[op.inputs[0]] else 4
-            vals.append(apply_op(op.kind, args, op.attr, ring, lead))
-    return [_store(ring, vals[o.src], block.grid, o.omap) for o in block.outputs]
+            vals.append(apply_op(op.kind, args, op.attr, r, 3 if post[op.inputs[0]] else 4))
+    partial = partial_outputs(block, in_shapes)
+    return [
+        _store(ring, vals[o.src] if keep else ring.from_acc(vals[o.src]), block.grid, o.omap)
+        for o, keep in zip(block.outputs, partial, strict=True)
+    ]
 
 
 def evaluate(graph: KernelGraph, inputs: Sequence[Any], ring: Ring | None = None) -> list[Any]:

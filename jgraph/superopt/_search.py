@@ -10,10 +10,11 @@ candidates are recorded and never extended.
 
 A graph-defined kernel is built structure first: its operands are enumerated
 (subsets of the available tensors, never hard-coded), then a block-level DFS
-over block ops in canonical order with degree-free expressions (tile sizes are
-not known yet) closes block graphs whose sinks are all after a for-loop
-accumulator, then `schedules` derives grids, maps and loop ranges from the
-shapes, and the exact expressions (with sum degrees) are checked again.
+(`jgraph.superopt._blocks`) over block ops in canonical order with degree-free
+expressions (tile sizes are not known yet) closes block graphs whose sinks are
+all after a for-loop accumulator, then `schedules` derives grids, maps and loop
+ranges from the shapes, and the exact expressions (with sum degrees) are
+checked again.
 
 Bounds: kernel ops, graph-defined kernels, block ops (with iterators and
 savers), block inputs/outputs; plus a time and a state budget. The op
@@ -30,10 +31,17 @@ What keeps it fast (none of it changes which μGraphs are in the space):
   reference has outputs, each *equivalent* (not just a subexpression) to one of
   them, so the last kernel's block structures are filtered by that before any
   schedule is derived;
-* block structures per (operand expressions, shapes) and schedules per
-  (shapes, structure) are cached, so deeper iterations reuse them;
-* moves are ordered by progress (size of the new expressions), then by model
-  cost: order only, every move is still explored;
+* block structures per (operand expressions, pattern of equal dims) and
+  schedules per (shapes, structure) are cached, so deeper iterations reuse them;
+* moves are generated lazily, by decreasing progress: a state's moves are
+  grouped (one pre-defined op, or one block structure whose schedules are not
+  derived yet) by the progress of their degree-free expressions, and a level's
+  schedules are derived only when the search reaches it, so a deep first move
+  (e.g. QKNorm's split-KV kernel with both norms fused) is descended into before
+  every other structure's schedules exist. Progress is the number of distinct
+  subexpressions the move newly computes (recomputing ``e`` in ``div(e, e)``
+  earns nothing), then the new expressions' size; within a level, model cost
+  breaks ties. Order only: every move is still explored;
 * the verifier's first field test runs incrementally: kernel outputs are cached
   along the DFS path, so a candidate costs one kernel evaluation, and only
   those that pass it get the full `Verifier.check`.
@@ -50,11 +58,12 @@ import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from jgraph.core import progress
 from jgraph.superopt._absexpr import Expr, Oracle, block_expr, erase, graph_exprs, kernel_expr
+from jgraph.superopt._blocks import BlockSearch
 from jgraph.superopt._candidate import Candidate, SearchStats
 from jgraph.superopt._canonical import (
     HEAD_OF,
@@ -67,9 +76,9 @@ from jgraph.superopt._config import SearchConfig
 from jgraph.superopt._cost import CostModel
 from jgraph.superopt._interp import apply_op, run_block
 from jgraph.superopt._ir import KernelGraph, KernelOp, Op, make_attrs
-from jgraph.superopt._ops import ACCUMULATORS, BINARY, COMMUTATIVE, ShapeError, op_shape
+from jgraph.superopt._ops import BINARY, COMMUTATIVE, ShapeError, op_shape
 from jgraph.superopt._ring import FieldZeroDivisionError, NonLaxError
-from jgraph.superopt._tiling import schedules, shape_consistent
+from jgraph.superopt._tiling import schedules
 from jgraph.superopt._verify import Verifier
 
 __all__ = ["Candidate", "SearchStats", "canonical_key", "enumerate_dags", "run_search"]
@@ -81,7 +90,24 @@ class _StopSearchError(Exception):
     pass
 
 
-class _Searcher:
+def _subterms(e: Expr, out: set[Expr], skip: set[Expr] | None = None) -> None:
+    """Adds the distinct subexpressions of ``e`` not in ``skip`` to ``out``."""
+    if e in out or (skip is not None and e in skip):
+        return
+    out.add(e)
+    for a in e[1:]:
+        if isinstance(a, tuple):
+            _subterms(a, out, skip)
+
+
+def _subterm_set(exprs: Sequence[Expr]) -> set[Expr]:
+    out: set[Expr] = set()
+    for e in exprs:
+        _subterms(e, out)
+    return out
+
+
+class _Searcher(BlockSearch):
     def __init__(self, reference: KernelGraph, config: SearchConfig, verifier: Verifier) -> None:
         self.ref, self.cfg, self.verifier = reference, config, verifier
         self.n_in, self.n_out = len(reference.inputs), len(reference.outputs)
@@ -162,14 +188,15 @@ class _Searcher:
             # depth also tells each level how many ops may follow (lookahead).
             for depth in range(1, self.cfg.max_kernel_ops + 1):
                 self.depth = depth
-                moves = self._sorted_moves([], list(self._kernel_moves([], shapes, exprs, None, 0)))
-                for move in progress(
-                    moves,
+                levels = self._levels([], shapes, exprs, None, 0)
+                for level in progress(
+                    levels,
                     description=f"μGraph search (<= {depth} kernels)",
-                    total=len(moves),
+                    total=len(levels),
                     enabled=show_progress,
                 ):
-                    self._descend([], shapes, exprs, 0, move)
+                    for move in self._level_moves([], exprs, level):
+                        self._descend([], shapes, exprs, 0, move)
         except _StopSearchError:
             return False
         return True
@@ -198,27 +225,74 @@ class _Searcher:
             if self.cost_model(partial).estimated_us >= self.best_us:
                 self.pruned["cost_bound"] += 1
                 return
-        moves = list(self._kernel_moves(ops, shapes, exprs, last, n_custom))
-        for move in self._sorted_moves(ops, moves):
-            self._descend(ops, shapes, exprs, n_custom, move)
+        for level in self._levels(ops, shapes, exprs, last, n_custom):
+            for move in self._level_moves(ops, exprs, level):
+                self._descend(ops, shapes, exprs, n_custom, move)
 
-    def _sorted_moves(self, ops: list[KernelOp], moves: list[Any]) -> list[Any]:
-        """Most progress first, then cheapest, so good candidates come early.
+    def _levels(
+        self, ops: list[KernelOp], shapes: list, exprs: list, last: Any, n_custom: int
+    ) -> list[list[Callable[[], list[Any]]]]:
+        """The moves from a state as groups, by decreasing progress (generated lazily).
 
-        Progress is the total size of the new abstract expressions (how much of
-        the program the move computes); cost is the model cost of the prefix with
-        the move. Only the order changes: every move is still explored.
+        A group is one pre-defined op, or one block-graph structure of a
+        graph-defined kernel whose schedules (the expensive part: grids, maps,
+        loop ranges and exact expressions) are derived only when its level is
+        reached. Progress is known before that from the degree-free expressions.
         """
+        seen = _subterm_set(exprs)
+        groups = [
+            (self._progress(move[3], seen), lambda m=move: [m])
+            for move in self._predefined_moves(ops, shapes, exprs, last)
+        ]
+        if n_custom < self.cfg.max_customized:
+            erased_seen = _subterm_set([erase(e) for e in exprs])
+            rest = self.depth - len(ops) - 1
+            for ins, key, struct, in_shapes in self._custom_structures(ops, shapes, exprs, last):
+                groups.append(
+                    (
+                        self._progress(struct[2], erased_seen),
+                        lambda a=(ins, key, struct, in_shapes): list(
+                            self._scheduled(exprs, *a, rest=rest)
+                        ),
+                    )
+                )
+        groups.sort(key=lambda g: (-g[0][0], -g[0][1]))  # stable: canonical order in a level
+        return [[g for _, g in level] for _, level in itertools.groupby(groups, lambda g: g[0])]
 
-        def key(move: Any) -> tuple[int, float]:
+    @staticmethod
+    def _progress(new: Sequence[Expr], seen: set[Expr]) -> tuple[int, int]:
+        """How much of the program a move newly computes, as a sort key (larger first).
+
+        First the distinct subexpressions of the new tensors that no available
+        tensor has (``seen``: the available tensors' subexpressions), so
+        recomputing a subterm earns nothing (e.g. ``div(e, e)``); ties are
+        broken by the new expressions' total size.
+        """
+        fresh: set[Expr] = set()
+        for e in new:
+            _subterms(e, fresh, seen)
+        return len(fresh), sum(expr_size(e) for e in new)
+
+    def _level_moves(
+        self, ops: list[KernelOp], exprs: list, level: list[Callable[[], list[Any]]]
+    ) -> list[Any]:
+        """One progress level's moves: most (exact) progress first, then cheapest.
+
+        Cost is the model cost of the prefix with the move. Only the order
+        changes: every move is still explored.
+        """
+        moves = [m for group in level for m in group()]
+        seen = _subterm_set(exprs)
+
+        def key(move: Any) -> tuple[int, int, float]:
             new_ops = (*ops, move[1])
             n = len(self.ref.inputs) + sum(o.n_outputs for o in new_ops)
             g = KernelGraph(self.ref.inputs, new_ops, tuple(range(n - move[1].n_outputs, n)))
-            progress = sum(expr_size(e) for e in move[3])
+            fresh, size = self._progress(move[3], seen)
             try:
-                return -progress, self.cost_model(g).estimated_us
+                return -fresh, -size, self.cost_model(g).estimated_us
             except ShapeError:
-                return -progress, float("inf")
+                return -fresh, -size, float("inf")
 
         return sorted(moves, key=key)
 
@@ -310,10 +384,8 @@ class _Searcher:
             for p in itertools.permutations(sinks)
         )
 
-    def _kernel_moves(
-        self, ops: list[KernelOp], shapes: list, exprs: list, last: Any, n_custom: int
-    ) -> Iterator[Any]:
-        """Moves from a state; exact lookahead from the ops left (``self.depth``).
+    def _lookahead(self, ops: list[KernelOp], n: int) -> tuple[set[int], set[int], int, Any]:
+        """Unread inputs, sinks, ops left after this one, and the exact lookahead test.
 
         After this op, ``rest`` ops remain; each reads at most ``cap`` tensors and
         leaves at least one sink, so the inputs nobody read yet must fit in
@@ -322,7 +394,6 @@ class _Searcher:
         that many sinks, each of which must be *equivalent* (not just a
         subexpression) to a reference output modulo the axioms.
         """
-        n = len(shapes)
         consumed = {i for op in ops for i in op.inputs}
         live = {t for t in range(n) if t not in consumed}  # sinks and unread inputs
         unread = {t for t in live if t < self.n_in}
@@ -337,6 +408,15 @@ class _Searcher:
                 return left_unread == 0 and left_sinks == self.n_out
             return left_unread <= rest * cap and left_sinks - rest * (cap - 1) <= self.n_out
 
+        return unread, sinks, rest, fits
+
+    def _predefined_moves(
+        self, ops: list[KernelOp], shapes: list, exprs: list, last: Any
+    ) -> Iterator[Any]:
+        """Pre-defined kernel ops from a state, in canonical order, pruned."""
+        n = len(shapes)
+        unread, sinks, rest, fits = self._lookahead(ops, n)
+        live = unread | sinks
         for kind in self.kvocab:
             arity = 2 if kind in BINARY or kind == "matmul" else 1
             for ins in itertools.product(range(n), repeat=arity):
@@ -368,8 +448,14 @@ class _Searcher:
                         continue
                     if self._ok(e) and (rest or self._final_ok(e)):
                         yield key, KernelOp(kind, tuple(ins), attrs), [shape], [e]
-        if n_custom >= self.cfg.max_customized:
-            return
+
+    def _custom_structures(
+        self, ops: list[KernelOp], shapes: list, exprs: list, last: Any
+    ) -> Iterator[tuple[tuple[int, ...], Any, Any, tuple[tuple[int, ...], ...]]]:
+        """Graph-defined kernels from a state: operand subsets and block structures, unsized."""
+        n = len(shapes)
+        unread, sinks, rest, fits = self._lookahead(ops, n)
+        live = unread | sinks
         for size in range(1, min(self.cfg.max_block_inputs, n) + 1):
             for ins in itertools.combinations(range(n), size):
                 if self.cfg.require_live_operand and not live.intersection(ins):
@@ -387,25 +473,38 @@ class _Searcher:
                     self.pruned["lookahead"] += 1
                     continue
                 in_shapes = tuple(tuple(shapes[i]) for i in ins)
-                in_exprs = [exprs[i] for i in ins]
-                for struct_ops, struct_sinks, _ in self._structures(in_exprs, in_shapes, need):
-                    if not fits(ins, len(struct_sinks)):
+                for struct in self._structures([exprs[i] for i in ins], in_shapes, need):
+                    if not fits(ins, len(struct[1])):
                         self.pruned["lookahead"] += 1
                         continue
-                    for block, tiles, outs in self._schedules(in_shapes, struct_ops, struct_sinks):
-                        self._tick()
-                        bex = list(in_exprs)
-                        for bop in block.ops:
-                            bex.append(
-                                block_expr(bop.kind, [bex[i] for i in bop.inputs],
-                                           [tiles[i] for i in bop.inputs], bop.attr, block.frange)
-                            )  # fmt: skip
-                        new = [bex[o.src] for o in block.outputs]
-                        if any(e in exprs for e in new):
-                            self.pruned["duplicate"] += 1
-                            continue
-                        if all(self._ok(e) and (rest or self._final_ok(e)) for e in new):
-                            yield key, KernelOp("customized", ins, (), block), list(outs), new
+                    yield ins, key, struct, in_shapes
+
+    def _scheduled(
+        self,
+        exprs: list,
+        ins: tuple[int, ...],
+        key: Any,
+        struct: Any,
+        in_shapes: tuple[tuple[int, ...], ...],
+        *,
+        rest: int,
+    ) -> Iterator[Any]:
+        """The moves of one block structure: its schedules, with exact expressions checked."""
+        in_exprs = [exprs[i] for i in ins]
+        for block, tiles, outs in self._schedules(in_shapes, struct[0], struct[1]):
+            self._tick()
+            bex = list(in_exprs)
+            for bop in block.ops:
+                bex.append(
+                    block_expr(bop.kind, [bex[i] for i in bop.inputs],
+                               [tiles[i] for i in bop.inputs], bop.attr, block.frange)
+                )  # fmt: skip
+            new = [bex[o.src] for o in block.outputs]
+            if any(e in exprs for e in new):
+                self.pruned["duplicate"] += 1
+                continue
+            if all(self._ok(e) and (rest or self._final_ok(e)) for e in new):
+                yield key, KernelOp("customized", ins, (), block), list(outs), new
 
     def _final_ok(self, e: Expr, erased: bool = False) -> bool:
         """Whether ``e`` is equivalent to some reference output (the last op's outputs must be)."""
@@ -437,121 +536,6 @@ class _Searcher:
                 hit.append((block, tiles, outs))
             self._sched_cache[key] = hit
         return hit
-
-    # -- block level ------------------------------------------------------------------
-    def _structures(
-        self, in_exprs: list[Expr], in_shapes: tuple[tuple[int, ...], ...], need: int | None
-    ) -> list[tuple[tuple[Op, ...], tuple[int, ...], tuple[Expr, ...]]]:
-        """Closed block-graph structures on these operands (cached).
-
-        ``need`` (the last kernel op): exactly that many outputs, each (degree-free)
-        equivalent to a reference output.
-        """
-        ekey = (tuple(erase(e) for e in in_exprs), in_shapes, need)
-        if ekey not in self._struct_cache:
-            out: list[tuple[tuple[Op, ...], tuple[int, ...], tuple[Expr, ...]]] = []
-            ex = [erase(e) for e in in_exprs]
-            max_out = self.cfg.max_block_outputs if need is None else need
-            if max_out <= self.cfg.max_block_outputs:
-                self._block(
-                    ex, list(in_shapes), [], ex, [False] * len(ex), None, out, max_out,
-                    need is not None,
-                )  # fmt: skip
-            if need is not None:
-                out = [s for s in out if all(self._final_ok(e, erased=True) for e in s[2])]
-            self._struct_cache[ekey] = out
-        return self._struct_cache[ekey]
-
-    def _block(
-        self,
-        in_ex: list,
-        in_shapes: list,
-        ops: list[Op],
-        ex: list,
-        post: list[bool],
-        last: Any,
-        out: list,
-        max_out: int,
-        exact_out: bool,
-    ) -> None:
-        self._tick()
-        n_in = len(in_ex)
-        consumed = {i for op in ops for i in op.inputs}
-        sinks = [t for t in range(len(ex)) if t not in consumed]
-        if (
-            ops
-            and all(t >= n_in and post[t] for t in sinks)
-            and (len(sinks) == max_out if exact_out else len(sinks) <= max_out)
-        ):
-            out.append((tuple(ops), tuple(sinks), tuple(ex[t] for t in sinks)))
-        room = self.cfg.max_block_ops - n_in - len(ops) - 1
-        # each further op lowers the sink count by at most one (it reads <= 2 tensors)
-        if room <= 0 or len(sinks) - room > max_out:
-            return
-        n = len(ex)
-        sink_set = set(sinks)
-        floor = last[0][0] if last is not None else -1  # the largest input of the last op
-        live_only = self.cfg.require_live_operand
-        # operand tuples whose key can exceed the last op's (canonical order) ...
-        unary = [(i,) for i in range(max(floor, 0), n)]
-        binary = [(i, j) for i in range(n) for j in range(n) if max(i, j) >= floor]
-        self.pruned["canonical"] += (n - len(unary)) + (n * n - len(binary))
-        if live_only:  # ... that read a tensor nothing has read yet (jgraph heuristic)
-            n_u, n_b = len(unary), len(binary)
-            unary = [t for t in unary if t[0] in sink_set]
-            binary = [t for t in binary if t[0] in sink_set or t[1] in sink_set]
-            self.pruned["live_operand"] += (n_u - len(unary)) + (n_b - len(binary))
-        skipped = 0
-        for kind in self.bvocab:
-            two = kind in BINARY or kind in ("matmul", "accum_rescale")
-            is_acc = kind in ACCUMULATORS
-            operands: list[tuple[int, ...]] = list(binary if two else unary)
-            for ins in operands:
-                if kind in COMMUTATIVE and ins[0] > ins[1]:
-                    continue
-                if kind == "accum_redtox_ld" and ins[0] >= n_in:
-                    continue  # folds concatenated partials, which arrive as kernel inputs
-                if is_acc:
-                    if any(post[i] for i in ins):
-                        continue
-                    phase = True
-                else:
-                    phase = post[ins[0]]
-                    if two and post[ins[1]] != phase:
-                        continue
-                for attrs in self._battrs(kind, len(in_shapes[0])):
-                    key = canonical_key(ins, kind, attrs)
-                    if last is not None and key <= last:
-                        skipped += 1
-                        continue
-                    e = self._bexpr(kind, [ex[i] for i in ins])
-                    if (e, phase) in zip(ex, post, strict=True):
-                        self.pruned["duplicate"] += 1
-                        continue
-                    if not self._ok(e, erased=True):
-                        continue
-                    new_ops = [*ops, Op(kind, ins, attrs)]
-                    if not shape_consistent(in_shapes, new_ops):
-                        self.pruned["shape_or_memory"] += 1
-                        continue
-                    self._block(
-                        in_ex, in_shapes, new_ops, [*ex, e], [*post, phase], key, out,
-                        max_out, exact_out,
-                    )  # fmt: skip
-        self.pruned["canonical"] += skipped
-
-    def _battrs(self, kind: str, rank: int) -> list[Any]:
-        if kind == "accum_redtox_ld":
-            return [make_attrs({"dimx": d}) for d in self.dimx]
-        if kind in ("reduce_sum", "reduce_max"):
-            return [make_attrs({"dim": d}) for d in range(rank)]
-        return [()]
-
-    @staticmethod
-    def _bexpr(kind: str, ins: list[Expr]) -> Expr:
-        if kind == "accum_sum":  # degree-free: identity (frange may be 1); see _absexpr
-            return ins[0]
-        return block_expr(kind, ins, [(1,)] * len(ins), {"dimx": 1}, 0, erased=True)
 
 
 def run_search(

@@ -32,7 +32,7 @@ import numpy as np
 from jgraph.superopt._ir import BlockGraph, BlockInput, BlockOutput, Op
 from jgraph.superopt._ops import ACCUMULATORS, BINARY, UNARY
 
-__all__ = ["schedules", "shape_consistent"]
+__all__ = ["partial_outputs", "schedules", "shape_consistent"]
 
 _MIRAGE_IMAPS = {
     (0, -1, 1),
@@ -125,6 +125,36 @@ def shape_consistent(in_shapes: Sequence[tuple[int, ...]], ops: Sequence[Op]) ->
     return _symbolic(in_shapes, ops) is not None
 
 
+def partial_outputs(block: BlockGraph, in_shapes: Sequence[tuple[int, ...]]) -> tuple[bool, ...]:
+    """Per output saver: whether it writes partial results, concatenated across blocks.
+
+    That is the case when a grid axis of size > 1 splits a dimension the output
+    does not have (a split contraction or reduction, e.g. split-KV attention's
+    partial numerators and row sums) and the saver places the blocks' tiles
+    side by side along another dim. Such outputs are stored in float32, as
+    FlashDecoding-style kernels store their partials; a second kernel reduces them.
+    """
+    sym = _symbolic(in_shapes, block.ops)
+    if sym is None:
+        return tuple(False for _ in block.outputs)
+    uf, dims = sym
+    out = []
+    for o in block.outputs:
+        ds = [uf.find(t) if t[0] == "s" else t for t in dims[o.src]]
+        partial = False
+        for a in range(3):
+            if block.grid[a] == 1:
+                continue
+            split = {
+                uf.find(("s", (k, b.imap[a])))
+                for k, b in enumerate(block.inputs)
+                if b.imap[a] != -1
+            }
+            partial |= not split.intersection(ds)
+        out.append(partial)
+    return tuple(out)
+
+
 @functools.lru_cache(maxsize=4096)
 def _pow2_divisors(n: int, cap: int) -> tuple[int, ...]:
     return tuple(2**e for e in range(1, 13) if n % 2**e == 0 and 2**e <= cap)
@@ -166,8 +196,8 @@ def _grid_ranking(
     reps: tuple[tuple[int, ...], ...],
     grid_opts: tuple[tuple[int, ...], ...],
     mirage: bool,
-) -> tuple[tuple[int, ...], ...]:
-    """Grid sizes of one map assignment, cheapest first (cached: it depends on no op).
+) -> np.ndarray:
+    """Grid sizes of one map assignment, cheapest first, one row each (cached: no op in it).
 
     The score is the bytes moved (every input once per block along the grid
     axes it replicates over, every output times the axes it concatenates partials
@@ -175,7 +205,7 @@ def _grid_ranking(
     ties prefer more blocks. Vectorized over the product of the per-axis options.
     """
     if not grid_opts:
-        return ((),)
+        return np.ones((1, 0), dtype=np.int64)
     mesh = np.stack(np.meshgrid(*grid_opts, indexing="ij"), -1).reshape(-1, len(grid_opts))
     blocks = mesh.prod(axis=1)
     keep = blocks <= 4096
@@ -186,8 +216,65 @@ def _grid_ranking(
     for sz, rep in zip(sizes, reps, strict=True):
         loaded += sz * (mesh[:, list(rep)].prod(axis=1) if rep else 1)
     score = loaded / np.minimum(1.0, blocks / _SMS)
-    order = np.lexsort((-blocks, score))
-    return tuple(tuple(int(g) for g in mesh[i]) for i in order)
+    ranked = mesh[np.lexsort((-blocks, score))].astype(np.int64)
+    ranked.setflags(write=False)
+    return ranked
+
+
+def _fitting(
+    ranked: np.ndarray,
+    axis_classes: tuple[Any, ...],
+    fcls: Any,
+    size: dict[Any, int],
+    sym_dims: list[tuple[int, list[Any]]],
+    smem_budget: int,
+    keep: int,
+    maps: str,
+) -> list[tuple[tuple[int, ...], int]]:
+    """The first ``keep`` (all if 0) grid rows of ``ranked`` with a loop range that fits in smem.
+
+    Per row, the loop range is the first of `_loop_sizes` (of the row's per-block
+    extent of the loop's class) whose shared-memory footprint fits. The
+    footprint of a tile is its constant bytes times, per symbolic dim, the class
+    size divided by the grid size along it and by the loop range if it is the
+    loop's class: all exact divisions, so the float64 arithmetic is exact.
+    Vectorized over the rows (this runs for every map assignment of every structure).
+    """
+    col = {c: a for a, c in enumerate(axis_classes)}
+    n_rows = len(ranked)
+    smem_at: list[tuple[float, np.ndarray, int]] = []  # (bytes, grid divisor per row, F exponent)
+    for nbytes, syms in sym_dims:
+        coef = float(nbytes)
+        cols = []
+        f_exp = 0
+        for t in syms:
+            coef *= size[t]
+            if t in col:
+                cols.append(col[t])
+            if t == fcls:
+                f_exp += 1
+        div = ranked[:, cols].prod(axis=1).astype(np.float64) if cols else np.ones(n_rows)
+        smem_at.append((coef, div, f_exp))
+    chosen = np.zeros(n_rows, dtype=np.int64)  # the loop range per row, 0 = none fits
+    if fcls is None:
+        extents = np.ones(n_rows, dtype=np.int64)
+    elif fcls in col:
+        extents = size[fcls] // ranked[:, col[fcls]]
+    else:
+        extents = np.full(n_rows, size[fcls], dtype=np.int64)
+    for ext in np.unique(extents):
+        rows = np.flatnonzero(extents == ext)
+        f_opts = (1,) if fcls is None else _loop_sizes(int(ext), maps)
+        for f in f_opts:
+            smem = np.zeros(len(rows))
+            for coef, div, f_exp in smem_at:
+                smem += coef / div[rows] / float(f) ** f_exp
+            fits = (smem <= smem_budget) & (chosen[rows] == 0)
+            chosen[rows[fits]] = f
+    picked = np.flatnonzero(chosen)
+    if keep:
+        picked = picked[:keep]
+    return [(tuple(int(g) for g in ranked[i]), int(chosen[i])) for i in picked]
 
 
 def schedules(
@@ -292,24 +379,8 @@ def _sized(
         acc = k >= n_in and ops[k - n_in].kind in ACCUMULATORS
         sym_dims.append((const * (4 if acc else dtype_bytes), syms))
 
-    def fitting(ranked: tuple[tuple[int, ...], ...]) -> list[Any]:
-        scored: list[Any] = []
-        for gs in ranked:
-            if keep and len(scored) >= keep:
-                break
-            gmap = dict(zip(axis_classes, gs, strict=True))
-            f_opts = (1,) if fcls is None else _loop_sizes(size[fcls] // gmap.get(fcls, 1), maps)
-            for F in f_opts:
-                smem = 0
-                for nbytes, syms in sym_dims:
-                    elems = nbytes
-                    for t in syms:
-                        elems *= size[t] // gmap.get(t, 1) // (F if t == fcls else 1)
-                    smem += elems
-                if smem <= smem_budget:
-                    scored.append((gs, F))
-                    break
-        return scored
+    def fitting(ranked: np.ndarray) -> list[tuple[tuple[int, ...], int]]:
+        return _fitting(ranked, axis_classes, fcls, size, sym_dims, smem_budget, keep, maps)
 
     scored = fitting(_grid_ranking(sizes, reps, grid_opts, maps == "mirage"))
     if not scored and maps != "mirage":

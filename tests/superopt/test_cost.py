@@ -1,5 +1,7 @@
 """The analytic cost model and thread-level fusion."""
 
+import math
+
 from jgraph.superopt import CostModel, get_program, handwritten, thread_fusion
 
 
@@ -40,3 +42,19 @@ def test_thread_fusion_groups_elementwise_chains():
 def test_measure_hook_replaces_the_estimate():
     prog = get_program("lora", scale=16)
     assert CostModel(measure=lambda g: 42.0)(prog.graph).estimated_us == 42.0
+
+
+def test_split_kv_partials_cost_float32_bytes(monkeypatch):
+    # kernel 1 writes its partials in float32 and kernel 2 reads them back
+    prog = get_program("gqa")
+    split_kv = handwritten("gqa", prog)
+    k1 = split_kv.ops[0]
+    n_in = len(prog.shapes)
+    partial_elems = sum(math.prod(split_kv.shapes[n_in + s]) for s in range(k1.n_outputs))
+    fp32 = CostModel()(split_kv)
+    monkeypatch.setattr(
+        "jgraph.superopt._cost.partial_outputs", lambda b, s: (False,) * len(b.outputs)
+    )
+    fp16 = CostModel()(split_kv)
+    assert fp32.dram_bytes - fp16.dram_bytes == 2 * partial_elems * (4 - 2)
+    assert fp32.estimated_us > fp16.estimated_us

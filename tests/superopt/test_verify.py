@@ -13,7 +13,9 @@ from jgraph.superopt import (
     get_program,
     handwritten,
     mutants,
+    new_kernel_graph,
 )
+from jgraph.superopt._tiling import partial_outputs
 
 
 def _prog(kind):
@@ -60,19 +62,46 @@ def test_output_permutations_are_matched():
     assert verdict.permutation == (1, 0)
 
 
-def test_float_screen_rejects_exp_without_max_subtraction_in_fp16():
-    # Split-KV attention moves the softmax division after the PV matmul: the
-    # unnormalized partial sums overflow float16 while the reference does not.
+def test_float_screen_rejects_unnormalized_sums_stored_in_fp16():
+    # Moving the softmax division after the PV matmul at kernel level stores the
+    # unnormalized sums exp(QK)·V in float16 device memory: they overflow while
+    # the reference (which normalizes first) stays finite. The field test cannot
+    # tell (it is exact), the float16 screen must.
     prog = get_program("gqa", scale=16)
-    v = Verifier(prog.graph)
-    naive = v.check(handwritten("gqa", prog))
+    g = new_kernel_graph()
+    q, k, v = (g.new_input(s, "float16") for s in prog.shapes)
+    e = g.exp(g.matmul(q, k))
+    g.mark_output(g.div(g.matmul(e, v), g.reduction(e, 2)))
+    naive = Verifier(prog.graph).check(g.graph)
     assert not naive.ok
     assert naive.stage == "float16"
     assert "overflow" in naive.reason
-    # the online-softmax μGraph (running max, rescaling accumulator) passes
+    assert Verifier(prog.graph, VerifyConfig(float_screen=False)).check(g.graph).ok
+
+
+def test_split_kv_partials_are_float32_and_pass_the_fp16_screen(monkeypatch):
+    # Split-KV attention (no max subtraction, Mirage's saved GQA μGraph) stores
+    # its partial numerators and row sums between the two kernels; in float32,
+    # as FlashDecoding-style kernels do, it passes the float16 screen.
+    prog = get_program("gqa", scale=16)
+    split_kv = handwritten("gqa", prog)
+    k1, k2 = split_kv.ops
+    shapes = split_kv.shapes
+    assert partial_outputs(k1.block, [shapes[i] for i in k1.inputs]) == (True, True)
+    assert partial_outputs(k2.block, [shapes[i] for i in k2.inputs]) == (False,)
+    rms = handwritten("rmsnorm_linear", get_program("rmsnorm_linear", scale=16))
+    assert partial_outputs(rms.ops[0].block, rms.shapes[:2]) == (False,)
+    v = Verifier(prog.graph)
+    assert v.check(split_kv).ok
     assert v.check(handwritten("gqa_online_softmax", prog)).ok
-    # and the same split-KV μGraph is exact over the field
-    assert Verifier(prog.graph, VerifyConfig(float_screen=False)).check(handwritten("gqa", prog)).ok
+    # negative check: the same μGraph with float16 partials overflows
+    monkeypatch.setattr(
+        "jgraph.superopt._interp.partial_outputs",
+        lambda block, shapes: (False,) * len(block.outputs),
+    )
+    fp16 = Verifier(prog.graph).check(split_kv)
+    assert not fp16.ok
+    assert fp16.stage == "float16"
 
 
 def test_mirage_compat_mode_and_counter_inputs_run():
