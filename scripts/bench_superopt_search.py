@@ -24,16 +24,9 @@ import logging
 import time
 
 from jgraph.core import format_table, write_results
-from jgraph.superopt import (
-    SearchConfig,
-    Verifier,
-    VerifyConfig,
-    get_program,
-    handwritten,
-    is_known_good,
-    mutants,
-    search,
-)
+from jgraph.superopt import SearchConfig, VerifyConfig, search
+from jgraph.superopt.programs import get_program, handwritten, is_known_good
+from jgraph.superopt.verify import Verifier, mutants
 
 
 def _structure(graph) -> str:

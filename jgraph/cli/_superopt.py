@@ -56,15 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from jgraph.core import atomic_write_json, atomic_write_text
-    from jgraph.superopt import (
-        SearchConfig,
-        VerifyConfig,
-        draw,
-        dump,
-        get_program,
-        is_known_good,
-        search,
-    )
+    from jgraph.superopt import SearchConfig, VerifyConfig, draw, dump, search
+    from jgraph.superopt.programs import get_program, is_known_good
 
     config = SearchConfig(
         time_limit_s=args.time_limit,

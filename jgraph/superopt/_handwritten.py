@@ -29,7 +29,7 @@ def handwritten(kind: str, program: Program) -> KernelGraph:
     """A hand-written μGraph equivalent to ``program`` (``kind`` from `HANDWRITTEN`).
 
     Example:
-        >>> from jgraph.superopt import get_program
+        >>> from jgraph.superopt.programs import get_program
         >>> g = handwritten("rmsnorm_linear", get_program("rmsnorm_linear", scale=16))
         >>> [op.kind for op in g.ops]
         ['customized']

@@ -28,7 +28,7 @@ def jax_function(graph: KernelGraph) -> Callable[..., list[Any]]:
 
     Example:
         >>> import jax.numpy as jnp
-        >>> from jgraph.superopt import get_program
+        >>> from jgraph.superopt.programs import get_program
         >>> prog = get_program("rmsnorm_linear", scale=16, dtype="float32")
         >>> xs = [jnp.ones(s, jnp.float32) for s in prog.shapes]
         >>> jax_function(prog.graph)(*xs)[0].shape

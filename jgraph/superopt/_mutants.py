@@ -171,7 +171,7 @@ def mutants(
     module docstring; a congruent mutation of a structural one for the doubles).
 
     Example:
-        >>> from jgraph.superopt import get_program, handwritten
+        >>> from jgraph.superopt.programs import get_program, handwritten
         >>> p = get_program("rmsnorm_linear", scale=16)
         >>> len(mutants(p.graph, handwritten("rmsnorm_linear", p), limit=5))
         5

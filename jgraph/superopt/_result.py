@@ -166,7 +166,8 @@ def search(
         holds the XLA (reference) candidate.
 
     Example:
-        >>> from jgraph.superopt import SearchConfig, get_program
+        >>> from jgraph.superopt import SearchConfig
+        >>> from jgraph.superopt.programs import get_program
         >>> prog = get_program("rmsnorm_linear", scale=16)
         >>> res = search(prog.graph, config=SearchConfig(time_limit_s=60, max_kernel_ops=1))
         >>> res.best.label, res.best.graph.ops[0].kind

@@ -23,7 +23,7 @@ def dump(graph: KernelGraph) -> str:
     """A readable listing: kernel tensors ``t*``, block tensors ``b*``, maps and shapes.
 
     Example:
-        >>> from jgraph.superopt import get_program
+        >>> from jgraph.superopt.programs import get_program
         >>> print(dump(get_program("rmsnorm_linear", scale=16).graph))
         t0 = input (2, 256) float16
         t1 = input (256, 384) float16

@@ -2,8 +2,8 @@
 
 import pytest
 
-from jgraph.superopt import get_program
 from jgraph.superopt._absexpr import Oracle, erase, graph_exprs, kernel_expr
+from jgraph.superopt.programs import get_program
 
 H, X, A = ("var", 0), ("var", 1), ("var", 2)
 

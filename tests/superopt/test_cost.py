@@ -2,7 +2,8 @@
 
 import math
 
-from jgraph.superopt import CostModel, get_program, handwritten, thread_fusion
+from jgraph.superopt.cost import CostModel, thread_fusion
+from jgraph.superopt.programs import get_program, handwritten
 
 
 def test_fused_rmsnorm_linear_beats_xla_in_the_model():

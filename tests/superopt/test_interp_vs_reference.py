@@ -7,17 +7,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from jgraph.superopt import (
-    HANDWRITTEN,
-    PROGRAMS,
-    FloatRing,
-    evaluate,
-    get_program,
-    handwritten,
-    jax_function,
-    new_kernel_graph,
-    new_threadblock_graph,
-)
+from jgraph.superopt import evaluate, jax_function, new_kernel_graph, new_threadblock_graph
+from jgraph.superopt.programs import HANDWRITTEN, PROGRAMS, get_program, handwritten
+from jgraph.superopt.verify import FloatRing
 from jgraph.testing import Tolerance, assert_no_recompile, assert_trees_close, tolerance
 
 

@@ -7,18 +7,10 @@ import pytest
 from hypothesis import given, settings
 
 from jgraph.core import ConfigError
-from jgraph.superopt import (
-    HANDWRITTEN,
-    KernelGraph,
-    ShapeError,
-    draw,
-    dump,
-    get_program,
-    handwritten,
-    new_kernel_graph,
-    new_threadblock_graph,
-)
+from jgraph.superopt import draw, dump, new_kernel_graph, new_threadblock_graph
 from jgraph.superopt._ir import output_shape, tile_shape
+from jgraph.superopt.ir import KernelGraph, ShapeError
+from jgraph.superopt.programs import HANDWRITTEN, get_program, handwritten
 
 
 def _graphs():

@@ -6,15 +6,9 @@ import numpy as np
 import pytest
 
 from jgraph.core import ConfigError
-from jgraph.superopt import (
-    PROGRAMS,
-    SearchConfig,
-    Verifier,
-    VerifyConfig,
-    capture,
-    get_program,
-    superoptimize,
-)
+from jgraph.superopt import SearchConfig, VerifyConfig, capture, superoptimize
+from jgraph.superopt.programs import PROGRAMS, get_program
+from jgraph.superopt.verify import Verifier
 from jgraph.testing import Tolerance, assert_no_recompile, assert_trees_close, tolerance
 
 

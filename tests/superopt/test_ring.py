@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from jgraph.superopt import ModRing, safe_prime_pairs
 from jgraph.superopt._ring import MIRAGE_PRIMES, FieldZeroDivisionError, ModT, NonLaxError
+from jgraph.superopt.verify import ModRing, safe_prime_pairs
 
 
 @pytest.fixture(scope="module")

@@ -10,17 +10,10 @@ import numpy as np
 import pytest
 
 from jgraph.core import ConfigError
-from jgraph.superopt import (
-    CacheWarning,
-    SearchConfig,
-    Verifier,
-    VerifyConfig,
-    evaluate,
-    get_program,
-    is_known_good,
-    search,
-)
+from jgraph.superopt import CacheWarning, SearchConfig, VerifyConfig, evaluate, search
 from jgraph.superopt._search import enumerate_dags
+from jgraph.superopt.programs import get_program, is_known_good
+from jgraph.superopt.verify import Verifier
 from jgraph.testing import assert_trees_close
 
 _ARITIES = {"add": 2, "exp": 1, "div": 2}

@@ -6,16 +6,10 @@ import numpy as np
 import pytest
 
 from jgraph.core import ConfigError
-from jgraph.superopt import (
-    HANDWRITTEN,
-    Verifier,
-    VerifyConfig,
-    get_program,
-    handwritten,
-    mutants,
-    new_kernel_graph,
-)
+from jgraph.superopt import VerifyConfig, new_kernel_graph
 from jgraph.superopt._tiling import partial_outputs
+from jgraph.superopt.programs import HANDWRITTEN, get_program, handwritten
+from jgraph.superopt.verify import Verifier, mutants
 
 
 def _prog(kind):

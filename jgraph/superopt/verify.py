@@ -1,0 +1,26 @@
+"""Probabilistic equivalence checking and its parts.
+
+`Verifier` runs random tests over finite fields (`ModRing`, primes from `safe_prime_pairs`)
+through the exact block schedule, then a float32/float16 screen against the float64
+interpreter (`FloatRing`), and returns a `Verdict`; `Oracle` is the abstract-expression
+(e-graph) pruning check; `mutants` builds the wrong-μGraph corpus the false-positive
+benchmark uses.
+"""
+
+from jgraph.superopt._absexpr import Oracle as Oracle
+from jgraph.superopt._mutants import mutants as mutants
+from jgraph.superopt._ring import FloatRing as FloatRing
+from jgraph.superopt._ring import ModRing as ModRing
+from jgraph.superopt._ring import safe_prime_pairs as safe_prime_pairs
+from jgraph.superopt._verify import Verdict as Verdict
+from jgraph.superopt._verify import Verifier as Verifier
+
+__all__ = [
+    "FloatRing",
+    "ModRing",
+    "Oracle",
+    "Verdict",
+    "Verifier",
+    "mutants",
+    "safe_prime_pairs",
+]
