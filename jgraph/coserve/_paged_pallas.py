@@ -82,7 +82,9 @@ def resolve_attention_impl(
     under `jax.shard_map` the kernel is untested.
 
     Raises:
-        ConfigError: "pallas" on a TPU (the kernel is written for Triton; use "reference").
+        ConfigError: "pallas" with a head size that is not a power of two, with a
+            tensor-parallel mesh, or on a TPU (the kernel is written for Triton; use
+            "reference"). Page sizes are checked by `CoServeConfig`.
 
     Example:
         >>> resolve_attention_impl("auto", "cpu"), resolve_attention_impl("pallas", "cpu")
@@ -97,6 +99,22 @@ def resolve_attention_impl(
         if platform == "cuda" and tiles_ok and not tensor_parallel:
             return "pallas", False
         return "reference", False
+    if head_dim & (head_dim - 1):
+        raise config_error(
+            "LlamaConfig.head_dim",
+            head_dim,
+            "must be a power of two with attention_impl='pallas' (Triton tile shapes)",
+            "use attention_impl='reference' for this model",
+        )
+    if tensor_parallel:
+        # The Pallas interpreter rejects shard_map's varying-axis checks (jax 0.10.2), so the
+        # kernel under tensor parallelism could not be tested here: refuse rather than guess.
+        raise config_error(
+            "CoServeConfig.attention_impl",
+            impl,
+            "is not supported with a tensor-parallel mesh yet",
+            "use attention_impl='reference' (or 'auto') with mesh=...",
+        )
     if platform in ("gpu", "cuda", "rocm"):
         return "pallas", False
     if platform == "cpu":

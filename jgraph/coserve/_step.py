@@ -47,7 +47,7 @@ import optax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from jgraph.core import MODEL, config_error
+from jgraph.core import MODEL
 from jgraph.coserve._backward import backward_step, check_backward, multi_steps
 from jgraph.coserve._config import CoServeConfig, LlamaConfig, LoraConfig
 from jgraph.coserve._lora import adapter_sel
@@ -347,22 +347,6 @@ def make_coserve_step(
         page_size=scfg.page_size,
         tensor_parallel=mesh is not None,
     )
-    if impl == "pallas" and cfg.head_dim & (cfg.head_dim - 1):
-        raise config_error(
-            "LlamaConfig.head_dim",
-            cfg.head_dim,
-            "must be a power of two with attention_impl='pallas' (Triton tile shapes)",
-            "use attention_impl='reference' for this model",
-        )
-    if impl == "pallas" and mesh is not None:
-        # The Pallas interpreter rejects shard_map's varying-axis checks (jax 0.10.2), so the
-        # kernel under tensor parallelism could not be tested here: refuse rather than guess.
-        raise config_error(
-            "CoServeConfig.attention_impl",
-            scfg.attention_impl,
-            "is not supported with a tensor-parallel mesh yet",
-            "use attention_impl='reference' (or 'auto') with mesh=...",
-        )
     attn = (
         None
         if impl == "reference"

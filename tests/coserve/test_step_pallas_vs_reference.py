@@ -128,3 +128,8 @@ def test_auto_picks_the_kernel_only_where_it_was_measured_faster():
     assert resolve_attention_impl("pallas", "gpu") == ("pallas", False)
     with pytest.raises(ConfigError, match=r"no kernel for platform 'tpu'"):
         resolve_attention_impl("pallas", "tpu")
+    # An explicit "pallas" is refused where "auto" falls back.
+    with pytest.raises(ConfigError, match=r"attention_impl='pallas': .*tensor-parallel mesh"):
+        resolve_attention_impl("pallas", "cuda", tensor_parallel=True)
+    with pytest.raises(ConfigError, match=r"LlamaConfig.head_dim=24: must be a power of two"):
+        resolve_attention_impl("pallas", "cuda", head_dim=24)
