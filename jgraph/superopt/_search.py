@@ -188,14 +188,14 @@ class _Searcher(BlockSearch):
             # depth also tells each level how many ops may follow (lookahead).
             for depth in range(1, self.cfg.max_kernel_ops + 1):
                 self.depth = depth
-                levels = self._levels([], shapes, exprs, None, 0)
+                seen, levels = self._levels([], shapes, exprs, None, 0)
                 for level in progress(
                     levels,
                     description=f"μGraph search (<= {depth} kernels)",
                     total=len(levels),
                     enabled=show_progress,
                 ):
-                    for move in self._level_moves([], exprs, level):
+                    for move in self._level_moves([], seen, level):
                         self._descend([], shapes, exprs, 0, move)
         except _StopSearchError:
             return False
@@ -225,14 +225,16 @@ class _Searcher(BlockSearch):
             if self.cost_model(partial).estimated_us >= self.best_us:
                 self.pruned["cost_bound"] += 1
                 return
-        for level in self._levels(ops, shapes, exprs, last, n_custom):
-            for move in self._level_moves(ops, exprs, level):
+        seen, levels = self._levels(ops, shapes, exprs, last, n_custom)
+        for level in levels:
+            for move in self._level_moves(ops, seen, level):
                 self._descend(ops, shapes, exprs, n_custom, move)
 
     def _levels(
         self, ops: list[KernelOp], shapes: list, exprs: list, last: Any, n_custom: int
-    ) -> list[list[Callable[[], list[Any]]]]:
-        """The moves from a state as groups, by decreasing progress (generated lazily).
+    ) -> tuple[set[Expr], list[list[Callable[[], list[Any]]]]]:
+        """The moves from a state as groups, by decreasing progress (generated lazily),
+        with the state's subexpressions (what progress is measured against).
 
         A group is one pre-defined op, or one block-graph structure of a
         graph-defined kernel whose schedules (the expensive part: grids, maps,
@@ -257,7 +259,7 @@ class _Searcher(BlockSearch):
                     )
                 )
         groups.sort(key=lambda g: (-g[0][0], -g[0][1]))  # stable: canonical order in a level
-        return [[g for _, g in level] for _, level in itertools.groupby(groups, lambda g: g[0])]
+        return seen, [[g for _, g in lv] for _, lv in itertools.groupby(groups, lambda g: g[0])]
 
     @staticmethod
     def _progress(new: Sequence[Expr], seen: set[Expr]) -> tuple[int, int]:
@@ -274,7 +276,7 @@ class _Searcher(BlockSearch):
         return len(fresh), sum(expr_size(e) for e in new)
 
     def _level_moves(
-        self, ops: list[KernelOp], exprs: list, level: list[Callable[[], list[Any]]]
+        self, ops: list[KernelOp], seen: set[Expr], level: list[Callable[[], list[Any]]]
     ) -> list[Any]:
         """One progress level's moves: most (exact) progress first, then cheapest.
 
@@ -282,7 +284,6 @@ class _Searcher(BlockSearch):
         changes: every move is still explored.
         """
         moves = [m for group in level for m in group()]
-        seen = _subterm_set(exprs)
 
         def key(move: Any) -> tuple[int, int, float]:
             new_ops = (*ops, move[1])
