@@ -7,13 +7,15 @@ Each argument type names the fix in its message; `Parser.error` raises
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, overload
 
 __all__ = [
     "EXIT_FAILED",
     "EXIT_OK",
     "EXIT_USAGE",
+    "LibraryChoices",
     "Parser",
     "UsageError",
     "bits",
@@ -92,3 +94,46 @@ def not_built(what: str, issue: str) -> int:
     """Reports a subcommand whose subsystem is not built yet; exit status 1."""
     print(f"jgraph: {what} is not built yet ({issue}); see README.md for what works today")
     return EXIT_FAILED
+
+
+class LibraryChoices(Sequence[str]):
+    """A flag's choices, owned by the library and read from it on first use.
+
+    The CLI never keeps its own copy of a vocabulary (models, planners, programs):
+    ``LibraryChoices("jgraph.quant.recipes", "MODEL_NAMES")`` is that tuple. The
+    import waits until argparse validates the flag or prints help, so building the
+    parser (every ``jgraph`` call) does not import JAX-heavy subsystems it will not
+    run. Give the argument a ``metavar``: argparse's default one iterates choices
+    while the parser is built.
+    """
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+        self._values: tuple[str, ...] | None = None
+
+    def values(self) -> tuple[str, ...]:
+        """The owner's tuple, imported once."""
+        if self._values is None:
+            import importlib
+
+            self._values = tuple(getattr(importlib.import_module(self.module), self.name))
+        return self._values
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        return self.values()[index]
+
+    def __len__(self) -> int:
+        return len(self.values())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.values())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.values()
+
+    def __repr__(self) -> str:
+        return f"LibraryChoices({self.module}.{self.name})"

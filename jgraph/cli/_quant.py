@@ -6,11 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from jgraph.cli._args import EXIT_OK, Parser, bits, positive_float, positive_int
+from jgraph.cli._args import EXIT_OK, LibraryChoices, Parser, bits, positive_float, positive_int
 
-MODELS = ("resnet20", "cnn", "mlp")
-DATASETS = ("digits",)
-PRESETS = ("jgraph", "original")
+# The library owns these names; LibraryChoices imports jgraph.quant only when a flag needs them.
+MODELS = LibraryChoices("jgraph.quant.recipes", "MODEL_NAMES")
+DATASETS = LibraryChoices("jgraph.quant.recipes", "BUNDLED_DATASETS")
+PRESETS = LibraryChoices("jgraph.quant.recipes", "RECIPE_PRESETS")
+INITS = LibraryChoices("jgraph.quant.recipes", "INIT_METHODS")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,9 +26,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "write checkpoints, histograms, hardened.npz and result.json under --out.",
     )
     train.set_defaults(handler=run)
-    train.add_argument("--model", choices=MODELS, default="resnet20")
+    train.add_argument(
+        "--model", choices=MODELS, metavar="MODEL", default="resnet20", help="one of %(choices)s"
+    )
     train.add_argument("--bits", type=bits, default=4, help="index bits b; K = 2**b (1-8)")
-    train.add_argument("--dataset", choices=DATASETS, default="digits", help="bundled dataset")
+    train.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        metavar="NAME",
+        default="digits",
+        help="bundled dataset: %(choices)s",
+    )
     train.add_argument(
         "--data",
         type=Path,
@@ -40,13 +50,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--preset",
         choices=PRESETS,
+        metavar="PRESET",
         default="jgraph",
-        help="DGMS recipe: 'original' = the released code (SGD 0.9, lr 2e-5 one-cycle, "
-        "wd 5e-4 on everything, no BN re-estimation); 'jgraph' = Adam with the improvements",
+        help="DGMS recipe (%(choices)s): 'original' = the released code (SGD 0.9, lr 2e-5 "
+        "one-cycle, wd 5e-4 on everything, no BN re-estimation); 'jgraph' = Adam with the improvements",
     )
     train.add_argument("--lr", type=positive_float, help="DGMS peak lr (preset default)")
     train.add_argument("--fp-lr", type=positive_float, default=0.1, help="FP peak lr (SGD)")
-    train.add_argument("--init", choices=("kmeans", "empirical"), default="kmeans")
+    train.add_argument(
+        "--init", choices=INITS, metavar="METHOD", default="kmeans", help="one of %(choices)s"
+    )
     train.add_argument("--tau0", type=positive_float, default=0.01)
     train.add_argument("--tau-start", type=positive_float, help="anneal τ from this value")
     train.add_argument(
@@ -78,10 +91,7 @@ def run(args: argparse.Namespace) -> int:
         lr=args.fp_lr,
         weight_decay=5e-4,
     )
-    if args.preset == "original":
-        dg = quant.recipes.Recipe.original(epochs=args.epochs, batch_size=args.batch_size)
-    else:
-        dg = quant.recipes.Recipe(epochs=args.epochs, batch_size=args.batch_size)
+    dg = quant.recipes.Recipe.preset(args.preset, epochs=args.epochs, batch_size=args.batch_size)
     overrides: dict[str, Any] = {}
     if args.lr is not None:
         overrides["lr"] = args.lr

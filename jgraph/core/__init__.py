@@ -18,7 +18,6 @@ from jgraph.core._errors import ConfigError as ConfigError
 from jgraph.core._errors import check_choice as check_choice
 from jgraph.core._errors import check_int as check_int
 from jgraph.core._errors import check_number as check_number
-from jgraph.core._errors import config_error as config_error
 from jgraph.core._io import atomic_write_bytes as atomic_write_bytes
 from jgraph.core._io import atomic_write_json as atomic_write_json
 from jgraph.core._io import atomic_write_text as atomic_write_text
@@ -38,7 +37,6 @@ __all__ = [
     "check_choice",
     "check_int",
     "check_number",
-    "config_error",
     "environment",
     "format_table",
     "progress",

@@ -17,7 +17,6 @@ __all__ = [
     "check_choice",
     "check_int",
     "check_number",
-    "config_error",
 ]
 
 
@@ -38,11 +37,6 @@ class ConfigError(ValueError):
         self.problem = problem
         self.fix = fix
         super().__init__(f"{field}={value!r}: {problem}; fix: {fix}")
-
-
-def config_error(field: str, value: Any, problem: str, fix: str) -> ConfigError:
-    """Builds a `ConfigError` (use with ``raise``) with the standard message shape."""
-    return ConfigError(field, value, problem, fix)
 
 
 def check_int(

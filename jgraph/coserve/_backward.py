@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jgraph.core import config_error
+from jgraph.core import ConfigError
 from jgraph.coserve._config import CoServeConfig, LlamaConfig, LoraConfig
 from jgraph.coserve._model import attend_segments, decoder_layer
 
@@ -45,7 +45,7 @@ def multi_steps(
 def check_backward(cfg: LlamaConfig, scfg: CoServeConfig) -> None:
     """Validates the backward split against the model (``bwd_layers <= n_layers``)."""
     if scfg.backward_mode == "layer" and scfg.bwd_layers > cfg.n_layers:
-        raise config_error(
+        raise ConfigError(
             "CoServeConfig.bwd_layers",
             scfg.bwd_layers,
             f"exceeds the model's n_layers={cfg.n_layers}",

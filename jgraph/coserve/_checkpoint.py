@@ -16,7 +16,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from jgraph.core import atomic_write_json, config_error
+from jgraph.core import ConfigError, atomic_write_json
 from jgraph.coserve._config import LORA_TARGETS, LlamaConfig
 from jgraph.coserve._safetensors import read_safetensors, write_safetensors
 
@@ -33,14 +33,14 @@ def config_from_hf(hf: dict[str, Any], *, dtype: str | None = None) -> LlamaConf
     """
     arch = hf.get("model_type", "llama")
     if arch != "llama":
-        raise config_error("config.json model_type", arch, "is not 'llama'", "pass a Llama model")
+        raise ConfigError("config.json model_type", arch, "is not 'llama'", "pass a Llama model")
     try:
         n_heads = int(hf["num_attention_heads"])
         d_model = int(hf["hidden_size"])
         rope = hf.get("rope_scaling") or {}
         kind = rope.get("rope_type", rope.get("type"))
         if rope and kind != "llama3":
-            raise config_error(
+            raise ConfigError(
                 "config.json rope_scaling", rope, "only 'llama3' scaling is supported", "drop it"
             )
         hf_dtype = {"bfloat16": "bfloat16", "float16": "float16"}.get(
@@ -64,7 +64,7 @@ def config_from_hf(hf: dict[str, Any], *, dtype: str | None = None) -> LlamaConf
             dtype=dtype or hf_dtype,  # type: ignore[arg-type]  # validated by LlamaConfig
         )
     except KeyError as exc:
-        raise config_error(
+        raise ConfigError(
             "config.json", exc.args[0], "missing field", "pass a transformers LlamaConfig"
         ) from None
 
@@ -107,7 +107,7 @@ def load_hf_checkpoint(
     conf_path = directory / "config.json"
     files = sorted(directory.glob("*.safetensors"))
     if not conf_path.is_file() or not files:
-        raise config_error(
+        raise ConfigError(
             "checkpoint directory",
             str(directory),
             "needs config.json and *.safetensors",
@@ -118,12 +118,12 @@ def load_hf_checkpoint(
     for f in files:
         tensors.update(read_safetensors(f)[0])
     if cfg.tie_embeddings is False and "lm_head.weight" not in tensors:
-        raise config_error("lm_head.weight", None, "missing", "set tie_word_embeddings: true")
+        raise ConfigError("lm_head.weight", None, "missing", "set tie_word_embeddings: true")
     for name, shape in _hf_names(cfg).items():
         if name not in tensors:
-            raise config_error(name, None, "tensor missing from the checkpoint", "re-export it")
+            raise ConfigError(name, None, "tensor missing from the checkpoint", "re-export it")
         if tuple(tensors[name].shape) != shape:
-            raise config_error(
+            raise ConfigError(
                 name,
                 tuple(tensors[name].shape),
                 f"shape does not match config.json (expected {shape})",

@@ -8,9 +8,9 @@ the field, the value and the fix.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal
 
-from jgraph.core import check_choice, check_int, check_number, config_error
+from jgraph.core import ConfigError, check_choice, check_int, check_number
 
 __all__ = [
     "LORA_TARGETS",
@@ -82,11 +82,11 @@ class LlamaConfig:
             check_int(f"LlamaConfig.{name}", getattr(self, name), minimum=1)
         check_int("LlamaConfig.head_dim", self.head_dim, minimum=2)
         if self.head_dim % 2:
-            raise config_error(
+            raise ConfigError(
                 "LlamaConfig.head_dim", self.head_dim, "RoPE needs an even head size", "use 64/128"
             )
         if self.n_heads % self.n_kv_heads:
-            raise config_error(
+            raise ConfigError(
                 "LlamaConfig.n_kv_heads",
                 self.n_kv_heads,
                 f"must divide n_heads={self.n_heads} (grouped-query attention)",
@@ -126,9 +126,9 @@ class LlamaConfig:
         return self.vocab_size * self.d_model + head + self.d_model + self.n_layers * per_layer
 
     @classmethod
-    def tiny(cls, **overrides: object) -> LlamaConfig:
+    def tiny(cls, **overrides: Any) -> LlamaConfig:
         """A 2-layer model for CPU tests (byte-level vocabulary of 260 ids)."""
-        base: dict[str, object] = {
+        base: dict[str, Any] = {
             "vocab_size": 260,
             "d_model": 64,
             "n_layers": 2,
@@ -137,12 +137,12 @@ class LlamaConfig:
             "head_dim": 16,
             "d_ff": 128,
         }
-        return cls(**{**base, **overrides})  # type: ignore[arg-type]  # overrides are validated
+        return cls(**{**base, **overrides})  # __post_init__ validates the overrides
 
     @classmethod
-    def small(cls, **overrides: object) -> LlamaConfig:
+    def small(cls, **overrides: Any) -> LlamaConfig:
         """A 4-layer D=256 model for CPU benchmarks."""
-        base: dict[str, object] = {
+        base: dict[str, Any] = {
             "vocab_size": 260,
             "d_model": 256,
             "n_layers": 4,
@@ -151,12 +151,12 @@ class LlamaConfig:
             "head_dim": 32,
             "d_ff": 688,
         }
-        return cls(**{**base, **overrides})  # type: ignore[arg-type]
+        return cls(**{**base, **overrides})
 
     @classmethod
-    def llama31_8b(cls, **overrides: object) -> LlamaConfig:
+    def llama31_8b(cls, **overrides: Any) -> LlamaConfig:
         """Llama-3.1-8B shapes (bf16). Only trace these abstractly on a CPU machine."""
-        base: dict[str, object] = {
+        base: dict[str, Any] = {
             "vocab_size": 128256,
             "d_model": 4096,
             "n_layers": 32,
@@ -171,7 +171,7 @@ class LlamaConfig:
             "rope_original_max_len": 8192,
             "dtype": "bfloat16",
         }
-        return cls(**{**base, **overrides})  # type: ignore[arg-type]
+        return cls(**{**base, **overrides})
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -197,7 +197,7 @@ class LoraConfig:
         if isinstance(self.targets, list):  # keep the config hashable (a static jit argument)
             object.__setattr__(self, "targets", tuple(self.targets))
         if not self.targets or isinstance(self.targets, str):
-            raise config_error(
+            raise ConfigError(
                 "LoraConfig.targets",
                 self.targets,
                 "must be a non-empty tuple of projection names",
@@ -206,7 +206,7 @@ class LoraConfig:
         for t in self.targets:
             check_choice("LoraConfig.targets", t, LORA_TARGETS)
         if len(set(self.targets)) != len(self.targets):
-            raise config_error(
+            raise ConfigError(
                 "LoraConfig.targets", self.targets, "lists a target twice", "list each once"
             )
 
@@ -280,7 +280,7 @@ class CoServeConfig:
             fix=f"use 1 <= bwd_chunk <= ft_max_len={self.ft_max_len}",
         )
         if self.ft_max_len % self.bwd_chunk:
-            raise config_error(
+            raise ConfigError(
                 "CoServeConfig.bwd_chunk",
                 self.bwd_chunk,
                 f"must divide ft_max_len={self.ft_max_len} (backward chunks tile the sample)",
@@ -294,7 +294,7 @@ class CoServeConfig:
             "CoServeConfig.attention_impl", self.attention_impl, ("reference", "pallas", "auto")
         )
         if self.attention_impl == "pallas" and self.page_size & (self.page_size - 1):
-            raise config_error(
+            raise ConfigError(
                 "CoServeConfig.page_size",
                 self.page_size,
                 "must be a power of two with attention_impl='pallas' (Triton tile shapes)",

@@ -39,7 +39,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jgraph.core import atomic_write_json, check_int, check_number, config_error
+from jgraph.core import ConfigError, atomic_write_json, check_int, check_number
 from jgraph.coserve._backward import backward_steps
 from jgraph.coserve._config import CoServeConfig, LlamaConfig, LoraConfig
 from jgraph.coserve._lora import BASE, AdapterBank, init_lora
@@ -158,7 +158,7 @@ class CoServeEngine:
         if bank is None:
             bank = AdapterBank.build(cfg, [], capacity=scfg.max_adapters)
         if bank.scales.shape[0] != scfg.max_adapters:
-            raise config_error(
+            raise ConfigError(
                 "bank capacity",
                 bank.scales.shape[0],
                 f"!= CoServeConfig.max_adapters={scfg.max_adapters}",
@@ -190,7 +190,7 @@ class CoServeEngine:
         """Drops all requests and finetuning work and starts from ``lora``; keeps the compiled
         step (so tests and servers do not pay compilation again)."""
         if set(lora) != set(self.lora_cfg.targets):
-            raise config_error(
+            raise ConfigError(
                 "lora targets",
                 sorted(lora),
                 f"!= LoraConfig.targets={self.lora_cfg.targets}",
@@ -247,17 +247,17 @@ class CoServeEngine:
         """
         prompt = [int(t) for t in prompt]
         if not prompt:
-            raise config_error("prompt", prompt, "is empty", "pass at least one token (BOS)")
+            raise ConfigError("prompt", prompt, "is empty", "pass at least one token (BOS)")
         bad = [t for t in prompt if not 0 <= t < self.cfg.vocab_size]
         if bad:
-            raise config_error(
+            raise ConfigError(
                 "prompt", bad[:3], f"ids outside [0, {self.cfg.vocab_size})", "re-tokenize"
             )
         check_int("max_new_tokens", max_new_tokens, minimum=1)
         check_number("temperature", temperature, minimum=0.0)
         total = len(prompt) + max_new_tokens
         if total > self.scfg.max_request_len:
-            raise config_error(
+            raise ConfigError(
                 "prompt + max_new_tokens",
                 total,
                 f"exceeds the {self.scfg.max_request_len} tokens a slot holds (page_size * "
@@ -288,14 +288,14 @@ class CoServeEngine:
         for i, s in enumerate(samples):
             s = [int(t) for t in s]
             if not 2 <= len(s) <= S:
-                raise config_error(
+                raise ConfigError(
                     f"finetuning sample {i} length",
                     len(s),
                     f"must be between 2 and ft_max_len={S}",
                     "truncate the sample or raise CoServeConfig.ft_max_len",
                 )
             if any(not 0 <= t < self.cfg.vocab_size for t in s):
-                raise config_error(f"finetuning sample {i}", s[:5], "has bad ids", "re-tokenize")
+                raise ConfigError(f"finetuning sample {i}", s[:5], "has bad ids", "re-tokenize")
             clean.append(s)
         for _ in range(epochs):
             self._samples.extend(clean)
@@ -471,7 +471,7 @@ class CoServeEngine:
         import orbax.checkpoint as ocp
 
         if self._ft is not None:
-            raise config_error(
+            raise ConfigError(
                 "save_finetuning",
                 f"sample cursor {self._ft_cursor}",
                 "a finetuning sample is in flight",
@@ -505,7 +505,7 @@ class CoServeEngine:
         mngr = ocp.CheckpointManager(directory)
         step = mngr.latest_step()
         if step is None:
-            raise config_error(
+            raise ConfigError(
                 "restore_finetuning", str(directory), "holds no checkpoint", "save_finetuning"
             )
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self._ckpt_tree())

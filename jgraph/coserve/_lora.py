@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jgraph.core import atomic_write_json, config_error
+from jgraph.core import ConfigError, atomic_write_json
 from jgraph.coserve._config import LlamaConfig, LoraConfig
 from jgraph.coserve._safetensors import read_safetensors, write_safetensors
 
@@ -37,7 +37,6 @@ __all__ = [
     "load_peft",
     "merge_lora",
     "save_peft",
-    "single_adapter",
 ]
 
 BASE = -1
@@ -85,11 +84,6 @@ def init_lora(
     return out
 
 
-def single_adapter(lora: Lora, lora_cfg: LoraConfig) -> tuple[Lora, float]:
-    """An adapter as a bank of one (leading axis 1) and its scale."""
-    return jax.tree.map(lambda a: a[None], lora), lora_cfg.scale
-
-
 def adapter_sel(scales: jax.Array, index: jax.Array) -> jax.Array:
     """Per-token selection weights [T, n]: ``one_hot(index, n) * scale``; `BASE` gives zeros."""
     n = scales.shape[0]
@@ -101,7 +95,7 @@ def _check_compatible(cfg: LlamaConfig, lora: Lora, where: str) -> None:
         d_in, d_out = cfg.proj_shape(t)
         a, b = ab["A"].shape, ab["B"].shape
         if a[-3:-1] != (cfg.n_layers, d_in) or b[-3] != cfg.n_layers or b[-1] != d_out:
-            raise config_error(
+            raise ConfigError(
                 f"{where}[{t!r}]",
                 (tuple(a), tuple(b)),
                 f"A/B shapes do not fit the model (want A [L={cfg.n_layers}, {d_in}, r], "
@@ -150,10 +144,10 @@ class AdapterBank:
         """
         names = tuple(n for n, _, _ in adapters)
         if len(set(names)) != len(names):
-            raise config_error("AdapterBank.names", names, "has duplicates", "name each once")
+            raise ConfigError("AdapterBank.names", names, "has duplicates", "name each once")
         cap = len(adapters) if capacity is None else capacity
         if len(adapters) > cap:
-            raise config_error(
+            raise ConfigError(
                 "AdapterBank.capacity", cap, f"< {len(adapters)} adapters", "raise the capacity"
             )
         r_max = rank if rank is not None else max((c.rank for _, c, _ in adapters), default=1)
@@ -171,12 +165,12 @@ class AdapterBank:
             for i, (name, c, w) in enumerate(adapters):
                 _check_compatible(cfg, w, f"adapter {name!r}")
                 if c.rank > r_max:
-                    raise config_error(
+                    raise ConfigError(
                         f"adapter {name!r}.rank", c.rank, f"exceeds bank rank {r_max}", "raise it"
                     )
                 extra = set(c.targets) - set(tg)
                 if extra:
-                    raise config_error(
+                    raise ConfigError(
                         f"adapter {name!r}.targets", c.targets, f"{extra} not in bank", "add them"
                     )
                 if t in w:
@@ -197,7 +191,7 @@ class AdapterBank:
         if name is None:
             return BASE
         if name not in self.names:
-            raise config_error(
+            raise ConfigError(
                 "adapter", name, "is not loaded in the bank", f"use one of {list(self.names)}"
             )
         return self.names.index(name)
@@ -263,10 +257,10 @@ def load_peft(directory: str | Path, cfg: LlamaConfig) -> tuple[LoraConfig, Lora
     conf_path, w_path = directory / "adapter_config.json", directory / "adapter_model.safetensors"
     for p in (conf_path, w_path):
         if not p.is_file():
-            raise config_error("adapter directory", str(directory), f"lacks {p.name}", "save_peft")
+            raise ConfigError("adapter directory", str(directory), f"lacks {p.name}", "save_peft")
     conf = json.loads(conf_path.read_text())
     if conf.get("peft_type", "LORA") != "LORA":
-        raise config_error("adapter_config.peft_type", conf["peft_type"], "not LORA", "use LoRA")
+        raise ConfigError("adapter_config.peft_type", conf["peft_type"], "not LORA", "use LoRA")
     targets = conf["target_modules"]
     targets = tuple([targets] if isinstance(targets, str) else targets)
     lora_cfg = LoraConfig(rank=int(conf["r"]), alpha=float(conf["lora_alpha"]), targets=targets)
@@ -278,7 +272,7 @@ def load_peft(directory: str | Path, cfg: LlamaConfig) -> tuple[LoraConfig, Lora
         for layer in range(cfg.n_layers):
             ka, kb = _peft_key(layer, t, "A"), _peft_key(layer, t, "B")
             if ka not in tensors or kb not in tensors:
-                raise config_error(
+                raise ConfigError(
                     "adapter_model.safetensors", ka, "tensor missing", "check n_layers/targets"
                 )
             As.append(tensors[ka].T)
@@ -287,7 +281,7 @@ def load_peft(directory: str | Path, cfg: LlamaConfig) -> tuple[LoraConfig, Lora
     _check_compatible(cfg, lora, f"adapter {directory.name!r}")
     for t, ab in lora.items():
         if ab["A"].shape[-1] != lora_cfg.rank:
-            raise config_error(
+            raise ConfigError(
                 f"adapter {t}.rank", ab["A"].shape[-1], f"!= r={lora_cfg.rank}", "fix the config"
             )
     return lora_cfg, lora

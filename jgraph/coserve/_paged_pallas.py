@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
-from jgraph.core import config_error
+from jgraph.core import ConfigError
 
 __all__ = [
     "device_platform",
@@ -100,7 +100,7 @@ def resolve_attention_impl(
             return "pallas", False
         return "reference", False
     if head_dim & (head_dim - 1):
-        raise config_error(
+        raise ConfigError(
             "LlamaConfig.head_dim",
             head_dim,
             "must be a power of two with attention_impl='pallas' (Triton tile shapes)",
@@ -109,7 +109,7 @@ def resolve_attention_impl(
     if tensor_parallel:
         # The Pallas interpreter rejects shard_map's varying-axis checks (jax 0.10.2), so the
         # kernel under tensor parallelism could not be tested here: refuse rather than guess.
-        raise config_error(
+        raise ConfigError(
             "CoServeConfig.attention_impl",
             impl,
             "is not supported with a tensor-parallel mesh yet",
@@ -119,7 +119,7 @@ def resolve_attention_impl(
         return "pallas", False
     if platform == "cpu":
         return "pallas", True
-    raise config_error(
+    raise ConfigError(
         "CoServeConfig.attention_impl",
         impl,
         f"has no kernel for platform {platform!r} (the Pallas kernel targets Triton GPUs)",
@@ -137,9 +137,9 @@ def pallas_block_q(n_heads: int, n_kv_heads: int, block_q: int | None = None) ->
     if block_q is None:
         return max(1, _MIN_DOT // gp)
     if block_q < 1 or block_q & (block_q - 1):
-        raise config_error("block_q", block_q, "must be a power of two >= 1", "use 1, 2, 4, ...")
+        raise ConfigError("block_q", block_q, "must be a power of two >= 1", "use 1, 2, 4, ...")
     if block_q * gp < _MIN_DOT:
-        raise config_error(
+        raise ConfigError(
             "block_q",
             block_q,
             f"gives {block_q * gp} query vectors per program (padded GQA group {gp})",
@@ -303,7 +303,7 @@ def paged_attention_pallas(
     _, page, hkv, _ = k_pages.shape
     for name, val in (("page_size", page), ("head_dim", d)):
         if val & (val - 1):
-            raise config_error(
+            raise ConfigError(
                 name, val, "must be a power of two for the Pallas kernel (Triton tiles)",
                 "use 8/16/32 tokens per page and 64/128 head dims, or attention_impl='reference'",
             )  # fmt: skip
@@ -322,9 +322,9 @@ def paged_attention_pallas(
     maxp = page_table.shape[1]
     splits = max(1, min(8, maxp // 16)) if kv_splits is None else kv_splits
     if splits < 1:
-        raise config_error("kv_splits", splits, "must be >= 1", "use 1 (no split) or more")
+        raise ConfigError("kv_splits", splits, "must be >= 1", "use 1 (no split) or more")
     if pages_per_step < 1:
-        raise config_error("pages_per_step", pages_per_step, "must be >= 1", "use 1, 2 or 4")
+        raise ConfigError("pages_per_step", pages_per_step, "must be >= 1", "use 1, 2 or 4")
     use_dot = page >= _MIN_DOT and d >= _MIN_DOT
     prec = jax.lax.Precision.HIGHEST if q.dtype == jnp.float32 else None
     kernel = functools.partial(

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jgraph.core import DATA, MODEL, config_error
+from jgraph.core import DATA, MODEL, ConfigError
 from jgraph.coserve._config import LlamaConfig
 from jgraph.coserve._lora import adapter_sel
 from jgraph.coserve._model import decoder_layer, dense_causal_attend, lm_logits
@@ -43,7 +43,7 @@ def check_tp_divisible(cfg: LlamaConfig, mesh: Mesh) -> int:
     tp = mesh.shape[MODEL]
     for field, value in (("n_kv_heads", cfg.n_kv_heads), ("d_ff", cfg.d_ff)):
         if value % tp:
-            raise config_error(
+            raise ConfigError(
                 f"LlamaConfig.{field}", value, f"not divisible by the {MODEL} axis size {tp}",
                 "pick a model-parallel size that divides heads and F",
             )  # fmt: skip

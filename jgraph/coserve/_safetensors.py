@@ -17,7 +17,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from jgraph.core import atomic_write_bytes, config_error
+from jgraph.core import ConfigError, atomic_write_bytes
 
 __all__ = ["read_safetensors", "write_safetensors"]
 
@@ -48,12 +48,12 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str,
     path = Path(path)
     raw = path.read_bytes()
     if len(raw) < 8:
-        raise config_error(str(path), len(raw), "is too short for safetensors", "re-export it")
+        raise ConfigError(str(path), len(raw), "is too short for safetensors", "re-export it")
     (n,) = struct.unpack("<Q", raw[:8])
     try:
         header = json.loads(raw[8 : 8 + n])
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise config_error(
+        raise ConfigError(
             str(path), n, "has no valid safetensors header", "pass a .safetensors file"
         ) from None
     meta = header.pop("__metadata__", {}) or {}
@@ -61,7 +61,7 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str,
     out = {}
     for name, info in header.items():
         if info["dtype"] not in _DTYPES:
-            raise config_error(
+            raise ConfigError(
                 f"{path.name}:{name}", info["dtype"], "dtype not supported", "use F32/F16/BF16"
             )
         lo, hi = info["data_offsets"]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from jgraph.core import config_error
+from jgraph.core import ConfigError
 
 __all__ = ["ByteTokenizer", "HFTokenizer", "Tokenizer"]
 
@@ -70,7 +70,7 @@ class HFTokenizer:
         if path.is_dir():
             path = path / "tokenizer.json"
         if not path.is_file():
-            raise config_error("tokenizer", str(path), "not found", "pass a local tokenizer.json")
+            raise ConfigError("tokenizer", str(path), "not found", "pass a local tokenizer.json")
         self._tok = _Tok.from_file(str(path))
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self.bos_id = self._find(bos_token, ("<|begin_of_text|>", "<s>"))
@@ -82,7 +82,7 @@ class HFTokenizer:
             if i is not None:
                 return i
         if given:
-            raise config_error("tokenizer special token", given, "not in vocabulary", "check it")
+            raise ConfigError("tokenizer special token", given, "not in vocabulary", "check it")
         return None
 
     def encode(self, text: str, *, add_bos: bool = True) -> list[int]:

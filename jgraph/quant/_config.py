@@ -9,28 +9,36 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Literal
+from typing import Literal, get_args
 
-from jgraph.core import check_choice, check_int, check_number, config_error
+from jgraph.core import ConfigError, check_choice, check_int, check_number
 
-__all__ = ["MIXTURE", "DGMSConfig", "InitMethod", "Recipe"]
+__all__ = [
+    "INIT_METHODS",
+    "MIXTURE",
+    "RECIPE_PRESETS",
+    "DGMSConfig",
+    "InitMethod",
+    "Recipe",
+    "RecipePreset",
+]
 
 MIXTURE = "mixture"
 """The Flax variable collection that holds every layer's mixture (μ, σ, π, τ)."""
 
 InitMethod = Literal["kmeans", "empirical"]
-_INIT_METHODS = ("kmeans", "empirical")
+INIT_METHODS: tuple[InitMethod, ...] = get_args(InitMethod)
 
 
 def _check_regex(field: str, value: str | None) -> None:
     if value is None:
         return
     if not isinstance(value, str):
-        raise config_error(field, value, "must be a regex string or None", "pass e.g. 'Conv_.*'")
+        raise ConfigError(field, value, "must be a regex string or None", "pass e.g. 'Conv_.*'")
     try:
         re.compile(value)
     except re.error as exc:
-        raise config_error(
+        raise ConfigError(
             field, value, f"is not a valid regex ({exc})", "fix the pattern"
         ) from None
 
@@ -73,12 +81,12 @@ class DGMSConfig:
         )
         _check_regex("DGMSConfig.layers", self.layers)
         _check_regex("DGMSConfig.exclude", self.exclude)
-        check_choice("DGMSConfig.init", self.init, _INIT_METHODS)
+        check_choice("DGMSConfig.init", self.init, INIT_METHODS)
         check_number("DGMSConfig.tau0", self.tau0, minimum=0.0, strict_minimum=True)
         check_number("DGMSConfig.sigma_min", self.sigma_min, minimum=0.0, strict_minimum=True)
         check_number("DGMSConfig.tau_min", self.tau_min, minimum=0.0, strict_minimum=True)
         if self.tau0 < self.tau_min:
-            raise config_error(
+            raise ConfigError(
                 "DGMSConfig.tau0", self.tau0, f"is below tau_min={self.tau_min}", "raise tau0"
             )
         check_int("DGMSConfig.kmeans_iters", self.kmeans_iters, minimum=1)
@@ -90,6 +98,8 @@ class DGMSConfig:
 
 
 Optimizer = Literal["sgd", "adam"]
+RecipePreset = Literal["jgraph", "original"]
+RECIPE_PRESETS: tuple[RecipePreset, ...] = get_args(RecipePreset)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -132,7 +142,7 @@ class Recipe:
     def __post_init__(self) -> None:
         check_int("Recipe.epochs", self.epochs, minimum=1)
         check_int("Recipe.batch_size", self.batch_size, minimum=1)
-        check_choice("Recipe.optimizer", self.optimizer, ("sgd", "adam"))
+        check_choice("Recipe.optimizer", self.optimizer, get_args(Optimizer))
         check_number("Recipe.lr", self.lr, minimum=0.0, strict_minimum=True)
         check_number("Recipe.momentum", self.momentum, minimum=0.0, maximum=1.0)
         check_number("Recipe.weight_decay", self.weight_decay, minimum=0.0)
@@ -140,6 +150,19 @@ class Recipe:
         if self.tau_start is not None:
             check_number("Recipe.tau_start", self.tau_start, minimum=0.0, strict_minimum=True)
         check_int("Recipe.bn_passes", self.bn_passes, minimum=1)
+
+    @classmethod
+    def preset(cls, name: RecipePreset, *, epochs: int = 15, batch_size: int = 64) -> Recipe:
+        """A named recipe: ``"jgraph"`` (the defaults) or ``"original"`` (`Recipe.original`).
+
+        Example:
+            >>> Recipe.preset("original", epochs=2).optimizer
+            'sgd'
+        """
+        check_choice("Recipe.preset", name, RECIPE_PRESETS)
+        if name == "original":
+            return cls.original(epochs=epochs, batch_size=batch_size)
+        return cls(epochs=epochs, batch_size=batch_size)
 
     @classmethod
     def original(cls, *, epochs: int = 15, batch_size: int = 128) -> Recipe:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jgraph.core import config_error
+from jgraph.core import ConfigError
 
-__all__ = ["Dataset", "load_dataset"]
+__all__ = ["BUNDLED_DATASETS", "Dataset", "load_dataset"]
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -71,7 +71,7 @@ def _as_images(x: np.ndarray, field: str) -> np.ndarray:
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4:
-        raise config_error(
+        raise ConfigError(
             field, f"array of shape {x.shape}", "must be [n, h, w] or [n, h, w, c]", "reshape it"
         )
     if x.dtype == np.uint8:
@@ -113,6 +113,11 @@ def _digits(test_fraction: float, seed: int) -> Dataset:
     return _split("digits", x, d.target.astype(np.int32), test_fraction, seed)
 
 
+_BUNDLED = {"digits": _digits}
+BUNDLED_DATASETS: tuple[str, ...] = tuple(_BUNDLED)
+"""Datasets that ship inside installed packages (no download), by `load_dataset` name."""
+
+
 def _npz(path: Path, test_fraction: float, seed: int) -> Dataset:
     with np.load(path, allow_pickle=False) as f:
         keys = set(f.files)
@@ -128,14 +133,14 @@ def _npz(path: Path, test_fraction: float, seed: int) -> Dataset:
             x = _as_images(f["x"], f"{path}:x")
             y = np.asarray(f["y"]).astype(np.int32).reshape(-1)
             if len(x) != len(y):
-                raise config_error(
+                raise ConfigError(
                     str(path),
                     f"{len(x)} images, {len(y)} labels",
                     "x and y differ in length",
                     "fix the file",
                 )
             return _split(path.name, x, y, test_fraction, seed)
-    raise config_error(
+    raise ConfigError(
         "data",
         str(path),
         f"has arrays {sorted(keys)}",
@@ -154,7 +159,7 @@ def _folder(root: Path, test_fraction: float, seed: int) -> Dataset:
         if f.suffix.lower() in _IMAGE_SUFFIXES
     ]
     if len(class_dirs) < 2 or not files:
-        raise config_error(
+        raise ConfigError(
             "data",
             str(root),
             f"has {len(class_dirs)} class folder(s) and {len(files)} image(s)",
@@ -190,14 +195,14 @@ def load_dataset(
         >>> d.x_train.shape[1:], d.num_classes, len(d.x_train) + len(d.x_test)
         ((8, 8, 1), 10, 1797)
     """
-    if str(source) == "digits":
-        return _digits(test_fraction, split_seed)
+    if str(source) in BUNDLED_DATASETS:
+        return _BUNDLED[str(source)](test_fraction, split_seed)
     path = Path(source)
     if path.is_dir():
         return _folder(path, test_fraction, split_seed)
     if path.is_file() and path.suffix == ".npz":
         return _npz(path, test_fraction, split_seed)
-    raise config_error(
+    raise ConfigError(
         "data",
         str(source),
         "is not 'digits', an existing .npz file or a folder of class sub-folders",

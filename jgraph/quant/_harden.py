@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from jgraph.core import config_error
+from jgraph.core import ConfigError
 from jgraph.quant._config import MIXTURE, DGMSConfig
 from jgraph.quant._gmm import codebook, hard_indices
 from jgraph.quant._transform import _get, _set, iter_mixtures
@@ -91,7 +91,7 @@ def harden(variables: Mapping[str, Any], config: DGMSConfig | None = None) -> Ha
         ([[0, 2], [3, 1]], [0.0, -1.0, 1.0, 2.0])
     """
     if MIXTURE not in variables:
-        raise config_error(
+        raise ConfigError(
             "variables",
             sorted(variables),
             f"has no {MIXTURE!r} collection to harden",

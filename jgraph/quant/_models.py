@@ -18,7 +18,7 @@ from jaxtyping import Array, Float
 
 from jgraph.core import check_choice
 
-__all__ = ["MLP", "MODELS", "ResNet20", "SmallCNN", "make_model"]
+__all__ = ["MLP", "MODELS", "MODEL_NAMES", "ResNet20", "SmallCNN", "make_model"]
 
 Images = Float[Array, "batch h w c"]
 Logits = Float[Array, "batch classes"]
@@ -115,6 +115,10 @@ MODELS: dict[str, Callable[[int], nn.Module]] = {
     "cnn": lambda n: SmallCNN(num_classes=n),
     "mlp": lambda n: MLP(num_classes=n),
 }
+
+
+MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
+"""The names `make_model` builds (the recipes' and the CLI's model choices)."""
 
 
 def make_model(name: str, num_classes: int) -> nn.Module:

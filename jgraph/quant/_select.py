@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from jgraph.core import config_error
+from jgraph.core import ConfigError
 from jgraph.quant._config import DGMSConfig
 
 __all__ = ["choose_layers"]
@@ -51,7 +51,7 @@ def choose_layers(
             if config.layers is not None or config.exclude is None
             else ("DGMSConfig.exclude", config.exclude)
         )
-        raise config_error(
+        raise ConfigError(
             field,
             value,
             f"selects no layer to quantize; the model's {family} layers are: {listing}",

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jgraph.core import atomic_write_json, config_error, progress
+from jgraph.core import ConfigError, atomic_write_json, progress
 from jgraph.quant._config import MIXTURE, Recipe
 from jgraph.quant._transform import DGMS
 
@@ -295,7 +295,7 @@ def train(
     mngr = _manager(ckpt_dir) if ckpt_dir is not None else None
     resumed_from = 0
     if mngr is not None and not resume and mngr.latest_step() is not None:
-        raise config_error(
+        raise ConfigError(
             "ckpt_dir",
             str(ckpt_dir),
             f"already holds checkpoints (epoch {mngr.latest_step()})",
@@ -306,7 +306,7 @@ def train(
 
         saved = json.loads((ckpt_dir / "history.json").read_text())
         if saved["meta"] != json.loads(json.dumps(meta)):
-            raise config_error(
+            raise ConfigError(
                 "resume",
                 str(ckpt_dir),
                 "holds a run with different settings (recipe, seed, data, model or bits)",

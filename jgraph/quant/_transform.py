@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jgraph.core import config_error
+from jgraph.core import ConfigError
 from jgraph.quant._config import MIXTURE, DGMSConfig
 from jgraph.quant._gmm import hard_weights, soft_weights
 from jgraph.quant._kmeans import init_mixture
@@ -200,7 +200,7 @@ class DGMS:
     ) -> dict[str, Any]:
         """``params`` with every selected kernel replaced by its soft or hard quantized value."""
         if MIXTURE not in variables:
-            raise config_error(
+            raise ConfigError(
                 "variables",
                 sorted(variables),
                 f"has no {MIXTURE!r} collection",
