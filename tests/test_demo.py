@@ -14,6 +14,7 @@ from jgraph.core import DemoReport
 JGRAPH = Path(sys.executable).parent / "jgraph"
 
 
+@pytest.mark.slow  # the whole tour; each part has its own test
 def test_demo_command_tours_every_part(tmp_path):
     proc = subprocess.run(
         [str(JGRAPH), "demo", "--out", str(tmp_path)],

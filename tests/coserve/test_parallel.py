@@ -209,6 +209,7 @@ def test_coserving_step_adds_no_forward_collective(tp_step_setup):
     assert counts == base_counts == {"all-reduce": 2}
 
 
+@pytest.mark.slow  # compiles two engines' steps
 def test_tp_layer_level_backward_equals_single_device_token_level(engine, cfg, params, lora_cfg):
     """FlexLLM's layer-level backward (one layer per step) under tensor parallelism gives the
     single-device token-level engine's generations, and the loss curve and trained adapter of

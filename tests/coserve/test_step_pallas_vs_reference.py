@@ -65,6 +65,7 @@ def _run(step, params, bank, state, batches):
     return state, logits, tokens
 
 
+@pytest.mark.slow  # whole steps through the Pallas interpreter
 def test_pallas_step_equals_reference_step(cfg, params, lora_cfg, lora, bank):
     opt = optax.sgd(0.0)
     # Explicit: "auto" (SCFG's default) is the kernel on an NVIDIA GPU.

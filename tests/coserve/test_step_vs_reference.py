@@ -70,7 +70,8 @@ def _run_sample(cfg, params, scfg, step, state, sample, fwd_chunk):
 # is a single chunk; n = S fills the buffers, n = 13 leaves a partial last chunk.
 # (The engine fixture's chunk of 4 is checked against full-sequence gradients through the final
 # adapter of the loss-curve test below.)
-@pytest.mark.parametrize(("chunk", "n"), [(1, 13), (S, S)])
+# One-token chunks (13 backward steps) are the slow case; (S, S) keeps the path in `-m "not slow"`.
+@pytest.mark.parametrize(("chunk", "n"), [pytest.param(1, 13, marks=pytest.mark.slow), (S, S)])
 def test_chunked_lora_gradients_equal_full_sequence_grad(cfg, params, lora_cfg, lora, chunk, n):
     scfg = CoServeConfig(token_budget=8, max_requests=2, ft_max_len=S, bwd_chunk=chunk, page_size=4)
     opt = optax.sgd(0.0)
@@ -92,7 +93,10 @@ def test_chunked_lora_gradients_equal_full_sequence_grad(cfg, params, lora_cfg, 
 
 # FlexLLM's layer-level split: k = 1 and k = L on the 2-layer model, and k = 2 on a 3-layer
 # model (a partial lowest group); query chunks of 4, S and 8 inside each layer.
-@pytest.mark.parametrize(("n_layers", "k", "chunk"), [(2, 1, 4), (2, 2, S), (3, 2, 8)])
+@pytest.mark.parametrize(
+    ("n_layers", "k", "chunk"),
+    [(2, 1, 4), (2, 2, S), pytest.param(3, 2, 8, marks=pytest.mark.slow)],
+)
 def test_layer_level_gradients_equal_full_sequence_grad(lora_cfg, n_layers, k, chunk):
     cfg = LlamaConfig.tiny(n_layers=n_layers)
     params = init_params(cfg, key=jax.random.key(5))
@@ -131,6 +135,7 @@ def test_layer_mode_config_errors(cfg, lora_cfg):
         make_coserve_step(cfg, scfg, lora_cfg, optax.sgd(0.1))
 
 
+@pytest.mark.slow  # many engine steps
 def test_coserved_loss_curve_equals_plain_lora_loop(engine, cfg, params, lora_cfg):
     lora0 = init_lora(cfg, lora_cfg, key=jax.random.key(9))
     engine.reset(lora=lora0, key=jax.random.key(1))
@@ -173,6 +178,7 @@ def test_no_recompile_across_request_mixes(engine, cfg, lora_cfg):
     assert engine.samples_done == 1
 
 
+@pytest.mark.slow  # two engines run to the end
 def test_finetuning_checkpoint_resumes_exactly(engine, cfg, lora_cfg, tmp_path):
     lora0 = init_lora(cfg, lora_cfg, key=jax.random.key(21))
     samples = [[256, *range(i, i + 9)] for i in range(3)]

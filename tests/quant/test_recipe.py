@@ -24,6 +24,7 @@ def _tiny(tmp_path, bits=2, **kw):
     )
 
 
+@pytest.mark.slow  # both training phases end to end
 def test_recipe_end_to_end_properties(tmp_path):
     r = quant.recipes.run_recipe(_tiny(tmp_path))
     assert r.fp_accuracy > 0.8  # an MLP learns digits in 2 epochs

@@ -30,6 +30,7 @@ def setup():
 RECIPE = quant.recipes.Recipe(epochs=3, batch_size=64, tau_start=0.05)
 
 
+@pytest.mark.slow  # three training runs
 def test_resume_continues_exactly(setup, tmp_path):
     # Pinned to the CPU, whose XLA kernels are deterministic: on a GPU even two
     # uninterrupted runs differ in the last bits (reduction order of atomics)
