@@ -21,11 +21,11 @@ Example:
 """
 
 from jgraph.pipeline._api import plan_pipeline as plan_pipeline
-from jgraph.pipeline._baselines import NoPlanError as NoPlanError
 from jgraph.pipeline._config import ClusterConfig as ClusterConfig
 from jgraph.pipeline._config import PlannerConfig as PlannerConfig
 from jgraph.pipeline._cost import CostModel as CostModel
 from jgraph.pipeline._demo import demo as demo
+from jgraph.pipeline._errors import NoPlanError as NoPlanError
 from jgraph.pipeline._graph import ModelGraph as ModelGraph
 from jgraph.pipeline._graph import Node as Node
 from jgraph.pipeline._plan import Stage as Stage

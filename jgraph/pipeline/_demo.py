@@ -7,8 +7,8 @@ from pathlib import Path
 
 from jgraph.core import DemoReport, atomic_write_json
 from jgraph.pipeline._api import plan_pipeline
-from jgraph.pipeline._baselines import NoPlanError
 from jgraph.pipeline._config import ClusterConfig
+from jgraph.pipeline._errors import NoPlanError
 from jgraph.pipeline._models import candle_uno, mmt
 from jgraph.pipeline._report import write_plan_png
 

@@ -184,11 +184,3 @@ def _sorted_tree(node: SPNode, canon: Canon) -> SPNode:
     if node.kind == "parallel":
         kids = tuple(sorted(kids, key=lambda c: canon.range_id(c, 0, max(len(c.children) - 1, 0))))
     return SPNode(kind=node.kind, children=kids, members=node.members)
-
-
-def describe_tree(search: GraphPipeSearch) -> dict[str, Any]:
-    names = search.cm.graph.topological_order
-    return {
-        "tree": search.root.describe(names),
-        "added_edges": [(names[u], names[v]) for u, v in search.added_edges],
-    }
