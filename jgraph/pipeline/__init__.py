@@ -9,7 +9,9 @@ simulator, and PipeDream-, Piper- and GPipe-style sequential baselines on the
 same cost model. The shard_map runtime that executes a `StagePlan` is a later
 issue.
 
-Public submodules: `jgraph.pipeline.models` (the paper's benchmark models) and
+Public submodules: `jgraph.pipeline.models` (the paper's benchmark models and
+their names), `jgraph.pipeline.planners` (planner names, schedule kinds and the
+plan assembler), `jgraph.pipeline.report` (a plan's stage table and chart) and
 `jgraph.pipeline.profiling` (a DAG of Flax modules, costed by profiling).
 
 Example:

@@ -10,6 +10,7 @@ from jgraph.pipeline._api import plan_pipeline
 from jgraph.pipeline._config import ClusterConfig
 from jgraph.pipeline._errors import NoPlanError
 from jgraph.pipeline._models import candle_uno, mmt
+from jgraph.pipeline._planners import PLANNER_NAMES
 from jgraph.pipeline._report import write_plan_png
 
 __all__ = ["demo"]
@@ -30,7 +31,7 @@ def demo(out_dir: Path) -> DemoReport:
     ratios = {}
     for graph in (mmt(), candle_uno()):
         plans = {}
-        for planner in ("graphpipe", "pipedream", "piper", "gpipe"):
+        for planner in PLANNER_NAMES:
             try:
                 plans[planner] = plan_pipeline(graph, cluster, batch=128, planner=planner)
             except NoPlanError as exc:
