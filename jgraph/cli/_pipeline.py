@@ -140,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {write_plan_png(plan, args.out / f'{stem}.png')}")
     if args.compare:
         rows: list[dict[str, object]] = []
+        # Why a planner found no plan, in full: a table cell would cut it.
+        reasons: list[str] = []
         for name in PLANNER_NAMES:
             try:
                 other = (
@@ -150,8 +152,9 @@ def run(args: argparse.Namespace) -> int:
                     )
                 )
             except NoPlanError as exc:
+                reasons.append(f"{name}: {exc.problem} (fix: {exc.fix})")
                 rows.append(
-                    {"planner": name, "samples_per_s_sim": "no plan", "note": exc.problem[:60]}
+                    {"planner": name, "samples_per_s_sim": "no plan", "note": f"[{len(reasons)}]"}
                 )
                 continue
             rows.append(
@@ -179,4 +182,6 @@ def run(args: argparse.Namespace) -> int:
                 ],
             )
         )
+        for k, reason in enumerate(reasons, start=1):
+            print(f"[{k}] {reason}")
     return EXIT_OK

@@ -116,6 +116,19 @@ def test_every_listed_planner_and_schedule_plans():
             assert plan.schedule.kind == ("gpipe" if name == "gpipe" else schedule)
 
 
+def test_compare_prints_whole_reasons(tmp_path, capsys):
+    argv = ["pipeline", "plan", "--model", "synthetic", "--branches", "3", "--devices", "4",
+            "--batch", "16", "--out", str(tmp_path), "--no-png", "--compare",
+            "--piper-max-downsets", "5"]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert (
+        "[1] piper: no plan: the Piper-style planner hit its state cap (graph 'synthetic3' has "
+        "more downsets than that) (fix: raise the cap (search time and memory grow with it) or "
+        "use the graphpipe planner)"
+    ) in out
+
+
 def test_building_the_parser_stays_light():
     import subprocess
     import sys
