@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-from typing import Any
 
 import numpy as np
 
@@ -84,7 +83,6 @@ class GraphPipeSearch:
         self.canon = Canon([nd.signature() for nd in cm.nodes], list(cm.out), self.tree)
         self.root = _sorted_tree(self.tree.root, self.canon)
         self.canon = Canon([nd.signature() for nd in cm.nodes], list(cm.out), self.tree)
-        self.suffix_keys: dict[int, list[Any]] = {}  # per series node: table keys of its suffixes
 
     @property
     def added_edges(self) -> tuple[tuple[int, int], ...]:
