@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
                     )
                 )
             except NoPlanError as exc:
-                reasons.append(f"{name}: {exc.problem} (fix: {exc.fix})")
+                reasons.append(f"{name}: {exc.problem}; fix: {exc.fix}")
                 rows.append(
                     {"planner": name, "samples_per_s_sim": "no plan", "note": f"[{len(reasons)}]"}
                 )

@@ -124,8 +124,8 @@ def test_compare_prints_whole_reasons(tmp_path, capsys):
     out = capsys.readouterr().out
     assert (
         "[1] piper: no plan: the Piper-style planner hit its state cap (graph 'synthetic3' has "
-        "more downsets than that) (fix: raise the cap (search time and memory grow with it) or "
-        "use the graphpipe planner)"
+        "more downsets than that); fix: raise the cap (search time and memory grow with it) or "
+        "use the graphpipe planner\n"
     ) in out
 
 
