@@ -27,10 +27,10 @@ from typing import Any
 
 from jgraph.core import format_table, time_call, write_results
 from jgraph.pipeline import ClusterConfig, CostModel, NoPlanError, PlannerConfig, plan_pipeline
-from jgraph.pipeline._plan import assemble_plan
 from jgraph.pipeline.models import mmt, paper_model, synthetic_branches
+from jgraph.pipeline.planners import PLANNER_NAMES, assemble_plan
 
-SEQUENTIAL = ("pipedream", "piper", "gpipe")
+SEQUENTIAL = tuple(p for p in PLANNER_NAMES if p != "graphpipe")
 
 
 def run_planner(graph, devices: int, batch: int, planner: str, repeats: int) -> dict[str, Any]:

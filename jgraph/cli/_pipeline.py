@@ -5,17 +5,8 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
-from typing import Literal
 
 from jgraph.cli._args import EXIT_OK, positive_float, positive_int
-
-MODELS = ("mmt", "dlrm", "candle_uno", "transformer", "synthetic", "case_study")
-PLANNERS: tuple[Literal["graphpipe", "pipedream", "piper", "gpipe"], ...] = (
-    "graphpipe",
-    "pipedream",
-    "piper",
-    "gpipe",
-)
 
 _UNITS = {
     "": 1e9,
@@ -44,6 +35,12 @@ def memory_size(text: str) -> float:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    # The choices are the library's own lists (one owner each). jgraph.pipeline
+    # costs numpy at import, not matplotlib or jax; importing it here keeps
+    # `import jgraph.cli` itself free of it.
+    from jgraph.pipeline.models import MODEL_NAMES
+    from jgraph.pipeline.planners import PLANNER_NAMES, SCHEDULE_KINDS
+
     help_ = "plan graph pipeline parallelism (GraphPipe)"
     p = sub.add_parser(
         "pipeline",
@@ -52,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(handler=run)
     p.add_argument("action", nargs="?", choices=("plan",), default="plan", help="plan (default)")
-    p.add_argument("--model", choices=MODELS, required=True, help="model to partition")
+    p.add_argument("--model", choices=MODEL_NAMES, required=True, help="model to partition")
     p.add_argument("--branches", type=positive_int, default=4, help="branches of --model synthetic")
     p.add_argument("--devices", type=positive_int, default=8, help="number of devices")
     p.add_argument(
@@ -64,9 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="memory per device, e.g. 16GB (bare numbers are GB; default 16GB, a V100)",
     )
     p.add_argument("--batch", type=positive_int, default=128, help="global mini-batch size")
-    p.add_argument("--planner", choices=PLANNERS, default="graphpipe")
+    p.add_argument("--planner", choices=PLANNER_NAMES, default="graphpipe")
     p.add_argument("--compare", action="store_true", help="also run every baseline planner")
-    p.add_argument("--schedule", choices=("1f1b", "gpipe"), default="1f1b")
+    p.add_argument("--schedule", choices=SCHEDULE_KINDS, default="1f1b")
     p.add_argument(
         "--micro-batch",
         type=positive_int,
@@ -95,15 +92,10 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from jgraph.core import atomic_write_text, format_table
-    from jgraph.pipeline import (
-        ClusterConfig,
-        NoPlanError,
-        PlannerConfig,
-        plan_pipeline,
-        write_plan_png,
-    )
-    from jgraph.pipeline._report import plan_rows
+    from jgraph.pipeline import ClusterConfig, NoPlanError, PlannerConfig, plan_pipeline
     from jgraph.pipeline.models import paper_model
+    from jgraph.pipeline.planners import PLANNER_NAMES
+    from jgraph.pipeline.report import plan_rows, write_plan_png
 
     graph = paper_model(args.model, branches=args.branches)
     overrides = {
@@ -148,7 +140,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {write_plan_png(plan, args.out / f'{stem}.png')}")
     if args.compare:
         rows: list[dict[str, object]] = []
-        for name in PLANNERS:
+        # Why a planner found no plan, in full: a table cell would cut it.
+        reasons: list[str] = []
+        for name in PLANNER_NAMES:
             try:
                 other = (
                     plan
@@ -158,8 +152,9 @@ def run(args: argparse.Namespace) -> int:
                     )
                 )
             except NoPlanError as exc:
+                reasons.append(f"{name}: {exc.problem}; fix: {exc.fix}")
                 rows.append(
-                    {"planner": name, "samples_per_s_sim": "no plan", "note": exc.problem[:60]}
+                    {"planner": name, "samples_per_s_sim": "no plan", "note": f"[{len(reasons)}]"}
                 )
                 continue
             rows.append(
@@ -187,4 +182,6 @@ def run(args: argparse.Namespace) -> int:
                 ],
             )
         )
+        for k, reason in enumerate(reasons, start=1):
+            print(f"[{k}] {reason}")
     return EXIT_OK

@@ -9,7 +9,9 @@ simulator, and PipeDream-, Piper- and GPipe-style sequential baselines on the
 same cost model. The shard_map runtime that executes a `StagePlan` is a later
 issue.
 
-Public submodules: `jgraph.pipeline.models` (the paper's benchmark models) and
+Public submodules: `jgraph.pipeline.models` (the paper's benchmark models and
+their names), `jgraph.pipeline.planners` (planner names, schedule kinds and the
+plan assembler), `jgraph.pipeline.report` (a plan's stage table and chart) and
 `jgraph.pipeline.profiling` (a DAG of Flax modules, costed by profiling).
 
 Example:
@@ -21,11 +23,11 @@ Example:
 """
 
 from jgraph.pipeline._api import plan_pipeline as plan_pipeline
-from jgraph.pipeline._baselines import NoPlanError as NoPlanError
 from jgraph.pipeline._config import ClusterConfig as ClusterConfig
 from jgraph.pipeline._config import PlannerConfig as PlannerConfig
 from jgraph.pipeline._cost import CostModel as CostModel
 from jgraph.pipeline._demo import demo as demo
+from jgraph.pipeline._errors import NoPlanError as NoPlanError
 from jgraph.pipeline._graph import ModelGraph as ModelGraph
 from jgraph.pipeline._graph import Node as Node
 from jgraph.pipeline._plan import Stage as Stage

@@ -12,32 +12,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
-from typing import Literal
 
 from jgraph.core import check_choice, check_int
-from jgraph.pipeline._baselines import (
-    NoPlanError,
-    downsets,
-    gpipe_uniform,
-    linearisations,
-    pipedream_dp,
-    piper_dp,
-)
 from jgraph.pipeline._config import ClusterConfig, PlannerConfig
 from jgraph.pipeline._cost import CostModel
+from jgraph.pipeline._errors import NoPlanError
 from jgraph.pipeline._graph import ModelGraph
-from jgraph.pipeline._graphpipe import GraphPipeSearch
 from jgraph.pipeline._plan import StagePlan, assemble_plan, fill_leftover_devices
+from jgraph.pipeline._planners import PLANNER_NAMES, PlannerName, make_planner
 
-__all__ = ["PLANNERS", "Planner", "plan_pipeline"]
+__all__ = ["plan_pipeline", "smallest_fitting_memory"]
 
 log = logging.getLogger(__name__)
-
-Planner = Literal["graphpipe", "pipedream", "piper", "gpipe"]
-PLANNERS: tuple[str, ...] = ("graphpipe", "pipedream", "piper", "gpipe")
-
-Candidates = list[tuple[list[list[int]], list[int]]]
 
 
 def micro_batch_candidates(batch: int, config: PlannerConfig) -> list[int]:
@@ -59,89 +45,13 @@ def micro_batch_candidates(batch: int, config: PlannerConfig) -> list[int]:
     return out
 
 
-def _candidates(
-    planner: str, cm: CostModel, batch: int
-) -> tuple[Callable[[int, float], Candidates], Callable[[int], bool]]:
-    """(candidates for micro-batch b under an iteration bound, does anything fit at b).
-
-    Only GraphPipe uses the bound (to skip bisection targets that cannot win).
-    """
-    if planner == "graphpipe":
-        search = GraphPipeSearch(cm, batch=batch)
-
-        def gp(b: int, bound: float = float("inf")) -> Candidates:
-            return search.best(micro_batch=b, bound_s=bound)
-
-        gp.added_edges = search.added_edges  # type: ignore[attr-defined]
-        return gp, lambda b: search.fits(micro_batch=b)
-    if planner == "pipedream":
-        orders = linearisations(cm)
-
-        # Like GraphPipe's re-ranked targets, the sequential DP also offers
-        # shallower pipelines (depth caps) to the simulator: fill and drain
-        # can outweigh a slightly better bottleneck.
-        caps: list[int | None] = [None]
-        cap = 2
-        while cap < min(cm.cluster.num_devices, len(cm.nodes)):
-            caps.append(cap)
-            cap *= 2
-
-        def pd(b: int, bound: float = float("inf")) -> Candidates:
-            out = []
-            for o in orders:
-                for c in caps:
-                    got = pipedream_dp(cm, b, batch, o, max_depth=c)
-                    if got is not None and got not in out:
-                        out.append(got)
-            return out
-
-        return pd, lambda b: any(pipedream_dp(cm, b, batch, o) is not None for o in orders)
-    if planner == "piper":
-        ideals = downsets(cm, cm.config.piper_max_downsets)
-        if ideals is None:
-            raise NoPlanError(
-                "PlannerConfig.piper_max_downsets",
-                cm.config.piper_max_downsets,
-                f"no plan: the Piper-style planner hit its state cap (graph {cm.graph.name!r} has "
-                "more downsets than that)",
-                "raise the cap (search time and memory grow with it) or use the graphpipe planner",
-            )
-
-        def pp(b: int, bound: float = float("inf")) -> Candidates:
-            got = piper_dp(cm, b, batch, ideals)
-            return [got] if got is not None else []
-
-        return pp, lambda b: bool(pp(b))
-
-    def uniform(b: int, bound: float = float("inf")) -> Candidates:
-        out = []
-        s = 1
-        while s <= cm.cluster.num_devices:
-            got = gpipe_uniform(cm, b, s)
-            if got is not None:
-                out.append(got)
-            s *= 2
-        return out
-
-    def gp_fits(b: int) -> bool:
-        for stages, degrees in uniform(b):
-            got = assemble_plan(
-                cm, stages, degrees, micro_batch=b, batch=batch, planner="gpipe", chain=True
-            )
-            if got is not None and got[0].max_memory_bytes <= cm.cluster.memory_bytes:
-                return True
-        return False
-
-    return uniform, gp_fits
-
-
 def plan_pipeline(
     graph: ModelGraph,
     cluster: ClusterConfig,
     config: PlannerConfig | None = None,
     *,
     batch: int,
-    planner: Planner = "graphpipe",
+    planner: PlannerName = "graphpipe",
 ) -> StagePlan:
     """Plans pipeline-parallel training of ``graph`` on ``cluster``.
 
@@ -170,24 +80,23 @@ def plan_pipeline(
         True
     """
     config = config or PlannerConfig()
-    check_choice("plan_pipeline.planner", planner, PLANNERS)
+    check_choice("plan_pipeline.planner", planner, PLANNER_NAMES)
     check_int("plan_pipeline.batch", batch, minimum=1)
     if planner == "gpipe" and config.schedule != "gpipe":
         config = dataclasses.replace(config, schedule="gpipe")
     start = time.perf_counter()
     cm = CostModel(graph, cluster, config)
-    make, _fits = _candidates(planner, cm, batch)
-    added = getattr(make, "added_edges", ())
+    chosen = make_planner(planner, cm, batch=batch)
     best: StagePlan | None = None
     # Large micro-batches first: they usually give the best plans early, and
     # GraphPipe then skips targets that cannot beat them.
     for b in sorted(micro_batch_candidates(batch, config), reverse=True):
         bound = best.iteration_s if best is not None else float("inf")
-        for stages, degrees in make(b, bound):
+        for stages, degrees in chosen.candidates(b, bound_s=bound):
             degrees = fill_leftover_devices(cm, stages, degrees, micro_batch=b, batch=batch)
             got = assemble_plan(
-                cm, stages, degrees, micro_batch=b, batch=batch, planner=planner,
-                order_edges=added, chain=planner != "graphpipe",
+                cm, stages, degrees, micro_batch=b, batch=batch, planner=chosen.name,
+                order_edges=chosen.added_edges, chain=chosen.chain,
                 bound_s=best.iteration_s if best is not None else float("inf"),
             )  # fmt: skip
             if got is None:
@@ -221,15 +130,15 @@ def smallest_fitting_memory(
     config: PlannerConfig,
     *,
     batch: int,
-    planner: Planner = "graphpipe",
+    planner: PlannerName = "graphpipe",
     rel_tol: float = 0.01,
 ) -> float:
     """Smallest per-device memory (bytes, within ``rel_tol``) at which the planner finds a plan."""
 
     def ok(mem: float) -> bool:
         cm = CostModel(graph, dataclasses.replace(cluster, memory_bytes=mem), config)
-        _, fits = _candidates(planner, cm, batch)
-        return any(fits(b) for b in micro_batch_candidates(batch, config))
+        chosen = make_planner(planner, cm, batch=batch)
+        return any(chosen.fits(b) for b in micro_batch_candidates(batch, config))
 
     hi = max(cluster.memory_bytes, 1e6)
     while not ok(hi):

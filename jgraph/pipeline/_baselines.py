@@ -21,16 +21,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from jgraph.core import ConfigError
 from jgraph.pipeline._cost import CostModel
 
-__all__ = ["NoPlanError", "gpipe_uniform", "linearisations", "pipedream_dp", "piper_dp"]
+__all__ = ["downsets", "gpipe_uniform", "linearisations", "pipedream_dp", "piper_dp"]
 
 INF = float("inf")
-
-
-class NoPlanError(ConfigError):
-    """A planner gave up (Piper-style downset cap) or nothing fits; the message says why."""
 
 
 def linearisations(cm: CostModel) -> list[list[int]]:

@@ -10,13 +10,15 @@ fitted values, and are never tuned to reach a benchmark target: pass your own
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Literal, get_args
 
 from jgraph.core import ConfigError, check_choice, check_int, check_number
 
-__all__ = ["ClusterConfig", "PlannerConfig", "ScheduleKind"]
+__all__ = ["SCHEDULE_KINDS", "ClusterConfig", "PlannerConfig", "ScheduleKind"]
 
 ScheduleKind = Literal["1f1b", "gpipe"]
+# Derived from the Literal, so the type, the checks and the CLI choices are one list.
+SCHEDULE_KINDS: tuple[ScheduleKind, ...] = get_args(ScheduleKind)
 
 GB = 1e9
 
@@ -125,7 +127,7 @@ class PlannerConfig:
     piper_max_downsets: int = 2000
 
     def __post_init__(self) -> None:
-        check_choice("PlannerConfig.schedule", self.schedule, ("1f1b", "gpipe"))
+        check_choice("PlannerConfig.schedule", self.schedule, SCHEDULE_KINDS)
         if not isinstance(self.micro_batch_sizes, tuple):
             raise ConfigError(
                 "PlannerConfig.micro_batch_sizes",

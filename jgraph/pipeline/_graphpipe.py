@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-from typing import Any
 
 import numpy as np
 
@@ -84,7 +83,6 @@ class GraphPipeSearch:
         self.canon = Canon([nd.signature() for nd in cm.nodes], list(cm.out), self.tree)
         self.root = _sorted_tree(self.tree.root, self.canon)
         self.canon = Canon([nd.signature() for nd in cm.nodes], list(cm.out), self.tree)
-        self.suffix_keys: dict[int, list[Any]] = {}  # per series node: table keys of its suffixes
 
     @property
     def added_edges(self) -> tuple[tuple[int, int], ...]:
@@ -184,11 +182,3 @@ def _sorted_tree(node: SPNode, canon: Canon) -> SPNode:
     if node.kind == "parallel":
         kids = tuple(sorted(kids, key=lambda c: canon.range_id(c, 0, max(len(c.children) - 1, 0))))
     return SPNode(kind=node.kind, children=kids, members=node.members)
-
-
-def describe_tree(search: GraphPipeSearch) -> dict[str, Any]:
-    names = search.cm.graph.topological_order
-    return {
-        "tree": search.root.describe(names),
-        "added_edges": [(names[u], names[v]) for u, v in search.added_edges],
-    }

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from jgraph.core import check_int
+from jgraph.core import check_choice, check_int
 from jgraph.pipeline._graph import ModelGraph, Node
 
 __all__ = [
+    "MODEL_NAMES",
     "PAPER_MODELS",
     "candle_uno",
     "dlrm",
@@ -238,23 +239,34 @@ def dlrm(
     return ModelGraph(name="dlrm", nodes=tuple(nodes))
 
 
+# The four models of the paper's main evaluation.
 PAPER_MODELS = ("mmt", "dlrm", "candle_uno", "transformer")
+
+# Every model `paper_model` builds, by name (the CLI's --model choices). ``branches``
+# is read by "synthetic" only.
+_BY_NAME: dict[str, Callable[[int | None], ModelGraph]] = {
+    "mmt": lambda branches: mmt(),
+    "dlrm": lambda branches: dlrm(),
+    "candle_uno": lambda branches: candle_uno(),
+    "transformer": lambda branches: sequential_transformer(),
+    "synthetic": lambda branches: synthetic_branches(branches if branches is not None else 4),
+    # GraphPipe §7.5: two branches of 4 Transformer layers joined by a concat.
+    "case_study": lambda branches: mmt(branches=2, layers=4, name="case_study"),
+}
+MODEL_NAMES: tuple[str, ...] = tuple(_BY_NAME)
 
 
 def paper_model(name: str, *, branches: int | None = None) -> ModelGraph:
-    """A benchmark model by CLI name: mmt, dlrm, candle_uno, transformer or synthetic."""
-    from jgraph.core import check_choice
+    """A benchmark model by name (one of `MODEL_NAMES`).
 
-    check_choice("paper_model.name", name, (*PAPER_MODELS, "synthetic", "case_study"))
-    if name == "mmt":
-        return mmt()
-    if name == "dlrm":
-        return dlrm()
-    if name == "candle_uno":
-        return candle_uno()
-    if name == "transformer":
-        return sequential_transformer()
-    if name == "case_study":
-        # GraphPipe §7.5: two branches of 4 Transformer layers joined by a concat.
-        return mmt(branches=2, layers=4, name="case_study")
-    return synthetic_branches(branches if branches is not None else 4)
+    Args:
+        name: mmt, dlrm, candle_uno, transformer (the paper's models at paper
+            scale), synthetic (CANDLE-Uno-like branches) or case_study (GraphPipe
+            §7.5: two 4-layer Transformer branches joined by a concat).
+        branches: branches of ``synthetic`` (default 4); ignored by the others.
+
+    Raises:
+        ConfigError: an unknown name.
+    """
+    check_choice("paper_model.name", name, MODEL_NAMES)
+    return _BY_NAME[name](branches)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from jgraph.core import check_choice, check_int
-from jgraph.pipeline._config import ScheduleKind
+from jgraph.pipeline._config import SCHEDULE_KINDS, ScheduleKind
 
 __all__ = ["Schedule", "longest_path_to_sink", "make_schedule"]
 
@@ -183,7 +183,7 @@ def make_schedule(
         >>> s.warmup(), s.ops[:3]
         ((2, 1), (('F', ''), ('F', 'F'), ('', 'B')))
     """
-    check_choice("make_schedule.kind", kind, ("1f1b", "gpipe"))
+    check_choice("make_schedule.kind", kind, SCHEDULE_KINDS)
     check_int("make_schedule.num_microbatches", num_microbatches, minimum=1)
     succ = tuple(tuple(sorted(set(s))) for s in succs)
     depth = longest_path_to_sink(succ)

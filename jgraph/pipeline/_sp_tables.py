@@ -4,27 +4,61 @@
 bisects on the target; `SPTables` answers each probe: the table
 ``N_R[l, v]`` of every suffix range ``R`` of every SP node (fewest devices,
 ``INF`` when impossible), and the reconstruction of the stages behind an entry.
+
+What the tables read from the search is the `SearchContext` protocol (the cost
+model, the mini-batch size, the sorted SP tree and its canonical range ids);
+they never write to it: every cache they fill is their own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 
-from jgraph.pipeline._sp import SPNode
+from jgraph.pipeline._cost import CostModel
+from jgraph.pipeline._sp import Canon, SPNode
 
-__all__ = ["INF", "SPTables"]
+__all__ = ["INF", "SPTables", "SearchContext", "TableKey"]
 
 INF = 10**9
+
+# A table's key: the canonical id of a range (equal ranges share one table), the
+# root's suffixes as ("root", id) (they keep one row), or a join fold as
+# ("fold", id of the folded branches, id of the series elements after the join).
+TableKey = int | tuple[str, int] | tuple[str, int, int]
+
+
+class SearchContext(Protocol):
+    """What `SPTables` reads from the search that creates it (read-only).
+
+    Attributes:
+        cm: the cost model (graph, cluster, planner config).
+        batch: the mini-batch size ``B``.
+        root: the SP tree's root, parallel children sorted by canonical id so
+            identical branches are adjacent.
+        canon: canonical ids of the tree's child ranges.
+    """
+
+    @property
+    def cm(self) -> CostModel: ...
+
+    @property
+    def batch(self) -> int: ...
+
+    @property
+    def root(self) -> SPNode: ...
+
+    @property
+    def canon(self) -> Canon: ...
 
 
 class SPTables:
     """The DP tables of one micro-batch size; range costs cached across targets."""
 
-    def __init__(self, search: Any, micro_batch: int) -> None:
-        self.s = search
+    def __init__(self, search: SearchContext, micro_batch: int) -> None:
+        self.search = search
         cm = search.cm
         self.cm = cm
         self.b = micro_batch
@@ -33,11 +67,13 @@ class SPTables:
         self.K = min(self.m, self.D)
         self.degrees = [d for d in _powers_of_two(min(micro_batch, self.D)) if micro_batch % d == 0]
         self.gpipe = cm.config.schedule == "gpipe"
-        self.base_costs: dict[Any, tuple[np.ndarray, ...]] = {}
-        self.base_tables: dict[Any, np.ndarray] = {}
-        self.base_dmin: dict[Any, np.ndarray] = {}
-        self.tables: dict[Any, np.ndarray] = {}
-        self.min_work: dict[int, float] = {}
+        self.base_costs: dict[TableKey, tuple[np.ndarray, ...]] = {}
+        self.base_tables: dict[TableKey, np.ndarray] = {}
+        self.base_dmin: dict[TableKey, np.ndarray] = {}
+        self.tables: dict[TableKey, np.ndarray] = {}
+        self.min_work: dict[TableKey, float] = {}
+        # Per node (by id): the table keys of its suffixes i..end, kept across targets.
+        self.suffix_keys: dict[int, list[TableKey]] = {}
         # Per series node (canonical id): costs of every contiguous range of its
         # children, [i, p, degree] (kept across targets), and per target the
         # fewest devices of each range as one stage, [i, p, l].
@@ -59,7 +95,7 @@ class SPTables:
         return [v for c in node.children[i : j + 1] for v in c.members]
 
     def _base(
-        self, key: Any, node: SPNode, i: int, j: int, members: list[int] | None = None
+        self, key: TableKey, node: SPNode, i: int, j: int, members: list[int] | None = None
     ) -> np.ndarray:
         """One-stage table of a range: fewest devices per downstream depth (INF if none)."""
         got = self.base_tables.get(key)
@@ -80,7 +116,7 @@ class SPTables:
                     cut_out,
                     devices=d,
                     micro_batch=self.b,
-                    batch=self.s.batch,
+                    batch=self.search.batch,
                     inter_node=self.cm._multi_node,
                 )
                 for d in self.degrees
@@ -106,7 +142,7 @@ class SPTables:
         parallel node, a composite child of a series node), decomposed further; else one stage."""
         if i == p and (node.kind == "parallel" or node.children[i].kind != "leaf"):
             return self.suffix(node.children[i], 0)
-        return self._base(self.s.canon.range_id(node, i, p), node, i, p)
+        return self._base(self.search.canon.range_id(node, i, p), node, i, p)
 
     def suffix(self, node: SPNode, i: int) -> np.ndarray:
         """Table of children i..end of ``node`` (a leaf: the node itself)."""
@@ -125,7 +161,9 @@ class SPTables:
             self.tables[key] = self._base(key, node, i, last)
         return self.tables[key]
 
-    def _sweep_inputs(self, node: SPNode) -> tuple[np.ndarray, np.ndarray, list[Any], np.ndarray]:
+    def _sweep_inputs(
+        self, node: SPNode
+    ) -> tuple[np.ndarray, np.ndarray, list[TableKey], np.ndarray]:
         """(fewest devices [i, p, l], min work [i, p], suffix table keys, stop [i, p]).
 
         ``stop[i, p]`` is the first ``q >= p`` for which children i..q as one
@@ -134,10 +172,10 @@ class SPTables:
         last = len(node.children) - 1
         dmin_all = self._series_dmin(node)
         _, _, min_work = self._series_costs(node)
-        keys = self.s.suffix_keys.get(id(node))
+        keys = self.suffix_keys.get(id(node))
         if keys is None:
             keys = [self._table_key(node, i, last) for i in range(last + 1)]
-            self.s.suffix_keys[id(node)] = keys
+            self.suffix_keys[id(node)] = keys
         dead = (dmin_all >= INF).all(axis=2)
         stop = np.where(dead, np.arange(last + 1)[None, :], last)
         stop = np.minimum.accumulate(stop[:, ::-1], axis=1)[:, ::-1]
@@ -174,10 +212,10 @@ class SPTables:
             self.tables[keys[i]] = vals
             done[i] = vals
 
-    def _table_key(self, node: SPNode, i: int, last: int) -> Any:
-        rid = self.s.canon.range_id(node, i, last)
+    def _table_key(self, node: SPNode, i: int, last: int) -> TableKey:
+        rid = self.search.canon.range_id(node, i, last)
         # The root's suffixes are only ever read at downstream depth 0: one row.
-        return ("root", rid) if node is self.s.root else rid
+        return ("root", rid) if node is self.search.root else rid
 
     def _series_costs(self, node: SPNode) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(tps [i, p, d], first fitting degree [i, p, l], min work [i, p]) of every range i..p.
@@ -189,7 +227,7 @@ class SPTables:
         taken from there when another node priced an equal range first), so
         every code path compares the very same floats against the target.
         """
-        canon = self.s.canon
+        canon = self.search.canon
         last = len(node.children) - 1
         nid = canon.range_id(node, 0, last)
         got = self.series_costs.get(nid)
@@ -213,7 +251,7 @@ class SPTables:
             ti, tp = starts[todo], ends[todo]
             sets = (cum[tp + 1] - cum[ti]) > 0
             priced = self.cm.stage_arrays(
-                sets, micro_batch=self.b, batch=self.s.batch, degrees=self.degrees
+                sets, micro_batch=self.b, batch=self.search.batch, degrees=self.degrees
             )
             for full, part in zip((tps, static, act, work), priced, strict=True):
                 full[ti, tp] = part
@@ -246,7 +284,7 @@ class SPTables:
 
     def _series_dmin(self, node: SPNode) -> np.ndarray:
         """Fewest devices of each range i..p as one stage, per downstream depth: [i, p, l]."""
-        nid = self.s.canon.range_id(node, 0, len(node.children) - 1)
+        nid = self.search.canon.range_id(node, 0, len(node.children) - 1)
         got = self.series_dmin.get(nid)
         if got is None:
             tps, first_fit, _ = self._series_costs(node)
@@ -270,7 +308,7 @@ class SPTables:
         nodes costs ``n`` numpy passes per target instead of ``n^2``.
         """
         last = len(node.children) - 1
-        rows = 1 if node is self.s.root else self.K + 1
+        rows = 1 if node is self.search.root else self.K + 1
         dmin_all, min_work, keys, stop = self._sweep_inputs(node)
         depth_ok = self.depth_ok[:rows]
         done = np.empty((last + 1, rows, self.K + 1), dtype=np.int64)
@@ -317,7 +355,7 @@ class SPTables:
         par = node.children[i]
         last = len(node.children) - 1
         K = self.K
-        canon = self.s.canon
+        canon = self.search.canon
         dep = np.minimum(np.arange(K + 1) + 1, K)
         self._price_folds(node, i)
         for q in range(i + 1, last + 1):
@@ -339,8 +377,9 @@ class SPTables:
 
     def _price_folds(self, node: SPNode, i: int) -> None:
         """Prices every fold of `_folds` for (node, i) in one vectorised call."""
-        par, last, canon = node.children[i], len(node.children) - 1, self.s.canon
-        keys, rows = [], []
+        par, last, canon = node.children[i], len(node.children) - 1, self.search.canon
+        keys: list[TableKey] = []
+        rows: list[list[int]] = []
         for q in range(i + 1, last + 1):
             tail = self._members(node, i + 1, q)
             for k in range(len(par.children) - 1):
@@ -354,10 +393,10 @@ class SPTables:
         for r, members in enumerate(rows):
             sets[r, members] = True
         priced = self.cm.stage_arrays(
-            sets, micro_batch=self.b, batch=self.s.batch, degrees=self.degrees
+            sets, micro_batch=self.b, batch=self.search.batch, degrees=self.degrees
         )
-        for r, key in enumerate(keys):
-            self.base_costs[key] = tuple(a[r] for a in priced)
+        for r, fold_key in enumerate(keys):
+            self.base_costs[fold_key] = tuple(a[r] for a in priced)
 
     @staticmethod
     def _series_after_stage(dmin: np.ndarray, rest: np.ndarray) -> np.ndarray:
@@ -388,7 +427,7 @@ class SPTables:
         self.base_tables = {}
         self.base_dmin = {}
         self.series_dmin = {}
-        vals = self.suffix(self.s.root, 0)
+        vals = self.suffix(self.search.root, 0)
         ok = np.nonzero(vals[0] <= self.D)[0]
         if len(ok) == 0:
             return None
@@ -397,7 +436,7 @@ class SPTables:
     def reconstruct(self, ell: int, v: int) -> tuple[list[list[int]], list[int]]:
         stages: list[list[int]] = []
         degrees: list[int] = []
-        for members, d in self._emit_suffix(self.s.root, 0, ell, v):
+        for members, d in self._emit_suffix(self.search.root, 0, ell, v):
             stages.append(members)
             degrees.append(d)
         return stages, degrees
@@ -411,7 +450,7 @@ class SPTables:
             return
         want = int(self.suffix(node, i)[ell, v])
         assert want < INF, "reconstructing an infeasible state"
-        base = self._base(self.s.canon.range_id(node, i, last), node, i, last)
+        base = self._base(self.search.canon.range_id(node, i, last), node, i, last)
         if base[ell, v] == want:
             yield self._members(node, i, last), want
             return

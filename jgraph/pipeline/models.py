@@ -2,7 +2,8 @@
 
 Analytic: each layer's FLOPs, bytes and activation sizes come from its shapes, no weights
 are made (see GraphPipe Appendix A.2 for the configurations). `paper_model` looks a model up
-by the name the CLI and the benchmark use.
+by name; `MODEL_NAMES` lists every name it knows (the CLI's ``--model`` choices), of which
+`PAPER_MODELS` are the four models of the paper's main evaluation.
 
 Example:
     >>> from jgraph.pipeline.models import mmt, paper_model
@@ -11,6 +12,7 @@ Example:
     (True, 'mmt')
 """
 
+from jgraph.pipeline._models import MODEL_NAMES as MODEL_NAMES
 from jgraph.pipeline._models import PAPER_MODELS as PAPER_MODELS
 from jgraph.pipeline._models import candle_uno as candle_uno
 from jgraph.pipeline._models import dlrm as dlrm
@@ -20,6 +22,7 @@ from jgraph.pipeline._models import sequential_transformer as sequential_transfo
 from jgraph.pipeline._models import synthetic_branches as synthetic_branches
 
 __all__ = [
+    "MODEL_NAMES",
     "PAPER_MODELS",
     "candle_uno",
     "dlrm",

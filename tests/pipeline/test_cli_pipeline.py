@@ -5,6 +5,7 @@ import json
 import pytest
 
 from jgraph import cli
+from jgraph.core import ConfigError
 from jgraph.pipeline import StagePlan
 
 
@@ -52,3 +53,96 @@ def test_errors_are_one_line_exit_2(argv, expected, capsys, tmp_path):
     err = capsys.readouterr().err.strip()
     assert expected in err
     assert len(err.splitlines()) == 1
+
+
+def _pipeline_choices():
+    """{option: choices} of `jgraph pipeline`, read from the real parser."""
+    import argparse
+
+    parser = cli._build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {
+        a.option_strings[0]: tuple(a.choices)
+        for a in sub.choices["pipeline"]._actions
+        if a.option_strings and a.choices is not None
+    }
+
+
+def test_cli_choices_are_the_library_lists():
+    from jgraph.pipeline.models import MODEL_NAMES
+    from jgraph.pipeline.planners import PLANNER_NAMES, SCHEDULE_KINDS
+
+    choices = _pipeline_choices()
+    assert choices["--model"] == MODEL_NAMES
+    assert choices["--planner"] == PLANNER_NAMES
+    assert choices["--schedule"] == SCHEDULE_KINDS
+
+
+def test_every_listed_model_builds():
+    from jgraph.pipeline import ModelGraph
+    from jgraph.pipeline.models import MODEL_NAMES, PAPER_MODELS, paper_model
+
+    assert set(PAPER_MODELS) <= set(MODEL_NAMES)
+    for name in MODEL_NAMES:
+        graph = paper_model(name, branches=3)
+        assert isinstance(graph, ModelGraph)
+        assert len(graph.nodes) > 2
+    assert len(paper_model("synthetic", branches=3).nodes) < len(
+        paper_model("synthetic", branches=5).nodes
+    )
+    with pytest.raises(ConfigError, match=r"paper_model\.name='resnet': not one of 'mmt'"):
+        paper_model("resnet")
+
+
+def test_every_listed_planner_and_schedule_plans():
+    from jgraph.pipeline import ClusterConfig, PlannerConfig, plan_pipeline
+    from jgraph.pipeline._planners import _REGISTRY
+    from jgraph.pipeline.models import synthetic_branches
+    from jgraph.pipeline.planners import PLANNER_NAMES, SCHEDULE_KINDS
+
+    assert tuple(_REGISTRY) == PLANNER_NAMES
+    graph = synthetic_branches(2, layers=2)
+    for schedule in SCHEDULE_KINDS:
+        for name in PLANNER_NAMES:
+            plan = plan_pipeline(
+                graph,
+                ClusterConfig(num_devices=4),
+                PlannerConfig(schedule=schedule),
+                batch=16,
+                planner=name,
+            )
+            assert plan.planner == name
+            # The GPipe baseline always runs the GPipe schedule.
+            assert plan.schedule.kind == ("gpipe" if name == "gpipe" else schedule)
+
+
+def test_compare_prints_whole_reasons(tmp_path, capsys):
+    argv = ["pipeline", "plan", "--model", "synthetic", "--branches", "3", "--devices", "4",
+            "--batch", "16", "--out", str(tmp_path), "--no-png", "--compare",
+            "--piper-max-downsets", "5"]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert (
+        "[1] piper: no plan: the Piper-style planner hit its state cap (graph 'synthetic3' has "
+        "more downsets than that); fix: raise the cap (search time and memory grow with it) or "
+        "use the graphpipe planner\n"
+    ) in out
+
+
+def test_building_the_parser_stays_light():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom jgraph import cli\n"
+        "light = sorted(m for m in ('jgraph.pipeline', 'numpy') if m in sys.modules)\n"
+        "cli._build_parser()\n"
+        "heavy = sorted(m for m in ('matplotlib', 'jax', 'flax') if m in sys.modules)\n"
+        "print(light, heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    # Importing the CLI module imports no subsystem; building the parser reads the
+    # pipeline's vocabulary but pulls in neither plotting nor JAX.
+    assert out.stdout.strip() == "[] []"

@@ -15,3 +15,35 @@ def test_demo_writes_plans_and_charts(tmp_path):
     labels = [label for label, _ in report.rows]
     assert "mmt / graphpipe" in labels
     assert "candle_uno / pipedream" in labels
+
+
+def test_demo_shows_a_planners_whole_reason(tmp_path, monkeypatch):
+    # Small graphs and a tiny Piper state cap keep this fast and make Piper give up.
+    import jgraph.pipeline._demo as demo_module
+    from jgraph.pipeline import PlannerConfig, plan_pipeline
+    from jgraph.pipeline.models import candle_uno, mmt
+
+    config = PlannerConfig(piper_max_downsets=5)
+    monkeypatch.setattr(demo_module, "mmt", lambda: mmt(branches=2, layers=2))
+    monkeypatch.setattr(demo_module, "candle_uno", lambda: candle_uno(branches=2, layers=2))
+    monkeypatch.setattr(
+        demo_module,
+        "plan_pipeline",
+        lambda graph, cluster, **kw: plan_pipeline(graph, cluster, config, **kw),
+    )
+    rows = dict(demo(tmp_path).rows)
+    why = rows["mmt / piper"]
+    # The whole sentence and the fix, not a prefix cut mid-word.
+    assert why == (
+        "no plan: the Piper-style planner hit its state cap (graph 'mmt' has more downsets than "
+        "that); fix: raise the cap (search time and memory grow with it) or use the graphpipe "
+        "planner"
+    )
+    assert "samples/s (simulated)" in rows["mmt / graphpipe"]
+    # Rows follow the planners' order whether or not a planner found a plan.
+    assert [label for label in rows if label.startswith("mmt")] == [
+        "mmt / graphpipe",
+        "mmt / pipedream",
+        "mmt / piper",
+        "mmt / gpipe",
+    ]

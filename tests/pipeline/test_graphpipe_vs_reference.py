@@ -217,3 +217,17 @@ def test_returned_plans_fit_in_memory(memory, planner):
     assert plan.max_memory_bytes <= memory
     assert all(s.memory_bytes <= memory for s in plan.stages)
     assert plan.devices_used <= 4
+
+
+def test_tables_read_the_search_and_never_write_it():
+    # `SPTables` sees the search through the read-only `SearchContext` protocol.
+    cm = CostModel(branchy(), ClusterConfig(num_devices=4), PlannerConfig())
+    search = GraphPipeSearch(cm, batch=16)
+
+    def state():  # containers by content (a cache filled in place must show)
+        return {k: repr(v) if isinstance(v, dict | list) else v for k, v in vars(search).items()}
+
+    before = state()
+    assert search.best(micro_batch=2)
+    assert search.fits(micro_batch=4)
+    assert state() == before
