@@ -39,7 +39,7 @@ from jgraph.superopt._jaxpr import capture as capture
 from jgraph.superopt._jaxpr import superoptimize as superoptimize
 from jgraph.superopt._result import CacheWarning as CacheWarning
 from jgraph.superopt._result import SearchResult as SearchResult
-from jgraph.superopt._result import search as search
+from jgraph.superopt._search import search as search
 from jgraph.superopt._show import draw as draw
 from jgraph.superopt._show import dump as dump
 from jgraph.superopt._verify import VerifyConfig as VerifyConfig

@@ -24,7 +24,8 @@ from jgraph.core import ConfigError
 from jgraph.superopt._builder import DTensor, KernelGraphBuilder, new_kernel_graph
 from jgraph.superopt._config import SearchConfig
 from jgraph.superopt._ir import KernelGraph
-from jgraph.superopt._result import SearchResult, search
+from jgraph.superopt._result import SearchResult
+from jgraph.superopt._search import search
 
 __all__ = ["SUPPORTED_PRIMITIVES", "capture", "superoptimize"]
 
