@@ -1,4 +1,9 @@
-"""`jgraph superopt`: search μGraphs for a tensor program (Mirage)."""
+"""`jgraph superopt`: search μGraphs for a tensor program (Mirage).
+
+The flags' choices (programs, backends, map modes) and their defaults come from
+the library, which owns those vocabularies; `jgraph.superopt` imports without JAX,
+so reading them while the parser is built stays cheap.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,17 @@ from pathlib import Path
 from jgraph.cli._args import EXIT_OK, Parser, non_negative_int, positive_float, positive_int
 from jgraph.core import format_table
 
-PROGRAMS = ("gqa", "qknorm", "rmsnorm_linear", "lora", "gated_mlp", "ntrans")
-
 
 def _sizes(text: str) -> int:
     return non_negative_int(text, " (0 keeps every size)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from jgraph.superopt import SearchConfig
+    from jgraph.superopt.config import BACKENDS, MAP_MODES
+    from jgraph.superopt.programs import PROGRAMS
+
+    defaults = SearchConfig()
     help_ = "search μGraphs for a tensor program (Mirage)"
     p = sub.add_parser("superopt", help=help_, description=help_)
     actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser, required=True)
@@ -35,8 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="divide the large dims (1 = the spec's shapes)",
     )
-    run_p.add_argument("--maps", choices=("derived", "mirage"), default="derived")
-    run_p.add_argument("--backend", choices=("cuda", "h100", "tpu"), default="h100")
+    run_p.add_argument("--maps", choices=MAP_MODES, default=defaults.maps)
+    run_p.add_argument("--backend", choices=BACKENDS, default=defaults.backend)
     run_p.add_argument("--tests", type=positive_int, default=3, help="random field tests")
     run_p.add_argument("--max-kernel-ops", type=positive_int, default=3)
     run_p.add_argument(

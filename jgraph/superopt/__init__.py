@@ -12,8 +12,13 @@ and is the float reference for the Pallas lowering (a later issue).
 
 Public submodules: `jgraph.superopt.ir` (the μGraph IR and builders),
 `jgraph.superopt.programs` (Mirage's six benchmark programs, hand-written
-μGraphs), `jgraph.superopt.verify` (the verifier, number systems, mutants) and
-`jgraph.superopt.cost` (the analytic cost model).
+μGraphs), `jgraph.superopt.verify` (the verifier, number systems, mutants),
+`jgraph.superopt.cost` (the analytic cost model) and `jgraph.superopt.config`
+(the values of the config's string settings: backends, map modes).
+
+Importing it does not import JAX (only `capture`, `superoptimize`, `jax_function`,
+the programs' jnp references and `demo` need it), so the CLI can read the
+vocabularies above when it builds its parser.
 
 Example:
     >>> import jax.numpy as jnp
@@ -39,7 +44,7 @@ from jgraph.superopt._jaxpr import capture as capture
 from jgraph.superopt._jaxpr import superoptimize as superoptimize
 from jgraph.superopt._result import CacheWarning as CacheWarning
 from jgraph.superopt._result import SearchResult as SearchResult
-from jgraph.superopt._result import search as search
+from jgraph.superopt._search import search as search
 from jgraph.superopt._show import draw as draw
 from jgraph.superopt._show import dump as dump
 from jgraph.superopt._verify import VerifyConfig as VerifyConfig

@@ -189,7 +189,7 @@ class KernelGraphBuilder(_Ops):
         self, config: SearchConfig | None = None, *, name: str = "program"
     ) -> SearchResult:
         """Searches verified μGraphs equivalent to this graph (see `jgraph.superopt.search`)."""
-        from jgraph.superopt._result import search
+        from jgraph.superopt._search import search
 
         return search(self.graph, config=config, name=name)
 

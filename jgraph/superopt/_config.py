@@ -1,18 +1,39 @@
-"""Search configuration: bounds, limits, schedule mode, backend and verification."""
+"""Search configuration: bounds, limits, schedule mode, backend and verification.
+
+The string modes are `Literal` types, and their value lists are derived from them
+(`BACKENDS`, `MAP_MODES`), so the config's check, the CLI's choices and
+`SMEM_BUDGET` cannot drift apart.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from collections.abc import Mapping
+from typing import Literal, get_args
 
 from jgraph.core import check_choice, check_int, check_number
 from jgraph.superopt._verify import VerifyConfig
 
-__all__ = ["SMEM_BUDGET", "SearchConfig"]
+__all__ = ["BACKENDS", "MAP_MODES", "SMEM_BUDGET", "Backend", "MapMode", "SearchConfig"]
+
+Backend = Literal["cuda", "h100", "tpu"]
+"""The target whose shared memory per block bounds the tiles (`SMEM_BUDGET`)."""
+
+MapMode = Literal["derived", "mirage"]
+"""How grid/for-loop maps are chosen: derived from the shapes, or Mirage's fixed lists."""
+
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
+MAP_MODES: tuple[MapMode, ...] = get_args(MapMode)
 
 # Shared memory per block: Mirage's CUDA budget, an H100's opt-in maximum, and
 # a conservative scoped-VMEM share on TPU.
-SMEM_BUDGET = {"cuda": 96 * 1024, "h100": 227 * 1024, "tpu": 16 * 1024 * 1024}
+SMEM_BUDGET: Mapping[Backend, int] = {
+    "cuda": 96 * 1024,
+    "h100": 227 * 1024,
+    "tpu": 16 * 1024 * 1024,
+}
+# A backend without a budget would pass the config's check and fail in the search.
+assert tuple(SMEM_BUDGET) == BACKENDS, (tuple(SMEM_BUDGET), BACKENDS)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -55,8 +76,8 @@ class SearchConfig:
     max_block_outputs: int = 2
     sizes_per_mapping: int = 2
     require_live_operand: bool = True
-    maps: Literal["derived", "mirage"] = "derived"
-    backend: Literal["cuda", "h100", "tpu"] = "h100"
+    maps: MapMode = "derived"
+    backend: Backend = "h100"
     pruning: bool = True
     verify_all: bool = False
     verify: VerifyConfig = dataclasses.field(default_factory=VerifyConfig)
@@ -76,8 +97,8 @@ class SearchConfig:
         check_int("SearchConfig.max_block_inputs", self.max_block_inputs, minimum=1, maximum=6)
         check_int("SearchConfig.max_block_outputs", self.max_block_outputs, minimum=1, maximum=4)
         check_int("SearchConfig.sizes_per_mapping", self.sizes_per_mapping, minimum=0)
-        check_choice("SearchConfig.maps", self.maps, ("derived", "mirage"))
-        check_choice("SearchConfig.backend", self.backend, tuple(SMEM_BUDGET))
+        check_choice("SearchConfig.maps", self.maps, MAP_MODES)
+        check_choice("SearchConfig.backend", self.backend, BACKENDS)
 
     @property
     def smem_budget(self) -> int:

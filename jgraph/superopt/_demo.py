@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jgraph.core import DemoReport, atomic_write_json, atomic_write_text
@@ -14,10 +13,15 @@ from jgraph.superopt._jaxpr import superoptimize
 from jgraph.superopt._programs import is_known_good
 from jgraph.superopt._show import draw, dump
 
+if TYPE_CHECKING:
+    import jax
+
 __all__ = ["demo"]
 
 
 def _rmsnorm_linear(x: jax.Array, w: jax.Array) -> jax.Array:
+    import jax.numpy as jnp
+
     return (x / jnp.sqrt(jnp.mean(x * x, axis=-1, keepdims=True))) @ w
 
 
@@ -30,6 +34,10 @@ def demo(out_dir: Path) -> DemoReport:
     (H100 model) cost against the XLA candidate. Writes the μGraph as text,
     JSON and PNG.
     """
+    # JAX is imported here, not at module level, so `import jgraph.superopt` stays light.
+    import jax
+    import jax.numpy as jnp
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     x = jnp.zeros((2, 4096), jnp.float16)

@@ -12,9 +12,6 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-
 from jgraph.superopt._interp import evaluate
 from jgraph.superopt._ir import KernelGraph
 from jgraph.superopt._ring import FloatRing
@@ -34,6 +31,10 @@ def jax_function(graph: KernelGraph) -> Callable[..., list[Any]]:
         >>> jax_function(prog.graph)(*xs)[0].shape
         (2, 384)
     """
+    # JAX is imported here, not at module level, so `import jgraph.superopt` stays light.
+    import jax
+    import jax.numpy as jnp
+
     graph.validate()
     ring = FloatRing(jnp.float32, jnp.float32, jnp)
 

@@ -16,15 +16,14 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import numpy as np
-from jax.extend.core import Literal
 
 from jgraph.core import ConfigError
 from jgraph.superopt._builder import DTensor, KernelGraphBuilder, new_kernel_graph
 from jgraph.superopt._config import SearchConfig
 from jgraph.superopt._ir import KernelGraph
-from jgraph.superopt._result import SearchResult, search
+from jgraph.superopt._result import SearchResult
+from jgraph.superopt._search import search
 
 __all__ = ["SUPPORTED_PRIMITIVES", "capture", "superoptimize"]
 
@@ -58,10 +57,14 @@ def _unsupported(name: str, why: str = "") -> ConfigError:
 
 class _Capture:
     def __init__(self, g: KernelGraphBuilder) -> None:
+        # JAX is imported here, not at module level, so `import jgraph.superopt` stays light.
+        from jax.extend.core import Literal
+
         self.g = g
+        self._literal = Literal
 
     def read(self, env: dict[Any, _V], v: Any) -> _V:
-        if isinstance(v, Literal):
+        if isinstance(v, self._literal):
             return _V(const=float(np.asarray(v.val)))
         return env[v]
 
@@ -178,6 +181,8 @@ def capture(fn: Callable[..., Any], *example_args: Any) -> KernelGraph:
         >>> [op.kind for op in g.ops]
         ['exp', 'matmul']
     """
+    import jax  # here, not at module level, so `import jgraph.superopt` stays light
+
     closed = jax.make_jaxpr(fn)(*example_args)
     g = new_kernel_graph()
     args = []

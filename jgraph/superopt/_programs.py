@@ -13,9 +13,6 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-
 from jgraph.core import check_choice, check_int
 from jgraph.superopt._builder import new_kernel_graph
 from jgraph.superopt._ir import KernelGraph
@@ -35,16 +32,18 @@ class Program:
     shapes: tuple[tuple[int, ...], ...]
 
 
-def _attention(q: Any, k: Any, v: Any) -> Any:
-    e = jnp.exp(jnp.matmul(q, k))
-    return jnp.matmul(e / jnp.sum(e, axis=-1, keepdims=True), v)
-
-
-def _rms(x: Any) -> Any:
-    return x / jnp.sqrt(jnp.mean(x * x, axis=-1, keepdims=True))
-
-
 def _fns() -> dict[str, Callable[..., Any]]:
+    # JAX is imported here, not at module level, so `import jgraph.superopt` stays light.
+    import jax
+    import jax.numpy as jnp
+
+    def _attention(q: Any, k: Any, v: Any) -> Any:
+        e = jnp.exp(jnp.matmul(q, k))
+        return jnp.matmul(e / jnp.sum(e, axis=-1, keepdims=True), v)
+
+    def _rms(x: Any) -> Any:
+        return x / jnp.sqrt(jnp.mean(x * x, axis=-1, keepdims=True))
+
     return {
         "gqa": _attention,
         "qknorm": lambda q, k, v: _attention(_rms(q), k, _rms(v)),

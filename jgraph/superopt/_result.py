@@ -1,4 +1,4 @@
-"""`search`: the entry point, with the on-disk cache, and its `SearchResult`.
+"""`SearchResult` (what `jgraph.superopt.search` returns) and its on-disk cache.
 
 The cache key is a SHA-256 of the program's μGraph JSON (which holds shapes and
 dtypes), the backend, the result-relevant search settings and the jgraph
@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,14 +20,11 @@ from jgraph._version import __version__
 from jgraph.core import atomic_write_json
 from jgraph.superopt._candidate import Candidate, SearchStats
 from jgraph.superopt._config import SearchConfig
-from jgraph.superopt._cost import Cost, CostModel
+from jgraph.superopt._cost import Cost
 from jgraph.superopt._ir import KernelGraph
-from jgraph.superopt._search import run_search
 from jgraph.superopt._verify import Verdict, Verifier
 
-__all__ = ["CacheWarning", "SearchResult", "cache_key", "search"]
-
-log = logging.getLogger(__name__)
+__all__ = ["CacheWarning", "SearchResult", "cache_key", "cache_path", "load_cached", "store"]
 
 
 class CacheWarning(UserWarning):
@@ -124,7 +119,17 @@ def cache_key(reference: KernelGraph, config: SearchConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def _load(path: Path, reference: KernelGraph, verifier: Verifier) -> SearchResult | None:
+def cache_path(cache_dir: str | Path, reference: KernelGraph, config: SearchConfig) -> Path:
+    """The cache file of (program, settings) in ``cache_dir``."""
+    return Path(cache_dir) / f"superopt-{cache_key(reference, config)}.json"
+
+
+def load_cached(path: Path, reference: KernelGraph, verifier: Verifier) -> SearchResult | None:
+    """The cached result at ``path``, or None (missing, or unusable: a `CacheWarning`).
+
+    A result is used only if it is for ``reference`` and its best candidate passes
+    ``verifier`` again, so a tampered file cannot inject a wrong μGraph.
+    """
     if not path.exists():
         return None
     try:
@@ -143,54 +148,6 @@ def _load(path: Path, reference: KernelGraph, verifier: Verifier) -> SearchResul
     return result
 
 
-def search(
-    reference: KernelGraph,
-    *,
-    config: SearchConfig | None = None,
-    name: str = "program",
-    cache_dir: str | Path | None = None,
-    show_progress: bool | None = None,
-) -> SearchResult:
-    """Superoptimizes a μGraph: bounded search, verification, cost ranking, caching.
-
-    Args:
-        reference: the program (usually all pre-defined ops), e.g. from
-            `new_kernel_graph` or `superoptimize`'s jaxpr capture.
-        config: bounds, limits, backend, verification; defaults to `SearchConfig()`.
-        name: a label for logs and the result.
-        cache_dir: where results are cached (None: no cache).
-        show_progress: force the progress bar on or off (None: when stderr is a tty).
-
-    Returns:
-        A `SearchResult` whose candidates are sorted by model cost; it always
-        holds the XLA (reference) candidate.
-
-    Example:
-        >>> from jgraph.superopt import SearchConfig
-        >>> from jgraph.superopt.programs import get_program
-        >>> prog = get_program("rmsnorm_linear", scale=16)
-        >>> res = search(prog.graph, config=SearchConfig(time_limit_s=60, max_kernel_ops=1))
-        >>> res.best.label, res.best.graph.ops[0].kind
-        ('search', 'customized')
-    """
-    config = config or SearchConfig()
-    reference = reference.validate()
-    verifier = Verifier(reference, config.verify)
-    path = Path(cache_dir) / f"superopt-{cache_key(reference, config)}.json" if cache_dir else None
-    if path is not None:
-        cached = _load(path, reference, verifier)
-        if cached is not None:
-            log.info("superopt cache hit: %s", path)
-            return cached
-    start = time.perf_counter()
-    xla_verdict = verifier.check(reference)
-    if not xla_verdict.ok:  # the reference equals itself; anything else is a bug
-        raise AssertionError(f"the reference failed its own verification: {xla_verdict}")
-    xla = Candidate(graph=reference, cost=CostModel()(reference), verdict=xla_verdict, label="xla")
-    found, stats = run_search(reference, config, verifier, show_progress=show_progress)
-    cands = sorted([xla, *found], key=lambda c: (c.cost.estimated_us, c.label != "xla"))
-    stats = dataclasses.replace(stats, seconds=time.perf_counter() - start)
-    result = SearchResult(name=name, reference=reference, candidates=tuple(cands), stats=stats)
-    if path is not None:
-        atomic_write_json(path, result.to_json())
-    return result
+def store(path: Path, result: SearchResult) -> None:
+    """Writes ``result`` (verified candidates only) to ``path`` atomically."""
+    atomic_write_json(path, result.to_json())

@@ -1,6 +1,19 @@
 """`jgraph superopt run`."""
 
-from jgraph.cli import main
+import subprocess
+import sys
+import typing
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jgraph.cli import _superopt, main
+from jgraph.superopt import SearchConfig, evaluate
+from jgraph.superopt.config import BACKENDS, MAP_MODES, SMEM_BUDGET
+from jgraph.superopt.programs import PROGRAMS, get_program
+from jgraph.testing import assert_trees_close
 
 
 def test_run_prints_the_best_mugraph_and_its_cost(tmp_path, capsys):
@@ -46,3 +59,53 @@ def test_negative_sizes_per_mapping_is_a_usage_error(capsys):
     code = main(["superopt", "run", "--program", "gqa", "--sizes-per-mapping", "-1"])
     assert code == 2
     assert "--sizes-per-mapping" in capsys.readouterr().err
+
+
+# -- one owner per vocabulary: the CLI's choices are the library's --------------------
+
+
+def test_choices_are_the_library_vocabularies(capsys):
+    assert main(["superopt", "run", "--help"]) == 0
+    usage = " ".join(capsys.readouterr().out.split())  # argparse may wrap the usage
+    assert f"--program {{{','.join(PROGRAMS)}}}" in usage
+    assert f"--maps {{{','.join(MAP_MODES)}}}" in usage
+    assert f"--backend {{{','.join(BACKENDS)}}}" in usage
+
+
+def test_defaults_are_the_search_config_defaults(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(_superopt, "run", lambda args: seen.update(vars(args)) or 0)
+    assert main(["superopt", "run", "--program", "gqa"]) == 0
+    assert (seen["maps"], seen["backend"]) == (SearchConfig().maps, SearchConfig().backend)
+
+
+def test_vocabularies_have_one_source_in_the_library():
+    hints = typing.get_type_hints(SearchConfig)
+    assert typing.get_args(hints["backend"]) == BACKENDS == tuple(SMEM_BUDGET)
+    assert typing.get_args(hints["maps"]) == MAP_MODES
+    for backend in BACKENDS:
+        assert SearchConfig(backend=backend).smem_budget == SMEM_BUDGET[backend]
+
+
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_every_listed_program_builds(name):
+    prog = get_program(name, scale=16)
+    assert prog.name == name
+    assert tuple(s.shape for s in prog.graph.validate().inputs) == prog.shapes
+    xs = [np.random.default_rng(0).standard_normal(s) * 0.5 for s in prog.shapes]
+    with jax.enable_x64(True):
+        want = np.asarray(prog.fn(*[jnp.asarray(x) for x in xs]))
+    assert_trees_close(evaluate(prog.graph, xs)[0], want, kind="forward")
+
+
+def test_building_the_parser_reads_the_vocabularies_without_heavy_imports():
+    code = (
+        "import argparse, sys\n"
+        "from jgraph.cli import _superopt\n"
+        "_superopt.register(argparse.ArgumentParser().add_subparsers())\n"
+        "print(sorted(m for m in ('jax', 'egglog', 'matplotlib') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]"

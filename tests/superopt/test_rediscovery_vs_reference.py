@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from jgraph.superopt import SearchConfig, VerifyConfig, evaluate, search
-from jgraph.superopt._search import _Searcher
+from jgraph.superopt._kernel_search import _Searcher
 from jgraph.superopt.programs import get_program, handwritten, is_known_good
 from jgraph.superopt.verify import Verifier, mutants
 from jgraph.testing import assert_trees_close

@@ -11,7 +11,7 @@ import pytest
 
 from jgraph.core import ConfigError
 from jgraph.superopt import CacheWarning, SearchConfig, VerifyConfig, evaluate, search
-from jgraph.superopt._search import enumerate_dags
+from jgraph.superopt._canonical import enumerate_dags
 from jgraph.superopt.programs import get_program, is_known_good
 from jgraph.superopt.verify import Verifier
 from jgraph.testing import assert_trees_close
