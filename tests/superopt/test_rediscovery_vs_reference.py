@@ -30,7 +30,15 @@ _CASES = {
 }
 
 
-@pytest.fixture(scope="module", params=sorted(_CASES))
+# GQA and QKNorm need ~200k states each (minutes on 2 loaded cores): `slow`; the other three
+# programs keep the search, the verifier and the float64/jnp comparison in `make test-fast`.
+_SLOW = ("gqa", "qknorm")
+
+
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(n, marks=pytest.mark.slow) if n in _SLOW else n for n in sorted(_CASES)],
+)
 def found(request):
     name = request.param
     batch, scale, kernels, states, verify_all = _CASES[name]
