@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from jgraph._version import __version__
-from jgraph.cli._args import EXIT_FAILED, EXIT_OK
+from jgraph.cli._args import EXIT_FAILED, EXIT_OK, make_output_dir, output_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,10 +25,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=[part.name for part in PARTS],
         help="run only this part (repeatable)",
     )
-    p.add_argument("--out", type=Path, help="folder for artifacts (default: a new temp folder)")
+    p.add_argument(
+        "--out", type=output_dir, help="folder for artifacts (default: a new temp folder)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        make_output_dir(args.out, "--out")
     import jax
     from rich.console import Console
     from rich.table import Table

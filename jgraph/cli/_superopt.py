@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from jgraph.cli._args import EXIT_OK, Parser, non_negative_int, positive_float, positive_int
+from jgraph.cli._args import (
+    EXIT_OK,
+    Parser,
+    int_in,
+    make_output_dir,
+    non_negative_int,
+    output_dir,
+    positive_float,
+)
 from jgraph.core import format_table
 
 PROGRAMS = ("gqa", "qknorm", "rmsnorm_linear", "lora", "gated_mlp", "ntrans")
@@ -13,6 +20,15 @@ PROGRAMS = ("gqa", "qknorm", "rmsnorm_linear", "lora", "gated_mlp", "ntrans")
 
 def _sizes(text: str) -> int:
     return non_negative_int(text, " (0 keeps every size)")
+
+
+# Upper bounds. The inputs grow linearly with --batch, and verification with them
+# (rmsnorm_linear: 17 s and 1.8 GB at batch 8, 78 s and 2.8 GB at 512); the paper uses 1
+# and 8. The others are SearchConfig's, VerifyConfig's and get_program's own limits.
+_BATCH = int_in(1, 64, "verification time and memory grow with it; the paper uses 1 and 8")
+_SCALE = int_in(1, 16, "get_program's limit; 16 already shrinks the 64-wide dims to 4")
+_TESTS = int_in(1, 64, "VerifyConfig's limit")
+_KERNEL_OPS = int_in(1, 8, "SearchConfig's limit; the space grows exponentially with it")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,18 +43,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     run_p.set_defaults(handler=run)
     run_p.add_argument("--program", choices=PROGRAMS, required=True)
-    run_p.add_argument("--batch", type=positive_int, default=8)
+    run_p.add_argument("--batch", type=_BATCH, default=8)
     run_p.add_argument("--time-limit", type=positive_float, default=600.0, help="seconds")
     run_p.add_argument(
         "--scale",
-        type=positive_int,
+        type=_SCALE,
         default=1,
         help="divide the large dims (1 = the spec's shapes)",
     )
     run_p.add_argument("--maps", choices=("derived", "mirage"), default="derived")
     run_p.add_argument("--backend", choices=("cuda", "h100", "tpu"), default="h100")
-    run_p.add_argument("--tests", type=positive_int, default=3, help="random field tests")
-    run_p.add_argument("--max-kernel-ops", type=positive_int, default=3)
+    run_p.add_argument("--tests", type=_TESTS, default=3, help="random field tests")
+    run_p.add_argument("--max-kernel-ops", type=_KERNEL_OPS, default=3)
     run_p.add_argument(
         "--sizes-per-mapping",
         type=_sizes,
@@ -50,11 +66,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also explore ops that read only already-read tensors (the full space)",
     )
-    run_p.add_argument("--out", type=Path, default=None, help="folder for the PNG, text and JSON")
-    run_p.add_argument("--cache-dir", type=Path, default=None, help="reuse/store verified results")
+    run_p.add_argument(
+        "--out", type=output_dir, default=None, help="folder for the PNG, text and JSON"
+    )
+    run_p.add_argument(
+        "--cache-dir", type=output_dir, default=None, help="reuse/store verified results"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    for flag, folder in (("--out", args.out), ("--cache-dir", args.cache_dir)):
+        if folder is not None:
+            make_output_dir(folder, flag)
     from jgraph.core import atomic_write_json, atomic_write_text
     from jgraph.superopt import SearchConfig, VerifyConfig, draw, dump, search
     from jgraph.superopt.programs import get_program, is_known_good
