@@ -18,7 +18,7 @@ from typing import Literal
 
 from jgraph.core import DemoReport
 
-__all__ = ["PARTS", "DemoOutcome", "DemoPart", "run_demo"]
+__all__ = ["PARTS", "DemoOutcome", "DemoPart", "part_names", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,11 @@ PARTS: tuple[DemoPart, ...] = (
 )
 
 
+def part_names() -> tuple[str, ...]:
+    """The names `run_demo(only=...)` and ``jgraph demo --only`` accept."""
+    return tuple(part.name for part in PARTS)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DemoOutcome:
     """How one part went: ``ok`` with its report, ``not_built``, or ``failed``."""
@@ -103,7 +108,7 @@ def run_demo(out_dir: Path, *, only: Sequence[str] = ()) -> list[DemoOutcome]:
         >>> outcomes[0].part.name
         'tflite'
     """
-    names = [p.name for p in PARTS]
+    names = part_names()
     unknown = [n for n in only if n not in names]
     if unknown:
         raise ValueError(f"unknown demo part(s) {unknown}; choose from {', '.join(names)}")

@@ -7,12 +7,10 @@ import tempfile
 from pathlib import Path
 
 from jgraph._version import __version__
-from jgraph.cli._args import EXIT_FAILED, EXIT_OK
+from jgraph.cli._args import EXIT_FAILED, EXIT_OK, LibraryChoices, make_output_dir, output_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from jgraph._demo import PARTS
-
     p = sub.add_parser(
         "demo",
         help="CPU tour of the four subsystems",
@@ -22,13 +20,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--only",
         action="append",
-        choices=[part.name for part in PARTS],
-        help="run only this part (repeatable)",
+        choices=LibraryChoices("jgraph._demo", "part_names"),
+        metavar="PART",
+        help="run only this part (repeatable): %(choices)s",
     )
-    p.add_argument("--out", type=Path, help="folder for artifacts (default: a new temp folder)")
+    p.add_argument(
+        "--out", type=output_dir, help="folder for artifacts (default: a new temp folder)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        make_output_dir(args.out, "--out")
     import jax
     from rich.console import Console
     from rich.table import Table

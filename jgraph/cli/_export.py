@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from jgraph.cli._args import existing_dir, not_built
+from jgraph.cli._args import existing_dir, not_built, output_file, probe_output_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,9 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-tflite", help=help_, description=help_)
     p.set_defaults(handler=run)
     p.add_argument("--checkpoint", type=existing_dir, required=True)
-    p.add_argument("--out", type=Path, required=True, help="destination .tflite file")
+    p.add_argument("--out", type=output_file, required=True, help="destination .tflite file")
 
 
 def run(args: argparse.Namespace) -> int:
-    del args
+    probe_output_file(args.out, "--out")
     return not_built("TFLite export", "a later issue")

@@ -6,7 +6,21 @@ import argparse
 import re
 from pathlib import Path
 
-from jgraph.cli._args import EXIT_OK, positive_float, positive_int
+from jgraph.cli._args import (
+    EXIT_OK,
+    LibraryChoices,
+    UsageError,
+    int_in,
+    make_output_dir,
+    non_negative_float,
+    output_dir,
+    positive_float,
+)
+
+# The library owns these names; read when a flag is validated or its help printed.
+MODELS = LibraryChoices("jgraph.pipeline.models", "MODEL_NAMES")
+PLANNERS = LibraryChoices("jgraph.pipeline.planners", "PLANNER_NAMES")
+SCHEDULES = LibraryChoices("jgraph.pipeline.planners", "SCHEDULE_KINDS")
 
 _UNITS = {
     "": 1e9,
@@ -24,23 +38,36 @@ _UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
 
 def memory_size(text: str) -> float:
     """'16GB', '16GiB', '512MB' or a bare number of GB -> bytes."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    m = re.fullmatch(r"\s*([-+]?[0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
     unit = m.group(2).lower() if m else ""
     if not m or unit not in _UNITS:
         raise argparse.ArgumentTypeError(f"{text!r} is not a memory size; pass e.g. 16GB or 32GiB")
     value = float(m.group(1)) * _UNITS[unit]
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be > 0")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"{text.strip()[:60]} must be > 0 and finite; pass e.g. 16GB or 32GiB"
+        )
     return value
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    # The choices are the library's own lists (one owner each). jgraph.pipeline
-    # costs numpy at import, not matplotlib or jax; importing it here keeps
-    # `import jgraph.cli` itself free of it.
-    from jgraph.pipeline.models import MODEL_NAMES
-    from jgraph.pipeline.planners import PLANNER_NAMES, SCHEDULE_KINDS
+# Upper bounds where memory or time follows from a flag (measured on one busy CPU core).
+# The simulated schedule holds 2 ops per micro-batch per stage, so memory and time grow
+# with batch / micro-batch x stages: micro-batch 1 on 64 devices at batch 2**16 (2**22)
+# took ~1 min and 1.5 GB, and batch 10**15 ran out of memory. `_check` caps the product
+# at 2**20 (that worst case then takes ~7 s and 0.45 GB), assuming micro-batch 1 unless
+# --micro-batch is set (the planner may pick it).
+_MAX_SCHEDULE_OPS = 2**20
+_BATCH = int_in(1, 2**20, "the simulated schedule holds every micro-batch")
+_DEVICES = int_in(1, 4096, "ClusterConfig's limit")
+_PER_NODE = int_in(1, 4096, "at most the largest --devices")
+# Planning time (the series-parallel decomposition) grows steeply with branches: 64 (323
+# nodes) plan in 8-23 s, 128 in 16 s when a plan fits and ~2 min when none does.
+_BRANCHES = int_in(1, 64, "planning time grows steeply with the number of branches")
+# The Piper DP compares pairs of downsets: MMT with a cap of 20000 ran > 200 s and 0.5 GB.
+_DOWNSETS = int_in(1, 10_000, "the Piper-style DP is quadratic in the number of downsets")
 
+
+def register(sub: argparse._SubParsersAction) -> None:
     help_ = "plan graph pipeline parallelism (GraphPipe)"
     p = sub.add_parser(
         "pipeline",
@@ -49,9 +76,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(handler=run)
     p.add_argument("action", nargs="?", choices=("plan",), default="plan", help="plan (default)")
-    p.add_argument("--model", choices=MODEL_NAMES, required=True, help="model to partition")
-    p.add_argument("--branches", type=positive_int, default=4, help="branches of --model synthetic")
-    p.add_argument("--devices", type=positive_int, default=8, help="number of devices")
+    p.add_argument(
+        "--model", choices=MODELS, metavar="MODEL", required=True, help="model to plan: %(choices)s"
+    )
+    p.add_argument("--branches", type=_BRANCHES, default=4, help="branches of --model synthetic")
+    p.add_argument("--devices", type=_DEVICES, default=8, help="number of devices")
     p.add_argument(
         "--memory",
         "--memory-gb",
@@ -60,17 +89,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=16e9,
         help="memory per device, e.g. 16GB (bare numbers are GB; default 16GB, a V100)",
     )
-    p.add_argument("--batch", type=positive_int, default=128, help="global mini-batch size")
-    p.add_argument("--planner", choices=PLANNER_NAMES, default="graphpipe")
+    p.add_argument("--batch", type=_BATCH, default=128, help="global mini-batch size")
+    p.add_argument(
+        "--planner",
+        choices=PLANNERS,
+        metavar="PLANNER",
+        default="graphpipe",
+        help="one of %(choices)s",
+    )
     p.add_argument("--compare", action="store_true", help="also run every baseline planner")
-    p.add_argument("--schedule", choices=SCHEDULE_KINDS, default="1f1b")
+    p.add_argument(
+        "--schedule", choices=SCHEDULES, metavar="KIND", default="1f1b", help="one of %(choices)s"
+    )
     p.add_argument(
         "--micro-batch",
-        type=positive_int,
+        type=_BATCH,
         action="append",
         help="only this micro-batch size (repeatable)",
     )
-    p.add_argument("--devices-per-node", type=positive_int, default=4)
+    p.add_argument("--devices-per-node", type=_PER_NODE, default=4)
     p.add_argument(
         "--peak-tflops", type=positive_float, help="per device (default: V100 FP32, 15.7)"
     )
@@ -81,14 +118,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--inter-gbps", type=positive_float, help="inter-node link GB/s (default 12.5, EDR IB)"
     )
-    p.add_argument("--intra-alpha-us", type=float, help="intra-node latency in us (default 5)")
-    p.add_argument("--inter-alpha-us", type=float, help="inter-node latency in us (default 10)")
-    p.add_argument("--piper-max-downsets", type=positive_int, default=2000)
-    p.add_argument("--out", type=Path, default=Path("."), help="folder for the plan JSON and PNG")
+    p.add_argument(
+        "--intra-alpha-us", type=non_negative_float, help="intra-node latency in us (default 5)"
+    )
+    p.add_argument(
+        "--inter-alpha-us", type=non_negative_float, help="inter-node latency in us (default 10)"
+    )
+    p.add_argument("--piper-max-downsets", type=_DOWNSETS, default=2000)
+    p.add_argument(
+        "--out", type=output_dir, default=Path("."), help="folder for the plan JSON and PNG"
+    )
     p.add_argument("--no-png", action="store_true", help="skip the Gantt chart")
 
 
+def _check(args: argparse.Namespace) -> None:
+    ops = args.batch // min(args.micro_batch or [1]) * args.devices
+    if ops > _MAX_SCHEDULE_OPS:
+        raise UsageError(
+            f"jgraph pipeline: error: --batch {args.batch} / --micro-batch "
+            f"{min(args.micro_batch or [1])} x --devices {args.devices} = {ops} is above the limit "
+            f"{_MAX_SCHEDULE_OPS} (the simulated schedule's memory grows with it); pass a smaller "
+            "--batch or --devices, or a larger --micro-batch"
+        )
+    make_output_dir(args.out, "--out")
+
+
 def run(args: argparse.Namespace) -> int:
+    _check(args)
     import dataclasses
 
     from jgraph.core import atomic_write_text, format_table

@@ -3,16 +3,48 @@
 from __future__ import annotations
 
 import argparse
+import zipfile
 from pathlib import Path
 from typing import Any
 
-from jgraph.cli._args import EXIT_OK, LibraryChoices, Parser, bits, positive_float, positive_int
+from jgraph.cli._args import (
+    EXIT_OK,
+    LibraryChoices,
+    Parser,
+    bits,
+    input_path,
+    int_in,
+    make_output_dir,
+    output_dir,
+    positive_float,
+    regex,
+)
 
 # The library owns these names; LibraryChoices imports jgraph.quant only when a flag needs them.
 MODELS = LibraryChoices("jgraph.quant.recipes", "MODEL_NAMES")
 DATASETS = LibraryChoices("jgraph.quant.recipes", "BUNDLED_DATASETS")
 PRESETS = LibraryChoices("jgraph.quant.recipes", "RECIPE_PRESETS")
 INITS = LibraryChoices("jgraph.quant.recipes", "INIT_METHODS")
+
+# Upper bounds. A step's memory follows the batch (capped at the training set's size,
+# so it bites on large image folders); 4096 is far above the recipes' 64-128. Epochs
+# cost time only (steps are counted in int32); 10000 is far beyond any recipe.
+_EPOCHS = int_in(1, 10_000, "time grows with it; the recipes use 15-30")
+_BATCH_SIZE = int_in(1, 4096, "a step's memory grows with it; the recipes use 64-128")
+_SEED = int_in(0, 2**32 - 1, "seeds are 32-bit")
+
+
+def _data(text: str) -> Path:
+    """``--data``: a .npz file (a zip archive) or a folder; its contents are the loader's check."""
+    path = input_path(text)
+    if path.is_dir():
+        return path
+    if path.suffix != ".npz" or not zipfile.is_zipfile(path):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a .npz file; pass one written by numpy.savez, or a folder with "
+            "one sub-folder of images per class"
+        )
+    return path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,14 +71,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     train.add_argument(
         "--data",
-        type=Path,
+        type=_data,
         help="your own data instead of --dataset: a .npz (x_train/y_train/x_test/y_test or "
         "x/y) or a folder with one sub-folder of images per class",
     )
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--fp-epochs", type=positive_int, default=30)
-    train.add_argument("--epochs", type=positive_int, default=15, help="DGMS epochs")
-    train.add_argument("--batch-size", type=positive_int, default=64)
+    train.add_argument("--seed", type=_SEED, default=0)
+    train.add_argument("--fp-epochs", type=_EPOCHS, default=30)
+    train.add_argument("--epochs", type=_EPOCHS, default=15, help="DGMS epochs")
+    train.add_argument("--batch-size", type=_BATCH_SIZE, default=64)
     train.add_argument(
         "--preset",
         choices=PRESETS,
@@ -63,20 +95,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--tau0", type=positive_float, default=0.01)
     train.add_argument("--tau-start", type=positive_float, help="anneal τ from this value")
     train.add_argument(
-        "--layers", help="regex of module paths to quantize (default: all but first/last)"
+        "--layers",
+        type=regex,
+        help="regex of module paths to quantize (default: all but first/last)",
     )
-    train.add_argument("--exclude", help="regex of module paths to keep in full precision")
+    train.add_argument(
+        "--exclude", type=regex, help="regex of module paths to keep in full precision"
+    )
     train.add_argument(
         "--no-bn-reestimate",
         action="store_true",
         help="keep BatchNorm statistics from soft-weight training",
     )
     train.add_argument("--no-plots", action="store_true", help="skip the histogram PNGs")
-    train.add_argument("--out", type=Path, default=Path("runs/quant"), help="run folder")
+    train.add_argument("--out", type=output_dir, default=Path("runs/quant"), help="run folder")
     train.add_argument("--resume", action="store_true", help="continue from checkpoints in --out")
 
 
 def run(args: argparse.Namespace) -> int:
+    make_output_dir(args.out, "--out")
     import dataclasses
 
     from rich.console import Console

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jgraph.cli import _superopt, main
+from jgraph.cli import main
 from jgraph.superopt import SearchConfig, evaluate
 from jgraph.superopt.config import BACKENDS, MAP_MODES, SMEM_BUDGET
 from jgraph.superopt.programs import PROGRAMS, get_program
@@ -66,17 +66,44 @@ def test_negative_sizes_per_mapping_is_a_usage_error(capsys):
 
 def test_choices_are_the_library_vocabularies(capsys):
     assert main(["superopt", "run", "--help"]) == 0
-    usage = " ".join(capsys.readouterr().out.split())  # argparse may wrap the usage
-    assert f"--program {{{','.join(PROGRAMS)}}}" in usage
-    assert f"--maps {{{','.join(MAP_MODES)}}}" in usage
-    assert f"--backend {{{','.join(BACKENDS)}}}" in usage
+    usage = " ".join(capsys.readouterr().out.split())  # argparse may wrap the help
+    assert f"--program NAME one of {', '.join(PROGRAMS)}" in usage
+    assert f"--maps MODE {', '.join(MAP_MODES)}" in usage
+    assert f"--backend NAME shared-memory budget of {', '.join(BACKENDS)}" in usage
 
 
-def test_defaults_are_the_search_config_defaults(monkeypatch):
+class _StopSearchError(Exception):
+    pass
+
+
+def _config_of(monkeypatch, *flags):
+    """The SearchConfig `jgraph superopt run` builds from these flags (the search is stubbed)."""
+    import jgraph.superopt
+
     seen = {}
-    monkeypatch.setattr(_superopt, "run", lambda args: seen.update(vars(args)) or 0)
-    assert main(["superopt", "run", "--program", "gqa"]) == 0
-    assert (seen["maps"], seen["backend"]) == (SearchConfig().maps, SearchConfig().backend)
+
+    def fake_search(graph, *, config, **kwargs):
+        seen["config"] = config
+        raise _StopSearchError
+
+    monkeypatch.setattr(jgraph.superopt, "search", fake_search)
+    with pytest.raises(_StopSearchError):
+        main(["superopt", "run", "--program", "gqa", "--scale", "16", *flags])
+    return seen["config"]
+
+
+def test_left_out_flags_keep_the_library_defaults(monkeypatch):
+    assert _config_of(monkeypatch) == SearchConfig()
+
+
+def test_given_flags_reach_the_search_config(monkeypatch):
+    from jgraph.superopt import VerifyConfig
+
+    got = _config_of(monkeypatch, "--maps", "mirage", "--backend", "cuda", "--tests", "5",
+                     "--max-kernel-ops", "2", "--time-limit", "7", "--sizes-per-mapping", "0")  # fmt: skip
+    want = SearchConfig(maps="mirage", backend="cuda", verify=VerifyConfig(tests=5),
+                        max_kernel_ops=2, time_limit_s=7.0, sizes_per_mapping=0)  # fmt: skip
+    assert got == want != SearchConfig()
 
 
 def test_vocabularies_have_one_source_in_the_library():
