@@ -34,7 +34,7 @@ def test_json_round_trip_is_exact_and_hashable(graph):
 def test_graph_is_frozen():
     g = get_program("lora", scale=16).graph
     with pytest.raises(AttributeError):
-        g.ops = ()  # type: ignore[misc]
+        g.ops = ()  # type: ignore[misc]  # the write to a frozen field is the point
 
 
 def test_tile_and_output_shapes_follow_mirage_semantics():
