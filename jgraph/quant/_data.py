@@ -119,6 +119,24 @@ BUNDLED_DATASETS: tuple[str, ...] = tuple(_BUNDLED)
 
 
 def _npz(path: Path, test_fraction: float, seed: int) -> Dataset:
+    import zipfile
+
+    try:
+        return _npz_arrays(path, test_fraction, seed)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        # Not an archive, a truncated one, or a member that is not a plain array
+        # (pickled objects are refused: allow_pickle=False).
+        raise ConfigError(
+            "data",
+            str(path),
+            f"is not a readable .npz archive ({type(exc).__name__}: {str(exc)[:80]})",
+            "pass a file written by numpy.savez with x_train, y_train, x_test, y_test (or x, y)",
+        ) from None
+
+
+def _npz_arrays(path: Path, test_fraction: float, seed: int) -> Dataset:
     with np.load(path, allow_pickle=False) as f:
         keys = set(f.files)
         if {"x_train", "y_train", "x_test", "y_test"} <= keys:
@@ -165,7 +183,19 @@ def _folder(root: Path, test_fraction: float, seed: int) -> Dataset:
             f"has {len(class_dirs)} class folder(s) and {len(files)} image(s)",
             "use one sub-folder per class (at least 2) holding .png/.jpg images",
         )
-    images = [Image.open(f) for _, f in files]
+    images = []
+    for _, f in files:
+        try:
+            im = Image.open(f)
+            im.load()
+        except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+            raise ConfigError(
+                "data",
+                str(f),
+                f"is not a readable image ({type(exc).__name__})",
+                "remove or re-save the file",
+            ) from None
+        images.append(im)
     mode = "L" if all(im.mode in ("L", "1", "I;16", "I") for im in images) else "RGB"
     size = images[0].size
     arrays = [np.asarray(im.convert(mode).resize(size), np.float32) / 255.0 for im in images]

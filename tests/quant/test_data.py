@@ -58,6 +58,14 @@ def test_image_folder(tmp_path):
     assert len(d.x_train) + len(d.x_test) == 12
 
 
+def _folder_with_a_broken_image(root):
+    for name in ("cat", "dog"):
+        (root / name).mkdir()
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(root / name / "ok.png")
+    (root / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
+    return root
+
+
 @pytest.mark.parametrize(
     ("make", "match"),
     [
@@ -67,8 +75,20 @@ def test_image_folder(tmp_path):
             r"has arrays \['a'\]",
         ),
         (lambda p: ((p / "only").mkdir(), p)[1], "has 1 class folder"),
+        (
+            lambda p: ((p / "fake.npz").write_text("not a zip"), p / "fake.npz")[1],
+            r"is not a readable \.npz archive",
+        ),
+        (
+            lambda p: (
+                np.savez(p / "obj.npz", x=np.array([{"a": 1}], dtype=object), y=np.zeros(1)),
+                p / "obj.npz",
+            )[1],
+            r"is not a readable \.npz archive",
+        ),
+        (_folder_with_a_broken_image, r"broken\.png'?: is not a readable image"),
     ],
-    ids=["missing", "wrong-keys", "one-class"],
+    ids=["missing", "wrong-keys", "one-class", "not-a-zip", "pickled", "broken-image"],
 )
 def test_bad_data_errors(tmp_path, make, match):
     with pytest.raises(ConfigError, match=match):
