@@ -51,6 +51,7 @@ def _serve(engine, lora, samples=()):
     return [engine.result(r) for r in rids], reports
 
 
+@pytest.mark.slow  # per-adapter decoding loops; test_lora checks the multi-LoRA batch fast
 def test_multi_lora_serving_equals_dense_per_adapter_decoding(engine, dense_logits, bank, lora):
     outs, reports = _serve(engine, lora)
     for out, p, n, a in zip(outs, PROMPTS, NEW, ADAPTERS, strict=True):

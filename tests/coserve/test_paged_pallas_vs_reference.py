@@ -70,7 +70,15 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+# `make test-fast` keeps mixed (shuffled decode + prefill), prefill chunks and the padded GQA
+# group on the dot path; the other shapes run in `make test` and CI.
+_FAST_CASES = ("mixed", "prefill_chunks", "gqa_group3")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [n if n in _FAST_CASES else pytest.param(n, marks=pytest.mark.slow) for n in sorted(CASES)],
+)
 def test_kernel_equals_reference_and_dense(name):
     hq, hkv, d, psize, reqs = CASES[name]
     args, dense = _case(hq, hkv, d, psize, reqs, shuffle=name == "mixed")
@@ -87,7 +95,13 @@ def test_kernel_equals_reference_and_dense(name):
 
 @pytest.mark.parametrize(
     ("hq", "hkv", "block_q", "kv_splits", "pages_per_step"),
-    [(16, 1, 1, 1, 1), (4, 2, 16, 3, 1), (4, 2, 32, 8, 1), (4, 2, 16, 1, 2), (16, 1, 1, 2, 3)],
+    [
+        pytest.param(16, 1, 1, 1, 1, marks=pytest.mark.slow),  # (16, 1, 1, 2, 3) is the fast twin
+        (4, 2, 16, 3, 1),
+        (4, 2, 32, 8, 1),
+        (4, 2, 16, 1, 2),
+        (16, 1, 1, 2, 3),
+    ],
 )
 def test_block_sizes_and_kv_splits(hq, hkv, block_q, kv_splits, pages_per_step):
     """One row per program (a GQA group of 16 fills the dot), and blocks of 16/32 rows that

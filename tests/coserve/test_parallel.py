@@ -154,6 +154,7 @@ def _sample_batches(scfg):
     return out
 
 
+@pytest.mark.slow  # whole engines; the TP forward and the collective count stay fast
 def test_tp_engine_equals_single_device_engine(engine, cfg, params, lora_cfg, bank):
     """The session engine (tiny model) against the same engine tensor-parallel over MODEL=2:
     greedy multi-LoRA outputs, finetuning losses and the trained adapter (SGD with momentum

@@ -95,7 +95,11 @@ def test_chunked_lora_gradients_equal_full_sequence_grad(cfg, params, lora_cfg, 
 # model (a partial lowest group); query chunks of 4, S and 8 inside each layer.
 @pytest.mark.parametrize(
     ("n_layers", "k", "chunk"),
-    [(2, 1, 4), (2, 2, S), pytest.param(3, 2, 8, marks=pytest.mark.slow)],
+    [
+        (2, 1, 4),
+        pytest.param(2, 2, S, marks=pytest.mark.slow),
+        pytest.param(3, 2, 8, marks=pytest.mark.slow),
+    ],
 )
 def test_layer_level_gradients_equal_full_sequence_grad(lora_cfg, n_layers, k, chunk):
     cfg = LlamaConfig.tiny(n_layers=n_layers)

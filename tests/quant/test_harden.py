@@ -15,7 +15,7 @@ from jgraph.testing import assert_trees_close
 X = jnp.ones((2, 8, 8, 1))
 
 
-@pytest.fixture(scope="module", params=[2, 4])
+@pytest.fixture(scope="module", params=[2, pytest.param(4, marks=pytest.mark.slow)])
 def hardened(request):
     bits = request.param
     model = SmallCNN(num_classes=10, width=4)

@@ -54,6 +54,7 @@ def test_resume_continues_exactly(setup, tmp_path):
     )
 
 
+@pytest.mark.slow  # a training run before the refusal
 def test_resume_with_other_settings_is_refused(setup, tmp_path):
     qmodel, qv, data = setup
     apply = DGMSApply(qmodel)
