@@ -127,22 +127,3 @@ def test_compare_prints_whole_reasons(tmp_path, capsys):
         "more downsets than that); fix: raise the cap (search time and memory grow with it) or "
         "use the graphpipe planner\n"
     ) in out
-
-
-def test_building_the_parser_stays_light():
-    import subprocess
-    import sys
-
-    code = (
-        "import sys\nfrom jgraph import cli\n"
-        "light = sorted(m for m in ('jgraph.pipeline', 'numpy') if m in sys.modules)\n"
-        "cli._build_parser()\n"
-        "heavy = sorted(m for m in ('matplotlib', 'jax', 'flax') if m in sys.modules)\n"
-        "print(light, heavy)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
-    )
-    # Importing the CLI module imports no subsystem; building the parser reads the
-    # pipeline's vocabulary but pulls in neither plotting nor JAX.
-    assert out.stdout.strip() == "[] []"
