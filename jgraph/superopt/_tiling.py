@@ -25,12 +25,15 @@ import functools
 import itertools
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from jgraph.superopt._ir import BlockGraph, BlockInput, BlockOutput, Op
 from jgraph.superopt._ops import ACCUMULATORS, BINARY, UNARY
+
+if TYPE_CHECKING:  # _config imports the verifier, which imports this module
+    from jgraph.superopt._config import MapMode
 
 __all__ = ["partial_outputs", "schedules", "shape_consistent"]
 
@@ -284,7 +287,7 @@ def schedules(
     *,
     smem_budget: int,
     sizes_per_mapping: int = 2,
-    maps: str = "derived",
+    maps: MapMode = "derived",
     dtype_bytes: int = 2,
 ) -> Iterator[BlockGraph]:
     """Yields complete block graphs (structure + schedule) for one structure."""

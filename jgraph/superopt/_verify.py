@@ -24,7 +24,7 @@ import dataclasses
 import itertools
 import logging
 import time
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -46,6 +46,12 @@ __all__ = ["Verdict", "Verifier", "VerifyConfig"]
 log = logging.getLogger(__name__)
 
 
+PrimeSet = Literal["large", "mirage"]
+"""Field moduli: a fresh large pair per test (q ≈ 2^25; jgraph) or Mirage's fixed (167, 83)."""
+InputKind = Literal["random", "counter"]
+"""Test inputs: uniform random field elements, or Mirage's counter pattern."""
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class VerifyConfig:
     """How candidates are verified.
@@ -61,15 +67,15 @@ class VerifyConfig:
     """
 
     tests: int = 3
-    primes: Literal["large", "mirage"] = "large"
-    inputs: Literal["random", "counter"] = "random"
+    primes: PrimeSet = "large"
+    inputs: InputKind = "random"
     float_screen: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_int("VerifyConfig.tests", self.tests, minimum=1, maximum=64)
-        check_choice("VerifyConfig.primes", self.primes, ("large", "mirage"))
-        check_choice("VerifyConfig.inputs", self.inputs, ("random", "counter"))
+        check_choice("VerifyConfig.primes", self.primes, get_args(PrimeSet))
+        check_choice("VerifyConfig.inputs", self.inputs, get_args(InputKind))
         check_int("VerifyConfig.seed", self.seed, minimum=0)
 
 
