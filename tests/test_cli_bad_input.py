@@ -182,7 +182,11 @@ def test_limits_admit_the_defaults_and_the_edges(tmp_path, capsys, monkeypatch):
     seen = {}
 
     def check_only(args):
-        cli._pipeline._check(args)
+        from jgraph.pipeline.models import paper_model
+
+        cli._pipeline.make_output_dir(args.out, "--out")
+        nodes = len(paper_model(args.model, branches=args.branches).nodes)
+        cli._pipeline._check_schedule_size(args, nodes)
         seen.update(vars(args))
         return 0
 
@@ -196,6 +200,9 @@ def test_limits_admit_the_defaults_and_the_edges(tmp_path, capsys, monkeypatch):
     argv = ["pipeline", "--model", "synthetic", "--branches", "64", "--out", out]
     assert cli.main([*argv, "--piper-max-downsets", "10000"]) == 0
     assert seen["branches"] == 64
+    # Stages are bounded by the graph's nodes too: a small graph on many devices is fine.
+    argv = ["pipeline", "--model", "synthetic", "--branches", "2", "--out", out]
+    assert cli.main([*argv, "--devices", "4096", "--batch", "4096"]) == 0
     assert cli.main([*Q, "--seed", str(2**32 - 1), "--bits", "8", "--help"]) == 0
 
 

@@ -53,9 +53,9 @@ def memory_size(text: str) -> float:
 # Upper bounds where memory or time follows from a flag (measured on one busy CPU core).
 # The simulated schedule holds 2 ops per micro-batch per stage, so memory and time grow
 # with batch / micro-batch x stages: micro-batch 1 on 64 devices at batch 2**16 (2**22)
-# took ~1 min and 1.5 GB, and batch 10**15 ran out of memory. `_check` caps the product
-# at 2**20 (that worst case then takes ~7 s and 0.45 GB), assuming micro-batch 1 unless
-# --micro-batch is set (the planner may pick it).
+# took ~1 min and 1.5 GB, and batch 10**15 ran out of memory. `_check_schedule_size` caps
+# the product at 2**20 (that worst case then takes ~7 s and 0.45 GB), with stages at most
+# min(devices, nodes) and micro-batch 1 unless --micro-batch is set (the planner may pick it).
 _MAX_SCHEDULE_OPS = 2**20
 _BATCH = int_in(1, 2**20, "the simulated schedule holds every micro-batch")
 _DEVICES = int_in(1, 4096, "ClusterConfig's limit")
@@ -131,20 +131,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-png", action="store_true", help="skip the Gantt chart")
 
 
-def _check(args: argparse.Namespace) -> None:
-    ops = args.batch // min(args.micro_batch or [1]) * args.devices
+def _check_schedule_size(args: argparse.Namespace, num_nodes: int) -> None:
+    # A pipeline has at most one stage per node and per device.
+    stages = min(args.devices, num_nodes)
+    micro = min(args.micro_batch or [1])
+    ops = args.batch // micro * stages
     if ops > _MAX_SCHEDULE_OPS:
         raise UsageError(
-            f"jgraph pipeline: error: --batch {args.batch} / --micro-batch "
-            f"{min(args.micro_batch or [1])} x --devices {args.devices} = {ops} is above the limit "
-            f"{_MAX_SCHEDULE_OPS} (the simulated schedule's memory grows with it); pass a smaller "
-            "--batch or --devices, or a larger --micro-batch"
+            f"jgraph pipeline: error: --batch {args.batch} / --micro-batch {micro} x "
+            f"{stages} stages (at most min(--devices, the graph's {num_nodes} nodes)) = {ops} is "
+            f"above the limit {_MAX_SCHEDULE_OPS} (the simulated schedule's memory grows with it); "
+            "pass a smaller --batch or --devices, or a larger --micro-batch"
         )
-    make_output_dir(args.out, "--out")
 
 
 def run(args: argparse.Namespace) -> int:
-    _check(args)
+    make_output_dir(args.out, "--out")
     import dataclasses
 
     from jgraph.core import atomic_write_text, format_table
@@ -153,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
     from jgraph.pipeline.planners import PLANNER_NAMES
     from jgraph.pipeline.report import plan_rows, write_plan_png
 
-    graph = paper_model(args.model, branches=args.branches)
+    graph = paper_model(args.model, branches=args.branches)  # analytic: milliseconds
+    _check_schedule_size(args, len(graph.nodes))
     overrides = {
         "peak_flops": args.peak_tflops * 1e12 if args.peak_tflops else None,
         "memory_bandwidth": args.hbm_gbps * 1e9 if args.hbm_gbps else None,
