@@ -15,7 +15,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jgraph.core import ConfigError
+from jgraph.pipeline._config import ClusterConfig
 from jgraph.pipeline._cost import CostModel, StageCost
+from jgraph.pipeline._graph import ModelGraph
+from jgraph.pipeline._plan_check import check_plan, check_plan_fits, parse_json, read_plan
 from jgraph.pipeline._schedule import Schedule, _topo, make_schedule
 from jgraph.pipeline._simulate import SimResult, iteration_lower_bound, simulate
 
@@ -158,7 +161,8 @@ class StagePlan:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> StagePlan:
-        version = d.get("schema_version")
+        """Reads and checks a plan (`to_dict`'s layout); see `from_json`."""
+        version = d.get("schema_version") if isinstance(d, Mapping) else None
         if version != SCHEMA_VERSION:
             raise ConfigError(
                 "StagePlan.schema_version",
@@ -166,29 +170,45 @@ class StagePlan:
                 f"this jgraph reads plan schema {SCHEMA_VERSION}",
                 "re-plan with this jgraph version",
             )
-        stages = tuple(
-            Stage(**{**s, "nodes": tuple(s["nodes"]), "devices": tuple(s["devices"])})
-            for s in d["stages"]
-        )
-        return cls(
-            planner=d["planner"],
-            model=d["model"],
-            batch_size=int(d["batch_size"]),
-            micro_batch_size=int(d["micro_batch_size"]),
-            num_devices=int(d["num_devices"]),
-            memory_limit_bytes=float(d["memory_limit_bytes"]),
-            stages=stages,
-            edges=tuple((int(a), int(b)) for a, b in d["edges"]),
-            schedule=Schedule.from_dict(d["schedule"]),
-            iteration_s=float(d["iteration_s"]),
-            bubble_fraction=float(d["bubble_fraction"]),
-            added_edges=tuple((a, b) for a, b in d["added_edges"]),
-            search_s=float(d["search_s"]),
-        )
+        plan = cls(**read_plan(d))
+        check_plan(plan)
+        return plan
 
     @classmethod
     def from_json(cls, text: str) -> StagePlan:
-        return cls.from_dict(json.loads(text))
+        """Reads a plan file's text, checking every field and the plan's consistency.
+
+        Raises:
+            ConfigError: naming the first bad field (a missing or mistyped field, a
+                node or device in two stages, a device out of range, a cycle, a
+                micro-batch size that does not divide the batch, a schedule that
+                skips a micro-batch or breaks a dependency, non-finite times, ...).
+        """
+        return cls.from_dict(parse_json(text))
+
+    def validate(self, graph: ModelGraph, cluster: ClusterConfig) -> StagePlan:
+        """Checks that this plan can run ``graph`` on ``cluster``; returns the plan.
+
+        Every node of the graph is in exactly one stage and no stage names another
+        node; every graph edge between stages is ordered by the stage DAG; nodes in
+        a stage follow the graph's topological order; the cluster has the plan's
+        device count and at least its per-device memory. A runtime calls this
+        before tracing.
+
+        Raises:
+            ConfigError: naming the field and what to do.
+
+        Example:
+            >>> from jgraph.pipeline import ClusterConfig, plan_pipeline
+            >>> from jgraph.pipeline.models import mmt
+            >>> g, c = mmt(branches=2, layers=1), ClusterConfig(num_devices=4)
+            >>> plan = plan_pipeline(g, c, batch=16)
+            >>> StagePlan.from_json(plan.to_json()).validate(g, c) == plan
+            True
+        """
+        check_plan(self)
+        check_plan_fits(self, graph, cluster)
+        return self
 
 
 def fill_leftover_devices(
