@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import Any
 
 from jgraph.cli._args import (
     EXIT_OK,
     LibraryChoices,
     UsageError,
+    input_path,
     int_in,
     make_output_dir,
     non_negative_float,
@@ -76,8 +78,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(handler=run)
     p.add_argument("action", nargs="?", choices=("plan",), default="plan", help="plan (default)")
-    p.add_argument(
-        "--model", choices=MODELS, metavar="MODEL", required=True, help="model to plan: %(choices)s"
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--model", choices=MODELS, metavar="MODEL", help="a paper model to plan: %(choices)s"
+    )
+    source.add_argument(
+        "--graph",
+        type=_graph_file,
+        metavar="FILE",
+        help="your own costed graph instead: a ModelGraph JSON file (README: 'your own graph')",
     )
     p.add_argument("--branches", type=_BRANCHES, default=4, help="branches of --model synthetic")
     p.add_argument("--devices", type=_DEVICES, default=8, help="number of devices")
@@ -131,6 +140,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-png", action="store_true", help="skip the Gantt chart")
 
 
+def _graph_file(text: str) -> Path:
+    path = input_path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; pass a ModelGraph JSON file")
+    return path
+
+
+def _load_graph(args: argparse.Namespace) -> Any:
+    """The graph to plan: a paper model by name, or the user's ModelGraph JSON file."""
+    from jgraph.core import ConfigError
+    from jgraph.pipeline import ModelGraph
+    from jgraph.pipeline.models import paper_model
+
+    if args.graph is None:
+        return paper_model(args.model, branches=args.branches)  # analytic: milliseconds
+    try:
+        return ModelGraph.from_json(args.graph.read_text())
+    except (ConfigError, UnicodeDecodeError) as exc:
+        raise UsageError(f"jgraph pipeline: error: argument --graph: {exc}") from None
+
+
 def _check_schedule_size(args: argparse.Namespace, num_nodes: int) -> None:
     # A pipeline has at most one stage per node and per device.
     stages = min(args.devices, num_nodes)
@@ -151,11 +181,10 @@ def run(args: argparse.Namespace) -> int:
 
     from jgraph.core import atomic_write_text, format_table
     from jgraph.pipeline import ClusterConfig, NoPlanError, PlannerConfig, plan_pipeline
-    from jgraph.pipeline.models import paper_model
     from jgraph.pipeline.planners import PLANNER_NAMES
     from jgraph.pipeline.report import plan_rows, write_plan_png
 
-    graph = paper_model(args.model, branches=args.branches)  # analytic: milliseconds
+    graph = _load_graph(args)
     _check_schedule_size(args, len(graph.nodes))
     overrides = {
         "peak_flops": args.peak_tflops * 1e12 if args.peak_tflops else None,
@@ -191,7 +220,9 @@ def run(args: argparse.Namespace) -> int:
     )
     if plan.added_edges:
         print(f"added {len(plan.added_edges)} dependency edge(s) to make the graph series-parallel")
-    stem = f"{graph.name}_{plan.planner}_{cluster.num_devices}dev"
+    # A user's graph name may hold path separators or spaces: keep file names plain.
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", graph.name).strip("._") or "graph"
+    stem = f"{safe}_{plan.planner}_{cluster.num_devices}dev"
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = atomic_write_text(args.out / f"{stem}.json", plan.to_json() + "\n")
     print(f"wrote {json_path}")

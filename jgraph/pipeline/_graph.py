@@ -14,11 +14,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from jgraph.core import ConfigError, check_number
+from jgraph.core import ConfigError, check_int, check_number
 
 __all__ = ["ModelGraph", "Node"]
 
@@ -83,6 +84,8 @@ class Node:
         if not all(type(v) in (int, float) and 0 <= v < math.inf for v in costs):
             for field in _COST_FIELDS:
                 check_number(f"Node({self.name}).{field}", getattr(self, field), minimum=0)
+        if type(self.kernels) is not int or self.kernels < 0:
+            check_int(f"Node({self.name}).kernels", self.kernels, minimum=0)
         for row in self.measured:
             if len(row) != 3 or row[0] < 1 or row[1] < 0 or row[2] < 0:
                 raise ConfigError(
@@ -100,9 +103,32 @@ class Node:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Node:
+        """A node from `to_dict`'s layout (as in a graph JSON file), every field checked."""
+        where = f"Node({d.get('name', '?')})" if isinstance(d, Mapping) else "Node"
+        if not isinstance(d, Mapping):
+            raise ConfigError(where, d, "is not a JSON object", "write each node as {...}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            raise ConfigError(
+                where, unknown, "are not Node fields", f"use only {', '.join(sorted(fields))}"
+            )
         d = dict(d)
-        d["inputs"] = tuple(d.get("inputs", ()))
-        d["measured"] = tuple((int(b), float(f), float(g)) for b, f, g in d.get("measured", ()))
+        inputs = d.get("inputs", ())
+        # A string is iterable: "ab" must not read as the inputs ("a", "b").
+        if not isinstance(inputs, list | tuple) or not all(isinstance(i, str) for i in inputs):
+            raise ConfigError(
+                f"{where}.inputs", inputs, "must be a list of node names", 'pass e.g. ["embed"]'
+            )
+        d["inputs"] = tuple(inputs)
+        rows = d.get("measured", ())
+        try:
+            d["measured"] = tuple((int(b), float(f), float(g)) for b, f, g in rows)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{where}.measured", rows, "must be [[micro_batch, fwd_s, bwd_s], ...]",
+                "pass e.g. [[1, 0.001, 0.002]]",
+            ) from None  # fmt: skip
         return cls(**d)
 
     def signature(self) -> tuple[Any, ...]:
@@ -203,7 +229,47 @@ class ModelGraph:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelGraph:
-        return cls(name=d["name"], nodes=tuple(Node.from_dict(n) for n in d["nodes"]))
+        """A graph from `to_dict`'s layout: ``{"name": ..., "nodes": [{...}, ...]}``."""
+        if not isinstance(d, Mapping) or not isinstance(d.get("name"), str):
+            raise ConfigError(
+                "ModelGraph.name", d.get("name") if isinstance(d, Mapping) else d,
+                "is missing or not a string", 'write {"name": "my_model", "nodes": [...]}',
+            )  # fmt: skip
+        nodes = d.get("nodes")
+        if not isinstance(nodes, list | tuple):
+            raise ConfigError(
+                f"ModelGraph({d['name']}).nodes", nodes, "must be a list of nodes",
+                'write "nodes": [{"name": "a"}, {"name": "b", "inputs": ["a"]}]',
+            )  # fmt: skip
+        return cls(name=d["name"], nodes=tuple(Node.from_dict(n) for n in nodes))
+
+    def to_json(self) -> str:
+        """The graph as JSON text (`from_json` reads it back)."""
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelGraph:
+        """Reads a graph written by `to_json`, or by hand in the same layout.
+
+        Raises:
+            ConfigError: the text is not JSON, or a field is missing or invalid
+                (named), or the nodes do not form a connected DAG.
+
+        Example:
+            >>> g = ModelGraph.from_json(
+            ...     '{"name": "tiny", "nodes": [{"name": "a", "flops": 1e9},'
+            ...     ' {"name": "b", "inputs": ["a"], "flops": 2e9}]}'
+            ... )
+            >>> g.topological_order, ModelGraph.from_json(g.to_json()) == g
+            (('a', 'b'), True)
+        """
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                "ModelGraph JSON", str(text)[:40], f"is not JSON ({exc})", "fix the file"
+            ) from None
+        return cls.from_dict(d)
 
 
 def _kahn(nodes: Sequence[Node]) -> tuple[str, ...]:

@@ -1,6 +1,7 @@
 """`jgraph pipeline plan`: output files, one-line errors with exit status 2."""
 
 import json
+import re
 
 import pytest
 
@@ -127,3 +128,85 @@ def test_compare_prints_whole_reasons(tmp_path, capsys):
         "more downsets than that); fix: raise the cap (search time and memory grow with it) or "
         "use the graphpipe planner\n"
     ) in out
+
+
+# -- a user's own graph: --graph FILE (ModelGraph JSON) --------------------------------
+
+_GB = 1e9
+
+
+def _user_graph(name="my model/v2"):
+    """A hand-built two-branch DAG with costs, as the README shows."""
+    from jgraph.pipeline import ModelGraph, Node
+
+    def layer(n, inputs, gflops):
+        return Node(name=n, inputs=inputs, flops=gflops * _GB, bwd_flops=2 * gflops * _GB,
+                    io_bytes=4e5, weight_bytes=2e7, param_bytes=2e7, activation_bytes=2e5,
+                    output_bytes=1e5)  # fmt: skip
+
+    nodes = [layer("embed", (), 1.0)]
+    for b in ("text", "image"):
+        nodes += [layer(f"{b}0", ("embed",), 4.0), layer(f"{b}1", (f"{b}0",), 4.0)]
+    nodes.append(layer("head", ("text1", "image1"), 1.0))
+    return ModelGraph(name=name, nodes=tuple(nodes))
+
+
+def test_plan_a_users_graph_file(tmp_path, capsys):
+    from jgraph.pipeline import ClusterConfig
+
+    graph = _user_graph()
+    path = tmp_path / "g.json"
+    path.write_text(graph.to_json())
+    argv = ["pipeline", "plan", "--graph", str(path), "--devices", "4", "--batch", "32",
+            "--memory", "16GB", "--out", str(tmp_path / "out"), "--no-png"]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert "plan for my model/v2 on 4" in capsys.readouterr().out
+    (written,) = (tmp_path / "out").glob("*.json")
+    assert written.name == "my_model_v2_graphpipe_4dev.json"  # the name's '/' is not a folder
+    plan = StagePlan.from_json(written.read_text())
+    assert plan.validate(graph, ClusterConfig(num_devices=4, memory_bytes=16e9)) is plan
+    assert sorted(plan.node_to_stage) == sorted(graph.topological_order)
+
+
+def _graph_json(**change):
+    d = _user_graph().to_dict()
+    for key, value in change.items():
+        node, field = key.split("__")
+        (n,) = [n for n in d["nodes"] if n["name"] == node]
+        n[field] = value
+    return json.dumps(d)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("{not json", "is not JSON"),
+        ('{"nodes": []}', "ModelGraph.name"),
+        ('{"name": "x", "nodes": "abc"}', "must be a list of nodes"),
+        (_graph_json(text0__inputs="embed"), r"inputs.*must be a list of node names"),
+        (_graph_json(text0__inputs=["nope"]), "names nodes that are not in the graph"),
+        (_graph_json(embed__inputs=["head"]), "cycle"),
+        (_graph_json(head__flopz=1), r"\['flopz'\]: are not Node fields"),
+        (_graph_json(head__flops=-1), r"Node\(head\)\.flops"),
+        (_graph_json(head__kernels=-2), r"Node\(head\)\.kernels"),
+        (_graph_json(head__measured=[[1, 2]]), r"Node\(head\)\.measured"),
+    ],
+)
+def test_a_bad_graph_file_is_one_line_exit_2(tmp_path, capsys, text, match):
+    path = tmp_path / "g.json"
+    path.write_text(text)
+    assert cli.main(["pipeline", "--graph", str(path), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "--graph" in err
+    assert re.search(match, err), err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["--model", "mmt", "--graph", "g.json"], ["--graph", "missing.json"], ["--graph", "."]],
+)
+def test_exactly_one_graph_source(tmp_path, capsys, argv):
+    assert cli.main(["pipeline", *argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--model" in err or "--graph" in err
