@@ -1,6 +1,7 @@
 """`jgraph pipeline plan`: output files, one-line errors with exit status 2."""
 
 import json
+import re
 
 import pytest
 
@@ -127,3 +128,23 @@ def test_compare_prints_whole_reasons(tmp_path, capsys):
         "more downsets than that); fix: raise the cap (search time and memory grow with it) or "
         "use the graphpipe planner\n"
     ) in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "fix"),
+    [
+        # One node alone needs ~0.54 GB: only more memory helps.
+        (["--memory", "0.2GB"], r"fix: use more memory per device, --memory [0-9.]+GB, or a smaller model$"),
+        # Every node fits in 1 GB, the whole model not on one device.
+        (["--memory", "1GB", "--devices", "1"], r"fix: use --memory [0-9.]+GB, more devices \(--devices\), or a smaller batch \(--batch\)$"),
+    ],
+)  # fmt: skip
+def test_no_plan_advice_names_this_commands_flags(argv, fix, capsys, tmp_path):
+    # The library's advice names ClusterConfig fields; the CLI shows its flags.
+    base = ["pipeline", "--model", "synthetic", "--branches", "2", "--batch", "8",
+            "--out", str(tmp_path), "--no-png"]  # fmt: skip
+    assert cli.main(base + argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search(fix, err), err
+    assert "fix: " in err
+    assert "ClusterConfig" not in err.split("fix: ")[1]
