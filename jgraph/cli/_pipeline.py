@@ -161,6 +161,24 @@ def _load_graph(args: argparse.Namespace) -> Any:
         raise UsageError(f"jgraph pipeline: error: argument --graph: {exc}") from None
 
 
+# The library's advice names config fields; this command names its flags instead.
+_FLAG_NAMES = (
+    (re.compile(r"ClusterConfig\.memory_bytes >= \S+ \(([^ ]+) GB\)"), r"--memory \1GB"),
+    (re.compile(r"ClusterConfig\.memory_bytes"), "--memory"),
+    (re.compile(r"ClusterConfig\.num_devices"), "--devices"),
+    (re.compile(r"PlannerConfig\.micro_batch_sizes"), "--micro-batch"),
+    (re.compile(r"PlannerConfig\.piper_max_downsets"), "--piper-max-downsets"),
+    (re.compile(r"\(batch=\)"), "(--batch)"),
+)
+
+
+def _in_flags(fix: str) -> str:
+    """A `NoPlanError` fix with this command's flags in place of the library's names."""
+    for pattern, flag in _FLAG_NAMES:
+        fix = pattern.sub(flag, fix)
+    return fix
+
+
 def _check_schedule_size(args: argparse.Namespace, num_nodes: int) -> None:
     # A pipeline has at most one stage per node and per device.
     stages = min(args.devices, num_nodes)
@@ -205,7 +223,10 @@ def run(args: argparse.Namespace) -> int:
         micro_batch_sizes=tuple(args.micro_batch or ()),
         piper_max_downsets=args.piper_max_downsets,
     )
-    plan = plan_pipeline(graph, cluster, config, batch=args.batch, planner=args.planner)
+    try:
+        plan = plan_pipeline(graph, cluster, config, batch=args.batch, planner=args.planner)
+    except NoPlanError as exc:
+        raise NoPlanError(exc.field, exc.value, exc.problem, _in_flags(exc.fix)) from exc
     print(
         f"{plan.planner} plan for {graph.name} on {cluster.num_devices} x {cluster.name}, "
         f"{cluster.memory_bytes / 1e9:.3g} GB each, batch {plan.batch_size}"
@@ -242,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
                     )
                 )
             except NoPlanError as exc:
-                reasons.append(f"{name}: {exc.problem}; fix: {exc.fix}")
+                reasons.append(f"{name}: {exc.problem}; fix: {_in_flags(exc.fix)}")
                 rows.append(
                     {"planner": name, "samples_per_s_sim": "no plan", "note": f"[{len(reasons)}]"}
                 )

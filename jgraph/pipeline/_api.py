@@ -4,7 +4,8 @@ Every planner sees the same `CostModel`, sweeps the same micro-batch sizes,
 hands its candidates to the same assembler (placement, schedule, simulator),
 and is judged by the same simulated iteration time. When no plan fits, the
 error names the smallest per-device memory with which the planner would have
-found one.
+found one, and the node that alone exceeds a device's memory when there is one
+(then only more memory helps). Its advice names config fields, never CLI flags.
 """
 
 from __future__ import annotations
@@ -111,17 +112,71 @@ def plan_pipeline(
             ):
                 best = plan
     if best is None:
-        need = smallest_fitting_memory(graph, cluster, config, batch=batch, planner=planner)
-        raise NoPlanError(
-            "ClusterConfig.memory_bytes",
-            f"{cluster.memory_bytes / 1e9:.3g} GB",
-            f"model {graph.name!r} (batch {batch}) does not fit on {cluster.num_devices} devices "
-            f"with the {planner} planner; the smallest per-device memory that fits is "
-            f"{need / 1e9:.3g} GB",
-            f"use >= {need / 1e9:.3g} GB per device (--memory {need / 1e9:.3g}GB), more devices, "
-            "or a smaller batch",
-        )
+        raise _no_plan(cm, graph, cluster, config, batch=batch, planner=planner)
     return dataclasses.replace(best, search_s=time.perf_counter() - start)
+
+
+def _no_plan(
+    cm: CostModel,
+    graph: ModelGraph,
+    cluster: ClusterConfig,
+    config: PlannerConfig,
+    *,
+    batch: int,
+    planner: PlannerName,
+) -> NoPlanError:
+    """Why nothing fits, with advice in library terms (the CLI names its flags itself).
+
+    When one node alone exceeds a device's memory, more devices or a smaller
+    batch cannot help: data parallelism does not shard weights, so the advice
+    is more memory per device. Otherwise it names the smallest memory that
+    fits, more devices and a smaller batch.
+    """
+    mem = cluster.memory_bytes
+    need = smallest_fitting_memory(graph, cluster, config, batch=batch, planner=planner)
+    big = _heaviest_node(cm, batch=batch)
+    if big is not None and big[1] > mem:
+        name, least = big
+        return NoPlanError(
+            "ClusterConfig.memory_bytes",
+            f"{mem / 1e9:.3g} GB",
+            f"node {name!r} of model {graph.name!r} alone needs at least {least / 1e9:.3g} GB "
+            f"({least:.0f} bytes) per device (weights and optimizer state, plus one sample's "
+            f"activations and buffers), above the {mem / 1e9:.3g} GB per device; data "
+            "parallelism does not shard weights; the smallest per-device memory that fits is "
+            f"{need / 1e9:.3g} GB",
+            f"use more memory per device, ClusterConfig.memory_bytes >= {need:.3g} "
+            f"({need / 1e9:.3g} GB), or a smaller model",
+        )
+    smaller = "a smaller batch (batch=)"
+    if config.micro_batch_sizes:
+        smaller += " or smaller PlannerConfig.micro_batch_sizes"
+    return NoPlanError(
+        "ClusterConfig.memory_bytes",
+        f"{mem / 1e9:.3g} GB",
+        f"model {graph.name!r} (batch {batch}) does not fit on {cluster.num_devices} "
+        f"device{'s' if cluster.num_devices != 1 else ''} "
+        f"with the {planner} planner; the smallest per-device memory that fits is "
+        f"{need / 1e9:.3g} GB",
+        f"use ClusterConfig.memory_bytes >= {need:.3g} ({need / 1e9:.3g} GB), more devices "
+        f"(ClusterConfig.num_devices), or {smaller}",
+    )
+
+
+def _heaviest_node(cm: CostModel, *, batch: int) -> tuple[str, float] | None:
+    """(name, bytes) of the node needing the most memory when alone on one device.
+
+    The bytes are a lower bound for any stage holding the node: its weights,
+    gradients and optimizer state (not sharded by data parallelism) plus the
+    activations and workspace of one sample with one micro-batch in flight.
+    ``None`` for an empty graph.
+    """
+    best: tuple[str, float] | None = None
+    for v, node in enumerate(cm.nodes):
+        least = cm.stage_cost([v], devices=1, micro_batch=1, batch=batch).memory(1)
+        if best is None or least > best[1]:
+            best = (node.name, least)
+    return best
 
 
 def smallest_fitting_memory(

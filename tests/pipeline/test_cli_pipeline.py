@@ -210,3 +210,23 @@ def test_exactly_one_graph_source(tmp_path, capsys, argv):
     assert cli.main(["pipeline", *argv, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "--model" in err or "--graph" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "fix"),
+    [
+        # One node alone needs ~0.54 GB: only more memory helps.
+        (["--memory", "0.2GB"], r"fix: use more memory per device, --memory [0-9.]+GB, or a smaller model$"),
+        # Every node fits in 1 GB, the whole model not on one device.
+        (["--memory", "1GB", "--devices", "1"], r"fix: use --memory [0-9.]+GB, more devices \(--devices\), or a smaller batch \(--batch\)$"),
+    ],
+)  # fmt: skip
+def test_no_plan_advice_names_this_commands_flags(argv, fix, capsys, tmp_path):
+    # The library's advice names ClusterConfig fields; the CLI shows its flags.
+    base = ["pipeline", "--model", "synthetic", "--branches", "2", "--batch", "8",
+            "--out", str(tmp_path), "--no-png"]  # fmt: skip
+    assert cli.main(base + argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search(fix, err), err
+    assert "fix: " in err
+    assert "ClusterConfig" not in err.split("fix: ")[1]
