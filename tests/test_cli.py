@@ -51,7 +51,8 @@ def test_help_everywhere(argv, capsys):
         (["quant", "train", "--bits", "9"], "DGMS uses 1-8 bits"),
         (["quant", "train", "--bits", "x"], "'x' is not an integer"),
         (["serve", "--port", "70000"], "use 1-65535"),
-        (["pipeline"], "the following arguments are required: --model"),
+        # --model or, since #13, --graph (a user's ModelGraph JSON): exactly one is required.
+        (["pipeline"], "one of the arguments --model --graph is required"),
         (
             ["export-tflite", "--checkpoint", "/nonexistent/dir", "--out", "m.tflite"],
             "not a directory",
