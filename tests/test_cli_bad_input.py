@@ -157,6 +157,8 @@ def test_unwritable_folder_even_for_root(argv, flag, paths, capsys):
     _assert_one_line_usage_error(cli.main(argv), capsys.readouterr(), flag)
 
 
+# As root (CI) permission bits stop nothing; the monkeypatched test below checks the same
+# messages there, and test_unwritable_folder_even_for_root the real write probe.
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits")
 def test_read_only_folder(tmp_path, capsys):
     ro = tmp_path / "ro"

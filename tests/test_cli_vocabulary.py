@@ -86,6 +86,26 @@ def test_every_choice_flag_has_an_owner_listed():
     assert found == set(OWNERS) | CLI_OWNED
 
 
+def test_every_library_vocabulary_the_cli_reads_resolves():
+    # Flags that take a name or a path (jgraph serve --model) read a vocabulary without
+    # `choices=`; every module-level LibraryChoices of the CLI must name a real tuple.
+    from jgraph.cli import _demo, _export, _pipeline, _quant, _serve, _superopt
+
+    found = [
+        value
+        for module in (_demo, _export, _pipeline, _quant, _serve, _superopt)
+        for value in vars(module).values()
+        if isinstance(value, LibraryChoices)
+    ]
+    assert len(found) >= 11
+    for choices in found:
+        assert len(choices) > 0, choices
+        assert all(isinstance(v, str) for v in choices), choices
+    from jgraph.coserve.model import MODEL_PRESETS
+
+    assert tuple(_serve.PRESETS) == MODEL_PRESETS
+
+
 def test_a_value_outside_the_library_list_is_refused(capsys):
     assert cli.main(["quant", "train", "--init", "uniform"]) == 2
     err = capsys.readouterr().err

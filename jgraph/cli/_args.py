@@ -38,6 +38,7 @@ __all__ = [
     "UsageError",
     "bits",
     "existing_dir",
+    "flag_error",
     "input_path",
     "int_in",
     "make_output_dir",
@@ -229,9 +230,11 @@ def _creatable(path: Path, text: str, what: str) -> None:
     """Checks that ``path`` (absent) can be created: its nearest existing ancestor is a
     writable folder. Root passes the permission check; `make_output_dir` tries for real."""
     ancestor = path.absolute().parent
-    while _kind(ancestor, text) == "missing" and ancestor != ancestor.parent:
+    kind = _kind(ancestor, text)
+    while kind == "missing" and ancestor != ancestor.parent:
         ancestor = ancestor.parent
-    if _kind(ancestor, text) != "dir":
+        kind = _kind(ancestor, text)
+    if kind != "dir":
         raise argparse.ArgumentTypeError(
             f"{_show(text)} cannot be created because {_show(str(ancestor))} is a file; "
             f"pass {what} outside it"
@@ -296,6 +299,23 @@ def existing_dir(text: str) -> Path:
     return path
 
 
+def flag_error(flag: str, message: str) -> UsageError:
+    """A bad flag found in a handler, after parsing: one line, shaped like `main`'s errors.
+
+    Example:
+        >>> str(flag_error("--out", "cannot write to '/sys/x'"))
+        "jgraph: error: argument --out: cannot write to '/sys/x'"
+    """
+    return UsageError(f"jgraph: error: argument {flag}: {message}")
+
+
+def _write_probe(folder: Path) -> None:
+    # Root passes every permission check: only a real write finds a read-only or
+    # special file system (such as /sys, which refuses even root).
+    with tempfile.TemporaryFile(dir=folder):
+        pass
+
+
 def make_output_dir(path: Path, flag: str) -> Path:
     """Creates ``path`` and proves it writable; call at the start of a handler.
 
@@ -307,17 +327,16 @@ def make_output_dir(path: Path, flag: str) -> Path:
         ``path``.
 
     Raises:
-        UsageError: the folder cannot be created or written (e.g. a read-only file
-            system, or a special file system such as /sys, which refuses even root).
+        UsageError: the folder cannot be created or written.
     """
     try:
         path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
+        _write_probe(path)
     except OSError as exc:
-        raise UsageError(
-            f"jgraph: error: argument {flag}: cannot write to {_show(str(path))} "
-            f"({exc.strerror or exc}); pass a folder you can write to"
+        raise flag_error(
+            flag,
+            f"cannot write to {_show(str(path))} ({exc.strerror or exc}); "
+            "pass a folder you can write to",
         ) from None
     return path
 
@@ -335,12 +354,12 @@ def probe_output_file(path: Path, flag: str) -> Path:
     while not folder.is_dir() and folder != folder.parent:
         folder = folder.parent
     try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
+        _write_probe(folder)
     except OSError as exc:
-        raise UsageError(
-            f"jgraph: error: argument {flag}: cannot write {_show(str(path))} "
-            f"({exc.strerror or exc} in {_show(str(folder))}); pass a path you can write to"
+        raise flag_error(
+            flag,
+            f"cannot write {_show(str(path))} ({exc.strerror or exc} in {_show(str(folder))}); "
+            "pass a path you can write to",
         ) from None
     return path
 

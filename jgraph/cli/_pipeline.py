@@ -10,7 +10,7 @@ from typing import Any
 from jgraph.cli._args import (
     EXIT_OK,
     LibraryChoices,
-    UsageError,
+    flag_error,
     input_path,
     int_in,
     make_output_dir,
@@ -158,7 +158,7 @@ def _load_graph(args: argparse.Namespace) -> Any:
     try:
         return ModelGraph.from_json(args.graph.read_text())
     except (ConfigError, UnicodeDecodeError) as exc:
-        raise UsageError(f"jgraph pipeline: error: argument --graph: {exc}") from None
+        raise flag_error("--graph", str(exc)) from None
 
 
 # The library's advice names config fields; this command names its flags instead.
@@ -185,11 +185,12 @@ def _check_schedule_size(args: argparse.Namespace, num_nodes: int) -> None:
     micro = min(args.micro_batch or [1])
     ops = args.batch // micro * stages
     if ops > _MAX_SCHEDULE_OPS:
-        raise UsageError(
-            f"jgraph pipeline: error: --batch {args.batch} / --micro-batch {micro} x "
-            f"{stages} stages (at most min(--devices, the graph's {num_nodes} nodes)) = {ops} is "
-            f"above the limit {_MAX_SCHEDULE_OPS} (the simulated schedule's memory grows with it); "
-            "pass a smaller --batch or --devices, or a larger --micro-batch"
+        raise flag_error(
+            "--batch",
+            f"{args.batch} / --micro-batch {micro} x {stages} stages (at most min(--devices, "
+            f"the graph's {num_nodes} nodes)) = {ops} is above the limit {_MAX_SCHEDULE_OPS} "
+            "(the simulated schedule's memory grows with it); pass a smaller --batch or "
+            "--devices, or a larger --micro-batch",
         )
 
 
@@ -244,7 +245,6 @@ def run(args: argparse.Namespace) -> int:
     # A user's graph name may hold path separators or spaces: keep file names plain.
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", graph.name).strip("._") or "graph"
     stem = f"{safe}_{plan.planner}_{cluster.num_devices}dev"
-    args.out.mkdir(parents=True, exist_ok=True)
     json_path = atomic_write_text(args.out / f"{stem}.json", plan.to_json() + "\n")
     print(f"wrote {json_path}")
     if not args.no_png:

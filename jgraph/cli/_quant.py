@@ -10,10 +10,11 @@ from jgraph.cli._args import (
     EXIT_OK,
     LibraryChoices,
     Parser,
-    UsageError,
     bits,
+    flag_error,
     int_in,
     make_output_dir,
+    non_empty,
     output_dir,
     positive_float,
     regex,
@@ -35,11 +36,7 @@ _SEED = int_in(0, 2**32 - 1, "seeds are 32-bit")
 
 def _data(text: str) -> Path:
     """``--data``: a path; what it holds is `load_dataset`'s check (run before any training)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError(
-            "'' is not a path; pass a .npz file or a folder with one sub-folder of images per class"
-        )
-    return Path(text)
+    return Path(non_empty(text))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -154,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         data = quant.recipes.load_dataset(config.data)
     except ConfigError as exc:
         flag = "--data" if args.data is not None else "--dataset"
-        raise UsageError(f"jgraph quant train: error: argument {flag}: {exc}") from None
+        raise flag_error(flag, str(exc)) from None
     result = quant.recipes.run_recipe(config, data=data)
     r = result.report
     console = Console(soft_wrap=True)

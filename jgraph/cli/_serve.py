@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import argparse
 
-from jgraph.cli._args import existing_dir, non_empty, not_built, port
+from jgraph.cli._args import LibraryChoices, existing_dir, non_empty, not_built, port
 
-MODELS = ("tiny", "small")
+# The library owns the named model shapes; read only when --model is checked.
+PRESETS = LibraryChoices("jgraph.coserve.model", "MODEL_PRESETS")
 
 
 def _model(text: str) -> str:
-    """``--model``: a bundled size or a local checkpoint folder (checked before any work)."""
-    if text in MODELS:
+    """``--model``: a named model shape or a local checkpoint folder (checked before any work)."""
+    if text in PRESETS:
         return text
     try:
         return str(existing_dir(text))
     except argparse.ArgumentTypeError:
+        names = ", ".join(PRESETS)
         raise argparse.ArgumentTypeError(
-            f"{text!r} is neither {' nor '.join(map(repr, MODELS))} nor an existing checkpoint "
-            "folder; pass tiny, small or the folder of a local HF checkpoint"
+            f"{text!r} is neither a model shape ({names}) nor an existing checkpoint folder; "
+            "pass one of those names or the folder of a local HF checkpoint"
         ) from None
 
 
@@ -32,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--model",
         type=_model,
         default="tiny",
-        help="'tiny', 'small' or a local HF checkpoint dir",
+        help="a named model shape (jgraph.coserve.model.MODEL_PRESETS) or a local HF "
+        "checkpoint dir",
     )
 
 

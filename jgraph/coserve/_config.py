@@ -14,6 +14,7 @@ from jgraph.core import ConfigError, check_choice, check_int, check_number
 
 __all__ = [
     "LORA_TARGETS",
+    "MODEL_PRESETS",
     "AttentionImpl",
     "BackwardMode",
     "CoServeConfig",
@@ -172,6 +173,22 @@ class LlamaConfig:
             "dtype": "bfloat16",
         }
         return cls(**{**base, **overrides})
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> LlamaConfig:
+        """The model shape named ``name`` (one of `MODEL_PRESETS`), e.g. ``"tiny"``.
+
+        Example:
+            >>> LlamaConfig.preset("tiny").n_layers
+            2
+        """
+        check_choice("LlamaConfig.preset", name, MODEL_PRESETS)
+        build: Any = getattr(cls, name)
+        return build(**overrides)
+
+
+MODEL_PRESETS: tuple[str, ...] = ("tiny", "small", "llama31_8b")
+"""The `LlamaConfig` shapes that have a name (`LlamaConfig.preset`; ``jgraph serve --model``)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

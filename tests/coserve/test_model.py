@@ -168,3 +168,14 @@ def test_hf_tokenizer_from_local_json(tmp_path):
         HFTokenizer(tmp_path, bos_token="<bos>")
     with pytest.raises(ConfigError, match="not found"):
         HFTokenizer(tmp_path / "nope")
+
+
+def test_every_named_model_shape_builds():
+    from jgraph.coserve import LlamaConfig
+    from jgraph.coserve.model import MODEL_PRESETS
+
+    for name in MODEL_PRESETS:
+        assert LlamaConfig.preset(name) == getattr(LlamaConfig, name)()
+    assert LlamaConfig.preset("tiny", n_layers=3).n_layers == 3
+    with pytest.raises(ConfigError, match=r"LlamaConfig\.preset"):
+        LlamaConfig.preset("huge")
