@@ -88,14 +88,17 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """
     dest = Path(path)
     _make_parent(dest)
+    old_mode: int | None = None
     try:
-        old_mode: int | None = stat.S_IMODE(os.stat(dest).st_mode)
+        st = os.stat(dest)
     except (FileNotFoundError, NotADirectoryError):
-        old_mode = None
+        pass
     except OSError as exc:
         _fail(exc, dest)
-    if old_mode is not None and dest.is_dir():
-        _fail(OSError(errno.EISDIR, "is a folder"), dest, "it is a folder; pass a file path")
+    else:
+        if stat.S_ISDIR(st.st_mode):
+            _fail(OSError(errno.EISDIR, "is a folder"), dest, "it is a folder; pass a file path")
+        old_mode = stat.S_IMODE(st.st_mode)
     fd, tmp = _open_temp(dest)
     try:
         with os.fdopen(fd, "wb") as f:

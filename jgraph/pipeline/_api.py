@@ -112,19 +112,11 @@ def plan_pipeline(
             ):
                 best = plan
     if best is None:
-        raise _no_plan(cm, graph, cluster, config, batch=batch, planner=planner)
+        raise _no_plan(cm, batch=batch, planner=planner)
     return dataclasses.replace(best, search_s=time.perf_counter() - start)
 
 
-def _no_plan(
-    cm: CostModel,
-    graph: ModelGraph,
-    cluster: ClusterConfig,
-    config: PlannerConfig,
-    *,
-    batch: int,
-    planner: PlannerName,
-) -> NoPlanError:
+def _no_plan(cm: CostModel, *, batch: int, planner: PlannerName) -> NoPlanError:
     """Why nothing fits, with advice in library terms (the CLI names its flags itself).
 
     When one node alone exceeds a device's memory, more devices or a smaller
@@ -132,6 +124,7 @@ def _no_plan(
     is more memory per device. Otherwise it names the smallest memory that
     fits, more devices and a smaller batch.
     """
+    graph, cluster, config = cm.graph, cm.cluster, cm.config
     mem = cluster.memory_bytes
     need = smallest_fitting_memory(graph, cluster, config, batch=batch, planner=planner)
     big = _heaviest_node(cm, batch=batch)

@@ -62,10 +62,9 @@ class _Fields:
     def number(
         self, key: str, *, minimum: float | None = 0.0, maximum: float | None = None
     ) -> float:
-        value = check_number(
+        return check_number(
             f"{self.where}.{key}", self.raw(key), minimum=minimum, maximum=maximum, fix=_REPLAN
         )
-        return value
 
     def text(self, key: str) -> str:
         value = self.raw(key)
@@ -278,16 +277,21 @@ def _check_schedule(plan: StagePlan) -> None:
         raise ConfigError(
             "StagePlan.schedule.succs", _short(sched.succs), "must match StagePlan.edges", _REPLAN
         )
+    if len(sched.order) != S:
+        raise ConfigError(
+            "StagePlan.schedule.order", len(sched.order), f"must list {S} stages", _REPLAN
+        )
     depth = longest_path_to_sink(tuple(tuple(s) for s in succs))
+    peaks = sched.peak_in_flight()
     want = sorted([("F", k) for k in range(M)] + [("B", k) for k in range(M)])
-    peaks = sched.peak_in_flight() if len(sched.order) == S else ()
-    for i, seq in enumerate(sched.order if len(sched.order) == S else [None] * S):
+    for i, seq in enumerate(sched.order):
         field = f"StagePlan.schedule.order[{i}]"
-        if seq is None or sorted(seq) != want:
+        if sorted(seq) != want:
             raise ConfigError(
                 field, _short(seq), f"must run F0..F{M - 1} and B0..B{M - 1} once each", _REPLAN
             )
-        if any(seq.index(("B", k)) < seq.index(("F", k)) for k in range(M)):
+        at = {op: t for t, op in enumerate(seq)}  # one pass: M can be large
+        if any(at[("B", k)] < at[("F", k)] for k in range(M)):
             raise ConfigError(field, _short(seq), "runs a backward before its forward", _REPLAN)
         st = plan.stages[i]
         if st.depth != depth[i] or st.peak_in_flight != peaks[i]:
@@ -394,10 +398,12 @@ def check_plan_fits(plan: StagePlan, graph: ModelGraph, cluster: ClusterConfig) 
 
 
 def _reachability(n: int, edges: Sequence[tuple[int, int]]) -> list[set[int]]:
-    """Stages reachable from each stage (edges go forward: i < j)."""
+    """Stages reachable from each stage (edges go forward, i < j: one reverse pass)."""
+    succs: list[list[int]] = [[] for _ in range(n)]
+    for a, b in edges:
+        succs[a].append(b)
     reach: list[set[int]] = [set() for _ in range(n)]
     for i in reversed(range(n)):
-        for a, b in edges:
-            if a == i:
-                reach[i] |= {b} | reach[b]
+        for j in succs[i]:
+            reach[i] |= {j} | reach[j]
     return reach

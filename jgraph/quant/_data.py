@@ -123,9 +123,9 @@ def _npz(path: Path, test_fraction: float, seed: int) -> Dataset:
 
     try:
         return _npz_arrays(path, test_fraction, seed)
+    except ConfigError:  # a readable archive with the wrong arrays: already named
+        raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-        if isinstance(exc, ConfigError):
-            raise
         # Not an archive, a truncated one, or a member that is not a plain array
         # (pickled objects are refused: allow_pickle=False).
         raise ConfigError(

@@ -120,6 +120,10 @@ CORRUPTIONS = {
     "schedule for other edges": (_set(["schedule", "succs", 0], []), r"schedule\.succs.*edges"),
     "micro-batch count": (_set(["schedule", "num_microbatches"], 3), r"num_microbatches.*= 2"),
     "a micro-batch skipped": (_drop_schedule_op, r"order\[0\].*once each"),
+    "a stage's order missing": (
+        _delete(["schedule", "order", 3]),
+        r"schedule\.order=3: must list 4",
+    ),
     "backward before forward": (_backward_first, r"backward before its forward"),
     "tick table breaks a dependency": (
         _swap_first_ticks,
