@@ -6,13 +6,15 @@ of Flax modules), a series-parallel decomposition, the GraphPipe partitioner
 (binary search on bottleneck time per sample + a DP over the SP tree), a
 DAG-aware 1F1B scheduler whose tables are plain data, a discrete-event
 simulator, and PipeDream-, Piper- and GPipe-style sequential baselines on the
-same cost model. The shard_map runtime that executes a `StagePlan` is a later
-issue.
+same cost model; and the runtime that trains a plan: `compile` turns a
+`StagePlan` of a `ModuleGraph` into one jitted `jax.shard_map` train step
+(heterogeneous stages, DAG-1F1B or GPipe, data parallelism inside stages).
 
 Public submodules: `jgraph.pipeline.models` (the paper's benchmark models and
 their names), `jgraph.pipeline.planners` (planner names, schedule kinds and the
 plan assembler), `jgraph.pipeline.report` (a plan's stage table and chart) and
-`jgraph.pipeline.profiling` (a DAG of Flax modules, costed by profiling).
+`jgraph.pipeline.profiling` (a DAG of Flax modules, costed by profiling) and
+`jgraph.pipeline.runtime` (the compiled program, training loop and checkpoints).
 
 Example:
     >>> from jgraph.pipeline import ClusterConfig, plan_pipeline
@@ -32,7 +34,7 @@ from jgraph.pipeline._graph import ModelGraph as ModelGraph
 from jgraph.pipeline._graph import Node as Node
 from jgraph.pipeline._plan import Stage as Stage
 from jgraph.pipeline._plan import StagePlan as StagePlan
-from jgraph.pipeline._report import write_plan_png as write_plan_png
+from jgraph.pipeline._runtime import compile as compile
 from jgraph.pipeline._schedule import Schedule as Schedule
 from jgraph.pipeline._schedule import make_schedule as make_schedule
 from jgraph.pipeline._simulate import SimResult as SimResult
@@ -49,9 +51,9 @@ __all__ = [
     "SimResult",
     "Stage",
     "StagePlan",
+    "compile",
     "demo",
     "make_schedule",
     "plan_pipeline",
     "simulate",
-    "write_plan_png",
 ]
