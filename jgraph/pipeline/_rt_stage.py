@@ -47,16 +47,23 @@ def _leaves_elems(struct: Any) -> list[tuple[tuple[int, ...], Any, int]]:
 
 
 def _read(flat: jax.Array, off: int, rows: int, struct: Any) -> Any:
-    """A node's output for ``rows`` samples, from a flat wire-dtype vector."""
-    leaves, pos = [], off
-    for shape, dtype, n in _leaves_elems(struct):
-        leaves.append(flat[pos : pos + rows * n].reshape(rows, *shape).astype(dtype))
-        pos += rows * n
+    """A node's output for ``rows`` samples from a flat wire vector laid out ``[rows, e]``
+    (sample-major, so a range of samples is a contiguous range of elements)."""
+    specs = _leaves_elems(struct)
+    e = sum(n for _, _, n in specs)
+    block = flat[off : off + rows * e].reshape(rows, e)
+    leaves, pos = [], 0
+    for shape, dtype, n in specs:
+        leaves.append(block[:, pos : pos + n].reshape(rows, *shape).astype(dtype))
+        pos += n
     return jax.tree.unflatten(jax.tree.structure(struct), leaves)
 
 
 def _flat(values: list[Any], width: int, dtype: Any) -> jax.Array:
-    parts = [jnp.ravel(x).astype(dtype) for v in values for x in jax.tree.leaves(v)]
+    parts = []
+    for v in values:
+        leaves = [x.reshape(x.shape[0], -1).astype(dtype) for x in jax.tree.leaves(v)]
+        parts.append(jnp.ravel(jnp.concatenate(leaves, axis=1) if len(leaves) > 1 else leaves[0]))
     used = sum(int(p.shape[0]) for p in parts)
     parts.append(jnp.zeros((width - used,), dtype))
     return jnp.concatenate(parts) if len(parts) > 1 else parts[0]

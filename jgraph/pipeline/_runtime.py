@@ -179,17 +179,50 @@ class PipelineProgram:
                 return {k: np.zeros((n,), k) for k, n in self.pbuf.items()}
             return pack_host(self.param_specs[s], stage_params[s], self.pbuf)
 
-        def orow(r: int) -> dict[str, np.ndarray]:
-            s = int(lay.row_stage[r])
-            if s < 0:
-                return {k: np.zeros((n,), k) for k, n in self.obuf.items()}
-            return pack_host(self.opt_specs[s], self.optimizer.init(stage_params[s]), self.obuf)
-
+        pbufs = self._place(prow, self.pbuf)
         return {
-            "params": self._place(prow, self.pbuf),
-            "opt": self._place(orow, self.obuf),
+            "params": pbufs,
+            "opt": self._opt_init()(pbufs),
             "step": jax.device_put(jnp.zeros((), jnp.int32), self._sharding(P())),
         }
+
+    def _opt_init(self) -> Callable[[dict[str, jax.Array]], dict[str, jax.Array]]:
+        """Optimizer state made on each device from its own stage's packed parameters."""
+        if "opt_init" in self._fns:
+            return self._fns["opt_init"]
+        lay, n_st = self.layout, len(self.layout.stages)
+        row_stage = jnp.asarray(lay.row_stage)
+
+        def branch(s: int) -> Callable[[dict[str, jax.Array]], dict[str, jax.Array]]:
+            def init(pb: dict[str, jax.Array]) -> dict[str, jax.Array]:
+                opt = self.optimizer.init(unpack(self.param_specs[s], pb))
+                return pack(self.opt_specs[s], opt, self.obuf)
+
+            return init
+
+        def idle(pb: dict[str, jax.Array]) -> dict[str, jax.Array]:
+            return {k: jnp.zeros((n,), k) for k, n in self.obuf.items()}
+
+        def body(pbufs: dict[str, jax.Array]) -> dict[str, jax.Array]:
+            stage = row_stage[jax.lax.axis_index(STAGE)]
+            local = {k: v[0, 0] for k, v in pbufs.items()}
+            out = jax.lax.switch(
+                jnp.where(stage >= 0, stage, n_st), [branch(s) for s in range(n_st)] + [idle], local
+            )
+            return {k: v[None, None] for k, v in out.items()}
+
+        spec = P(STAGE, DATA)
+        fn = jax.jit(
+            jax.shard_map(
+                body,
+                mesh=self.mesh,
+                in_specs=({k: spec for k in self.pbuf},),
+                out_specs={k: spec for k in self.obuf},
+                check_vma=False,
+            )
+        )
+        self._fns["opt_init"] = fn
+        return fn
 
     def _check_params(self, params: Mapping[str, Any]) -> None:
         names = {n.name for n in self.graph.nodes}
