@@ -216,8 +216,8 @@ class PipelineProgram:
             jax.shard_map(
                 body,
                 mesh=self.mesh,
-                in_specs=({k: spec for k in self.pbuf},),
-                out_specs={k: spec for k in self.obuf},
+                in_specs=(dict.fromkeys(self.pbuf, spec),),
+                out_specs=dict.fromkeys(self.obuf, spec),
                 check_vma=False,
             )
         )

@@ -81,7 +81,7 @@ def init_params(mg: ModuleGraph, *, key: jax.Array) -> dict:
     return jax.jit(init)(key)  # one compile instead of one per eager op
 
 
-def ref_loss(mg: ModuleGraph, loss_fn, params, inputs, targets) -> jax.Array:  # noqa: ANN001
+def ref_loss(mg: ModuleGraph, loss_fn, params, inputs, targets) -> jax.Array:
     env = dict(inputs)
     for n in mg.nodes:
         env[n.name] = n.module.apply(params[n.name], *(env[u] for u in n.inputs))
@@ -112,12 +112,13 @@ def hand_plan(mg: ModuleGraph, stages: list[list[str]], degrees: list[int], *, m
     return plan
 
 
-def _costed(mg: ModuleGraph):  # noqa: ANN202
+def _costed(mg: ModuleGraph):
     from jgraph.pipeline import ModelGraph, Node
 
     nodes = [Node(name=i.name, kind="input") for i in mg.inputs]
     nodes += [
-        Node(name=n.name, inputs=n.inputs, kind="flax", flops=1e6, param_bytes=1e3) for n in mg.nodes
+        Node(name=n.name, inputs=n.inputs, kind="flax", flops=1e6, param_bytes=1e3)
+        for n in mg.nodes
     ]
     return ModelGraph(name=mg.name, nodes=tuple(nodes))
 
@@ -157,7 +158,8 @@ FAN_4 = [["x", "y", "a", "s"], ["b1"], ["b2"], ["c", "head"]]
 @pytest.mark.parametrize("micro", [8, 4, 2])  # M = 2, 4, 8 around depth 3
 def test_fan_graph_matches_reference(schedule: str, micro: int) -> None:
     plan = hand_plan(fan_graph(), FAN_4, [1, 1, 1, 1], micro=micro, batch=16, schedule=schedule)
-    assert plan.depth == 3 and plan.num_microbatches in (2, 4, 8)
+    assert plan.depth == 3
+    assert plan.num_microbatches in (2, 4, 8)
     check_against_reference(plan, fan_graph(), step=micro == 4)
 
 
@@ -172,7 +174,8 @@ def test_ragged_data_parallel_stages_match_reference() -> None:
 def test_uniform_data_parallel_uses_the_data_axis() -> None:
     plan = hand_plan(fan_graph(), FAN_4, [2, 2, 2, 2], micro=4, batch=8)
     prog, *_ = check_against_reference(plan, fan_graph())
-    assert (prog.layout.rows, prog.layout.cols) == (4, 2) and not prog.layout.ring_perms
+    assert (prog.layout.rows, prog.layout.cols) == (4, 2)
+    assert not prog.layout.ring_perms
 
 
 def test_one_stage_plan_equals_reference() -> None:
@@ -199,7 +202,8 @@ def test_each_device_holds_only_its_stage() -> None:
     buf = state["params"]["float32"]
     per_device = buf.addressable_shards[0].data.shape
     largest = max(s.sizes["float32"] for s in prog.param_specs)
-    assert per_device == (1, 1, largest) and largest < total
+    assert per_device == (1, 1, largest)
+    assert largest < total
     # Adam's mu and nu, plus its step count in an int32 buffer.
     assert state["opt"]["float32"].addressable_shards[0].data.shape[-1] == 2 * largest
 
@@ -214,10 +218,11 @@ def test_training_steps_do_not_recompile_and_follow_reference_adam() -> None:
     state = prog.init(params)
     state, m0 = prog.step(state, inputs, targets)
     with assert_no_recompile("second pipelined step"):
-        state, m1 = prog.step(state, inputs, targets)
+        state, _m1 = prog.step(state, inputs, targets)
         state, m2 = prog.step(state, inputs, targets)
+
     @jax.jit
-    def ref_step(p, o):  # noqa: ANN001, ANN202
+    def ref_step(p, o):
         g = jax.grad(lambda p: ref_loss(mg, mse, p, inputs, targets))(p)
         upd, o = tx.update(g, o, p)
         return optax.apply_updates(p, upd), o
@@ -231,9 +236,8 @@ def test_training_steps_do_not_recompile_and_follow_reference_adam() -> None:
 
 def test_plan_for_another_graph_is_refused_before_tracing() -> None:
     plan = hand_plan(fan_graph(), FAN_4, [1, 1, 1, 1], micro=4, batch=8)
-    other = dataclasses.replace(fan_graph(), nodes=fan_graph().nodes[:-1] + (
-        ModuleNode(name="out", module=nn.Dense(3), inputs=("c",)),))  # fmt: skip
-    with pytest.raises(ConfigError, match="StagePlan.stages"):
+    other = dataclasses.replace(fan_graph(), nodes=(*fan_graph().nodes[:-1], ModuleNode(name="out", module=nn.Dense(3), inputs=("c",))))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"StagePlan\.stages"):
         compile(plan, other, mse, optax.sgd(0.1))
 
 
@@ -241,7 +245,7 @@ def test_mesh_with_wrong_device_count_is_refused() -> None:
     from jgraph.testing import cpu_mesh
 
     plan = hand_plan(fan_graph(), FAN_4, [1, 1, 1, 1], micro=4, batch=8)
-    with pytest.raises(ConfigError, match="compile.mesh"):
+    with pytest.raises(ConfigError, match=r"compile\.mesh"):
         compile(plan, fan_graph(), mse, optax.sgd(0.1), mesh=cpu_mesh((4,), ("stage",)))
 
 
@@ -264,3 +268,32 @@ def test_stateful_modules_are_refused() -> None:
     plan = hand_plan(mg, [["x", "bn"], ["head"]], [1, 1], micro=4, batch=8)
     with pytest.raises(ConfigError, match="collections other than 'params'"):
         compile(plan, mg, mse, optax.sgd(0.1))
+
+
+def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path) -> None:
+    from jgraph.pipeline.runtime import TrainConfig, train
+
+    mg = fan_graph()
+    plan = hand_plan(mg, FAN_4, [2, 2, 2, 2], micro=4, batch=16)
+    prog = compile(plan, mg, mse, optax.adam(1e-2))
+    params = init_params(mg, key=jax.random.key(0))
+
+    def data(step: int) -> tuple[dict, np.ndarray]:
+        inputs, targets = rank_coded_batch(mg, 16, 3)
+        return {k: v + 0.01 * step for k, v in inputs.items()}, targets
+
+    full = train(prog, params, data, TrainConfig(steps=4))
+    cfg = TrainConfig(steps=4, checkpoint_dir=tmp_path / "ck", checkpoint_every=2, stop_after=2)
+    first = train(prog, params, data, cfg)
+    assert [h["step"] for h in first.history] == [1, 2]
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(prog, params, data, cfg)
+    resumed = train(prog, params, data, dataclasses.replace(cfg, stop_after=None, resume=True))
+    assert resumed.resumed_from == 2
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+    assert_trees_close(prog.params(resumed.state), prog.params(full.state), kind="exact")
+    # A checkpoint of another plan is refused rather than loaded into the wrong layout.
+    other = compile(hand_plan(mg, FAN_4, [1, 1, 1, 1], micro=4, batch=16), mg, mse,
+                    optax.adam(1e-2))  # fmt: skip
+    with pytest.raises(ConfigError, match="another plan"):
+        train(other, params, data, dataclasses.replace(cfg, resume=True))
