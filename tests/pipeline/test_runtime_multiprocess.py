@@ -39,8 +39,15 @@ print(json.dumps(out))
 
 
 def _local_losses() -> dict[str, list[float]]:
-    from test_runtime import FAN_4, compile, fan_graph, hand_plan, init_params, mse
-    from test_runtime import rank_coded_batch
+    from test_runtime import (
+        FAN_4,
+        compile,
+        fan_graph,
+        hand_plan,
+        init_params,
+        mse,
+        rank_coded_batch,
+    )
 
     from jgraph.pipeline.runtime import TrainConfig, train
 
