@@ -1,4 +1,4 @@
-"""`jgraph pipeline plan`: plan graph pipeline parallelism (GraphPipe) and its baselines."""
+"""`jgraph pipeline plan|train`: plan graph pipeline parallelism (GraphPipe), then train."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from jgraph.cli._pipeline_train import register_train_flags, run_train
 from jgraph.cli._args import (
     EXIT_OK,
     LibraryChoices,
@@ -77,7 +78,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=help_ + ". Every throughput printed is simulated with the cost model.",
     )
     p.set_defaults(handler=run)
-    p.add_argument("action", nargs="?", choices=("plan",), default="plan", help="plan (default)")
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=("plan", "train"),
+        default="plan",
+        help="plan (default), or train a Flax module model (--model mmt-tiny) pipelined",
+    )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--model", choices=MODELS, metavar="MODEL", help="a paper model to plan: %(choices)s"
@@ -88,7 +95,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="your own costed graph instead: a ModelGraph JSON file (README: 'your own graph')",
     )
-    p.add_argument("--branches", type=_BRANCHES, default=4, help="branches of --model synthetic")
+    p.add_argument(
+        "--branches", type=_BRANCHES, help="branches of a multi-branch --model (default: its own)"
+    )
     p.add_argument("--devices", type=_DEVICES, default=8, help="number of devices")
     p.add_argument(
         "--memory",
@@ -138,6 +147,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--out", type=output_dir, default=Path("."), help="folder for the plan JSON and PNG"
     )
     p.add_argument("--no-png", action="store_true", help="skip the Gantt chart")
+    register_train_flags(p)
 
 
 def _graph_file(text: str) -> Path:
@@ -195,6 +205,8 @@ def _check_schedule_size(args: argparse.Namespace, num_nodes: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "train":
+        return run_train(args)
     make_output_dir(args.out, "--out")
     import dataclasses
 
