@@ -188,8 +188,10 @@ class EfficiencyCurve:
         try:
             return cls(**d)
         except ConfigError as exc:
-            # Name the curve's position in the file as well as its key.
-            raise ConfigError(f"{where}: {exc.field}", exc.value, exc.problem, exc.fix) from None
+            # Name the curve's position in the file as well as its key:
+            # "CostProfile.curves[0]('ff').micro_batches".
+            field = exc.field.replace("EfficiencyCurve", where, 1)
+            raise ConfigError(field, exc.value, exc.problem, exc.fix) from None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
