@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The checks a session with a lent GPU runs in one go (device time is short): the paged-attention
 # kernel compiled by Triton against the reference (tests), its variant sweep and the whole
-# co-serving step with attention_impl reference vs pallas (benchmark). Logs and JSON go to
+# co-serving step with attention_impl reference vs pallas (benchmark), then the pipeline
+# planner's cost curves (the benchmark blocks timed vs micro-batch; copy
+# $OUT/pipeline_profile.json to scripts/gpu/profiles/<card>.json). Logs and JSON go to
 # $OUT (the device tool's output folder) or ./gpu_out. Each part has its own time limit so a
 # hang in one still leaves the others' results.
 #   PYTHONPATH=. bash scripts/gpu_checks.sh
@@ -21,3 +23,6 @@ XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 200 python3 -m pytest -q -n 4 -p no:
 XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 120 python3 -m pytest -q -p no:benchmark \
   -p no:cacheprovider tests/coserve/test_step_pallas_vs_reference.py 2>&1 \
   | tee "$out/tests_step.log"
+# Expected 2-3 minutes on an H100/H200 (not yet run on one); CI runs it with --smoke on the CPU.
+timeout 300 python3 scripts/gpu/profile_pipeline.py --out "$out/pipeline_profile.json" 2>&1 \
+  | tee "$out/pipeline_profile.log"

@@ -13,6 +13,12 @@ Its time per sample (TPS, the quantity GraphPipe's binary search bounds) is
 ``(fwd + bwd + comm) / b + allreduce / B`` (transfers add to the stage time, as
 in Piper; ``overlap_comm`` takes a max instead, as in PipeDream).
 
+A node's compute times are its roofline (`ClusterConfig`) unless it carries
+``measured`` rows (from `profile_module_graph`, or a `CostProfile`'s efficiency
+curves put on by `apply_profile`): then the per-call time is interpolated
+linearly between rows, held below the smallest row and grown in proportion to
+the micro-batch above the largest (per-sample time held: the device saturated).
+
 Memory per device of the stage, with ``n`` micro-batches in flight:
 ``param_bytes * optimizer_bytes_per_param_byte + n * (b / d) * activation_bytes
 + 2 * (b / d) * max output_bytes`` (one output and one gradient buffer of
