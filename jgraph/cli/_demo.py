@@ -33,6 +33,13 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         make_output_dir(args.out, "--out")
     import jax
+
+    # The pipeline part trains on 8 devices: ask for 8 fake CPU devices before JAX
+    # starts (an accelerator backend keeps its own devices; other parts use one).
+    try:
+        jax.config.update("jax_num_cpu_devices", 8)
+    except RuntimeError:  # the backend already started (jgraph used as a library)
+        pass
     from rich.console import Console
     from rich.table import Table
 
