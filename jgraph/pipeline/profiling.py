@@ -3,7 +3,9 @@
 `ModuleGraph` names Flax Linen modules (`ModuleNode`) and what each consumes (other nodes or
 `GraphInput`s); `profile_module_graph` compiles, times and measures each node (forward,
 backward, residual bytes; cached on disk) and returns the costed `ModelGraph` that
-`jgraph.pipeline.plan_pipeline` partitions.
+`jgraph.pipeline.plan_pipeline` partitions. `init_module_graph` and `apply_module_graph`
+are the single-device reference (initialise every node, run the graph to its sink,
+`module_graph_sink`) that a pipeline runtime is checked against.
 
 A `CostProfile` (JSON, see `CostProfile.load`) holds `EfficiencyCurve`s: seconds per sample
 vs per-device micro-batch, per node kind or per node name, with the device, jax version and
@@ -36,6 +38,9 @@ from jgraph.pipeline._curve import EfficiencyCurve as EfficiencyCurve
 from jgraph.pipeline._curve import apply_profile as apply_profile
 from jgraph.pipeline._measured_shape import MEASURED_SHAPE_LABEL as MEASURED_SHAPE_LABEL
 from jgraph.pipeline._measured_shape import measured_shape_profile as measured_shape_profile
+from jgraph.pipeline._module_apply import apply_module_graph as apply_module_graph
+from jgraph.pipeline._module_apply import init_module_graph as init_module_graph
+from jgraph.pipeline._module_apply import module_graph_sink as module_graph_sink
 from jgraph.pipeline._profile import GraphInput as GraphInput
 from jgraph.pipeline._profile import ModuleGraph as ModuleGraph
 from jgraph.pipeline._profile import ModuleNode as ModuleNode
@@ -49,7 +54,10 @@ __all__ = [
     "GraphInput",
     "ModuleGraph",
     "ModuleNode",
+    "apply_module_graph",
     "apply_profile",
+    "init_module_graph",
     "measured_shape_profile",
+    "module_graph_sink",
     "profile_module_graph",
 ]
