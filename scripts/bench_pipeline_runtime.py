@@ -53,13 +53,13 @@ def _stage_balance(mg: Any, plan: Any, params: Any, inputs: Any) -> tuple[float,
             full[n.name] = n.module.apply(params[n.name], *(full[u] for u in n.inputs))
         ext = {u: full[u] for v in order for u in mods[v].inputs if u not in order}
 
-        def fwd(p, e, order=order):  # noqa: ANN001, ANN202
+        def fwd(p, e, order=order):
             loc = dict(e)
             for v in order:
                 loc[v] = mods[v].module.apply(p[v], *(loc[u] for u in mods[v].inputs))
             return [loc[v] for v in order]
 
-        def fb(p, e, fwd=fwd):  # noqa: ANN001, ANN202
+        def fb(p, e, fwd=fwd):
             outs, pull = jax.vjp(fwd, p, e)
             return pull([np.ones(o.shape, o.dtype) for o in outs])
 
@@ -162,11 +162,16 @@ def main() -> None:
     rows = []
     for name, kw in cases:
         mg = module_model(name, **kw)
-        costed = profile_module_graph(mg, micro_batches=(1, 2, 4, 8), repeats=1 if args.smoke else 3)
+        costed = profile_module_graph(
+            mg, micro_batches=(1, 2, 4, 8), repeats=1 if args.smoke else 3
+        )
         cluster = ClusterConfig(num_devices=DEVICES)
         gp = plan_pipeline(costed, cluster, batch=batch, planner="graphpipe")
         seq = max(
-            (plan_pipeline(costed, cluster, batch=batch, planner=p) for p in ("pipedream", "gpipe")),
+            (
+                plan_pipeline(costed, cluster, batch=batch, planner=p)
+                for p in ("pipedream", "gpipe")
+            ),
             key=lambda p: p.throughput,
         )
         for plan in (gp, seq):

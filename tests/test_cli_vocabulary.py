@@ -19,7 +19,7 @@ from jgraph.cli._args import LibraryChoices
 # (command path, flag) -> (owner module, name). The CLI's own choices (none are a
 # library vocabulary) are listed in CLI_OWNED instead.
 OWNERS = {
-    (("pipeline",), "--model"): ("jgraph.pipeline.models", "MODEL_NAMES"),
+    (("pipeline",), "--model"): ("jgraph.pipeline.models", "ALL_MODEL_NAMES"),
     (("pipeline",), "--planner"): ("jgraph.pipeline.planners", "PLANNER_NAMES"),
     (("pipeline",), "--schedule"): ("jgraph.pipeline.planners", "SCHEDULE_KINDS"),
     (("superopt", "run"), "--program"): ("jgraph.superopt.programs", "PROGRAMS"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -36,10 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
     # The pipeline part trains on 8 devices: ask for 8 fake CPU devices before JAX
     # starts (an accelerator backend keeps its own devices; other parts use one).
-    try:
+    with contextlib.suppress(RuntimeError):  # the backend already started: keep its devices
         jax.config.update("jax_num_cpu_devices", 8)
-    except RuntimeError:  # the backend already started (jgraph used as a library)
-        pass
     from rich.console import Console
     from rich.table import Table
 

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from jgraph.cli._pipeline_train import register_train_flags, run_train
 from jgraph.cli._args import (
     EXIT_OK,
     LibraryChoices,
@@ -19,9 +18,10 @@ from jgraph.cli._args import (
     output_dir,
     positive_float,
 )
+from jgraph.cli._pipeline_train import register_train_flags, run_train
 
 # The library owns these names; read when a flag is validated or its help printed.
-MODELS = LibraryChoices("jgraph.pipeline.models", "MODEL_NAMES")
+MODELS = LibraryChoices("jgraph.pipeline.models", "ALL_MODEL_NAMES")
 PLANNERS = LibraryChoices("jgraph.pipeline.planners", "PLANNER_NAMES")
 SCHEDULES = LibraryChoices("jgraph.pipeline.planners", "SCHEDULE_KINDS")
 
@@ -87,7 +87,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--model", choices=MODELS, metavar="MODEL", help="a paper model to plan: %(choices)s"
+        "--model",
+        choices=MODELS,
+        metavar="MODEL",
+        help="a paper model (costed, plan only) or a Flax *-tiny model (profiled here; "
+        "plan or train): %(choices)s",
     )
     source.add_argument(
         "--graph",
@@ -161,8 +165,11 @@ def _load_graph(args: argparse.Namespace) -> Any:
     """The graph to plan: a paper model by name, or the user's ModelGraph JSON file."""
     from jgraph.core import ConfigError
     from jgraph.pipeline import ModelGraph
-    from jgraph.pipeline.models import paper_model
+    from jgraph.pipeline.models import MODULE_MODEL_NAMES, module_model, paper_model
+    from jgraph.pipeline.profiling import profile_module_graph
 
+    if args.model in MODULE_MODEL_NAMES:  # a Flax model: profiled on this backend (cached)
+        return profile_module_graph(module_model(args.model, branches=args.branches))
     if args.graph is None:
         return paper_model(args.model, branches=args.branches)  # analytic: milliseconds
     try:

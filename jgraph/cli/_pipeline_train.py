@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 
 from jgraph.cli._args import EXIT_OK, flag_error, int_in, make_output_dir, positive_float
 
@@ -65,11 +66,11 @@ def run_train(args: argparse.Namespace) -> int:
     from jgraph.pipeline.runtime import TrainConfig, plan_module_graph, train
 
     lead = jax.process_index() == 0
-    mg = module_model(args.model, branches=args.branches if args.model == "mmt-tiny" else None)
+    mg = module_model(args.model, branches=args.branches)
     loss_fn = module_model_loss(args.model)
     if args.plan_file:
         try:
-            text = open(args.plan_file).read()  # noqa: PTH123 - a user path, read once
+            text = Path(args.plan_file).read_text()
         except OSError as exc:
             raise flag_error("--plan", f"cannot read {args.plan_file}: {exc}") from exc
         plan = StagePlan.from_json(text)
@@ -86,7 +87,7 @@ def run_train(args: argparse.Namespace) -> int:
     sample, _ = synthetic_batch(mg, args.model, 2, key=key)
     params = init_module_graph(mg, sample, key=key)
 
-    def data(step: int):  # noqa: ANN202 - (inputs, targets)
+    def data(step: int):
         return synthetic_batch(mg, args.model, plan.batch_size, key=jax.random.fold_in(key, step))
 
     if lead:
@@ -110,7 +111,8 @@ def run_train(args: argparse.Namespace) -> int:
     )  # fmt: skip
     hist = result.history
     if lead:
-        for h in hist[:: max(1, len(hist) // 10)] + hist[-1:]:
+        shown = hist[:: max(1, len(hist) // 10)]
+        for h in shown + [h for h in hist[-1:] if h not in shown]:
             print(f"step {h['step']:>5}  loss {h['loss']:.5f}")
         if hist:
             print(f"loss {hist[0]['loss']:.5f} -> {hist[-1]['loss']:.5f} over {len(hist)} steps "

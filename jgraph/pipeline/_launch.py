@@ -71,11 +71,13 @@ def start_devices(
         jax.config.update("jax_num_cpu_devices", devices // num_processes)
         if num_processes > 1:
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    except RuntimeError as exc:  # the backend already started
-        raise ConfigError(
-            "start_devices", devices, f"JAX has already started ({exc})",
-            "call start_devices first thing, before any jax.devices() or computation",
-        ) from exc  # fmt: skip
+    except RuntimeError as exc:  # the backend already started: fine if it has the devices
+        if num_processes > 1 or len(jax.devices()) < devices:
+            raise ConfigError(
+                "start_devices", devices, f"JAX has already started ({exc})",
+                "call start_devices first thing, before any jax.devices() or computation",
+            ) from exc  # fmt: skip
+        log.info("JAX already started with %d devices; using them", len(jax.devices()))
     if num_processes > 1:
         jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
         log.info("process %d of %d joined %s", process_id, num_processes, coordinator)

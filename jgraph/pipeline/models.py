@@ -33,7 +33,12 @@ from jgraph.pipeline._module_models import module_model as module_model
 from jgraph.pipeline._module_models import module_model_loss as module_model_loss
 from jgraph.pipeline._module_models import synthetic_batch as synthetic_batch
 
+ALL_MODEL_NAMES: tuple[str, ...] = MODEL_NAMES + MODULE_MODEL_NAMES
+"""Every name ``jgraph pipeline --model`` accepts: costed paper graphs (plan only) and the
+trainable module models (plan after profiling on this backend, or train)."""
+
 __all__ = [
+    "ALL_MODEL_NAMES",
     "MODEL_NAMES",
     "MODULE_MODEL_NAMES",
     "PAPER_MODELS",
