@@ -119,7 +119,7 @@ def run_plan(name: str, mg: Any, plan: Any, steps: int) -> dict[str, Any]:
         "M": plan.num_microbatches,
         "mesh": f"{lay.rows}x{lay.cols}",
         "permutes_per_tick": lay.permutes_per_tick,
-        "permutes_in_hlo": permutes_hlo,
+        "permutes_in_hlo": permutes_hlo,  # the tick body's plus the DP ring's
         "ticks": lay.num_ticks,
         "peak_in_flight": per_stage_peak,
         "warmup_bound": bound,

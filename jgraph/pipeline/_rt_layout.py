@@ -291,7 +291,9 @@ def build_layout(
     for s, io in enumerate(stage_io):
         srcs = {owner[u] for u in io.ext_in}
         dsts = {owner[w] for u in io.ext_out for w in consumers.get(u, ()) if owner[w] != s}
-        a, na, c, nc = {}, 0, {}, 0
+        a: dict[int, int] = {}
+        c: dict[int, int] = {}
+        na = nc = 0
         if srcs:
             iv = {k: (min(tick_of[(1, p, k)] for p in srcs), tick_of[(2, s, k)]) for k in range(m)}
             a, na = _intervals_to_slots(iv)

@@ -148,11 +148,12 @@ class PipelineProgram:
                 cache[r] = per_row(r)
             return cache[r]
 
-        out = {}
+        out: dict[str, jax.Array] = {}
         for key, n in sizes.items():
             shape = (lay.rows, lay.cols, n)
 
-            def cb(index: tuple[slice, ...], key: str = key) -> np.ndarray:
+            def cb(index: Any, key: str = key) -> np.ndarray:
+                # index: this shard's (rows, cols, elements) slices of the global array
                 rows = range(lay.rows)[index[0]]
                 blocks = [row_bufs(r)[key] for r in rows]
                 ncols = len(range(lay.cols)[index[1]])
