@@ -12,6 +12,10 @@ fake CPU devices. Reported per plan:
   the profile-based cost model vs timed alone on one device (max / mean of stages);
 * the first step's pipelined loss vs the one-device reference loss.
 
+The models are tiny, so each device gets a third of the model's weights + Adam
+state as its memory (otherwise one data-parallel stage wins and there is no
+pipeline to compare), and micro-batches are fixed at batch / 8.
+
 CPU step times are printed but are NO SPEED CLAIM: the 8 devices are fake, share
 this machine's cores, and a ppermute is a memcpy. The "simulated" column is the
 planner's cost-model iteration time.
@@ -148,7 +152,7 @@ def main() -> None:
 
     start_devices(devices=DEVICES)
     from jgraph.core import format_table, write_results
-    from jgraph.pipeline import ClusterConfig, plan_pipeline
+    from jgraph.pipeline import ClusterConfig, PlannerConfig, plan_pipeline
     from jgraph.pipeline.models import module_model
     from jgraph.pipeline.profiling import profile_module_graph
 
