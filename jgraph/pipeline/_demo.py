@@ -67,18 +67,30 @@ def _train_demo(out_dir: Path) -> tuple[list[tuple[str, str]], str, list[Path]]:
     import jax
     import optax
 
-    from jgraph.pipeline._launch import plan_module_graph
+    from jgraph.pipeline._config import PlannerConfig
     from jgraph.pipeline._module_apply import apply_module_graph, init_module_graph
     from jgraph.pipeline._module_models import module_model, module_model_loss, synthetic_batch
+    from jgraph.pipeline._profile import profile_module_graph
     from jgraph.pipeline._runtime import compile
     from jgraph.pipeline._train import TrainConfig, train
 
     devices = min(8, len(jax.devices()))
     mg = module_model("mmt-tiny")
     loss_fn = module_model_loss("mmt-tiny")
-    plan = plan_module_graph(
-        mg, cluster=ClusterConfig(num_devices=devices), batch=32, profile_micro_batches=(1, 4)
-    )
+    costed = profile_module_graph(mg, micro_batches=(1, 4))
+    # mmt-tiny fits one device, where data parallelism alone wins: give each device a
+    # third of the weights + Adam state (or the least split that fits) to make the
+    # planner build a pipeline, with micro-batch 8 (4 micro-batches of the batch of 32).
+    config = PlannerConfig(micro_batch_sizes=(8,))
+    static = sum(n.param_bytes for n in costed.nodes) * config.optimizer_bytes_per_param_byte
+    for share in (3, 2, 1.5, 1):
+        cluster = ClusterConfig(num_devices=devices, memory_bytes=static / share)
+        try:
+            plan = plan_pipeline(costed, cluster, config, batch=32)
+            break
+        except NoPlanError:
+            if share == 1:
+                raise
     prog = compile(plan, mg, loss_fn, optax.adam(3e-3))
     key = jax.random.key(0)
     inputs, targets = synthetic_batch(mg, "mmt-tiny", plan.batch_size, key=key)
@@ -92,7 +104,8 @@ def _train_demo(out_dir: Path) -> tuple[list[tuple[str, str]], str, list[Path]]:
             f"mmt-tiny pipelined on {devices} {jax.default_backend()} device(s)",
             f"{len(plan.stages)} stages, depth {plan.depth}, micro-batch "
             f"{plan.micro_batch_size} x {plan.num_microbatches} ({plan.schedule.kind}), mesh "
-            f"{lay.rows}x{lay.cols}, {lay.permutes_per_tick} ppermutes/tick",
+            f"{lay.rows}x{lay.cols}, {lay.permutes_per_tick} ppermutes/tick, each device "
+            f"{cluster.memory_bytes / 1e6:.2f} MB (planned)",
         ),
         (
             "  loss over 8 steps",

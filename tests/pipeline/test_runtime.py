@@ -148,6 +148,8 @@ def check_against_reference(plan: StagePlan, mg: ModuleGraph, *, out_dim: int = 
     for st in plan.stages:
         r0 = prog.layout.stages[st.index].first_row
         assert (peaks[r0] == st.peak_in_flight).all(), (st.index, peaks[r0], st.peak_in_flight)
+        if plan.schedule.kind == "1f1b":  # GraphPipe's warm-up bound W_i = min(M, L_i)
+            assert (peaks[r0] <= min(plan.num_microbatches, st.depth)).all()
     return prog, new_state, inputs, targets
 
 
