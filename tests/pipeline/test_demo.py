@@ -1,9 +1,18 @@
 """The pipeline part of `jgraph demo`."""
 
+import pytest
+
+import jgraph.pipeline._demo as demo_module
 from jgraph.pipeline import StagePlan, demo
 
 
-def test_demo_writes_plans_and_charts(tmp_path):
+@pytest.fixture
+def no_training(monkeypatch):
+    """The planning half alone (the training half has its own test below)."""
+    monkeypatch.setattr(demo_module, "_train_demo", lambda out_dir: ([], "training skipped", []))
+
+
+def test_demo_writes_plans_and_charts(tmp_path, no_training):
     report = demo(tmp_path)
     assert "best sequential-pipeline plan" in report.headline
     assert {p.suffix for p in report.artifacts} == {".json", ".png"}
@@ -17,9 +26,8 @@ def test_demo_writes_plans_and_charts(tmp_path):
     assert "candle_uno / pipedream" in labels
 
 
-def test_demo_shows_a_planners_whole_reason(tmp_path, monkeypatch):
+def test_demo_shows_a_planners_whole_reason(tmp_path, monkeypatch, no_training):
     # Small graphs and a tiny Piper state cap keep this fast and make Piper give up.
-    import jgraph.pipeline._demo as demo_module
     from jgraph.pipeline import PlannerConfig, plan_pipeline
     from jgraph.pipeline.models import candle_uno, mmt
 
@@ -47,3 +55,18 @@ def test_demo_shows_a_planners_whole_reason(tmp_path, monkeypatch):
         "mmt / piper",
         "mmt / gpipe",
     ]
+
+
+@pytest.mark.slow  # profiles, plans and trains mmt-tiny (~1 min on 2 busy cores)
+def test_demo_trains_a_real_pipeline_matching_one_device(tmp_path):
+    import json
+
+    rows, line, artifacts = demo_module._train_demo(tmp_path)
+    record = json.loads(artifacts[0].read_text())
+    plan = StagePlan.from_dict(record["plan"])
+    assert len(plan.stages) > 1
+    assert plan.num_microbatches > 1
+    losses = record["losses"]
+    assert abs(losses[0] - record["reference_first_loss"]) <= 1e-5 * abs(losses[0])
+    assert losses[-1] < losses[0]
+    assert "trained pipelined" in line
