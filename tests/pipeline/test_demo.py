@@ -61,7 +61,7 @@ def test_demo_shows_a_planners_whole_reason(tmp_path, monkeypatch, no_training):
 def test_demo_trains_a_real_pipeline_matching_one_device(tmp_path):
     import json
 
-    rows, line, artifacts = demo_module._train_demo(tmp_path)
+    _rows, line, artifacts = demo_module._train_demo(tmp_path)
     record = json.loads(artifacts[0].read_text())
     plan = StagePlan.from_dict(record["plan"])
     assert len(plan.stages) > 1
