@@ -311,13 +311,48 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path) -> None:
 
 # --- the module model zoo through the planner and the runtime ---------------------------
 
+# Each zoo model under a GraphPipe plan, re-assembled with a micro-batch count below, equal
+# to or above the plan's depth, under either schedule; one case runs in the fast tier.
 ZOO_CASES = [
-    pytest.param("mmt-tiny", {"branches": 2, "layers": 1}, 8, id="mmt-2", marks=pytest.mark.slow),
-    pytest.param("transformer-tiny", {"layers": 3}, 4, id="sequential", marks=pytest.mark.slow),
-    pytest.param("mmt-tiny", {"branches": 4, "layers": 1}, 8, id="mmt-4", marks=pytest.mark.slow),
-    pytest.param("dlrm-tiny", {}, 8, id="dlrm", marks=pytest.mark.slow),
-    pytest.param("candle-uno-tiny", {}, 8, id="candle-uno", marks=pytest.mark.slow),
-]
+    pytest.param("mmt-tiny", {"branches": 2, "layers": 1}, "1f1b", "below", id="mmt-2-1f1b-M<D"),
+    pytest.param("mmt-tiny", {"branches": 2, "layers": 1}, "gpipe", "above",
+                 id="mmt-2-gpipe-M>D", marks=pytest.mark.slow),
+    pytest.param("mmt-tiny", {"branches": 4, "layers": 1}, "1f1b", "equal",
+                 id="mmt-4-1f1b-M=D", marks=pytest.mark.slow),
+    pytest.param("dlrm-tiny", {}, "gpipe", "below", id="dlrm-gpipe-M<D", marks=pytest.mark.slow),
+    pytest.param("candle-uno-tiny", {}, "1f1b", "above", id="candle-1f1b-M>D",
+                 marks=pytest.mark.slow),
+    pytest.param("transformer-tiny", {"layers": 3}, "gpipe", "equal", id="seq-gpipe-M=D",
+                 marks=pytest.mark.slow),
+    pytest.param("transformer-tiny", {"layers": 3}, "1f1b", "above", id="seq-1f1b-M>D",
+                 marks=pytest.mark.slow),
+]  # fmt: skip
+
+
+def regime_plan(mg: ModuleGraph, schedule: str, regime: str) -> StagePlan:
+    """GraphPipe's stages for ``mg`` on 8 devices, with M below, equal to or above the depth."""
+    from jgraph.pipeline import plan_pipeline
+
+    graph = _costed(mg)
+    config = PlannerConfig(schedule=schedule)
+    first = plan_pipeline(graph, ClusterConfig(num_devices=N_DEV), config, batch=16)
+    depth = first.depth
+    m = {"below": max(1, depth - 1), "equal": depth, "above": depth + 2}[regime]
+    cm = CostModel(graph, ClusterConfig(num_devices=N_DEV), config)
+    names = cm.graph.topological_order
+    stages = [[names.index(n) for n in st.nodes] for st in first.stages]
+    degrees = [st.data_parallel for st in first.stages]
+    micro = max(degrees)  # powers of two: every degree divides it
+    plan, _ = assemble_plan(cm, stages, degrees, micro_batch=micro, batch=micro * m,
+                            planner="graphpipe")  # fmt: skip
+    assert len(plan.stages) > 1  # a real pipeline, not one stage
+    if regime == "below":
+        assert plan.num_microbatches < plan.depth or plan.depth == 1
+    elif regime == "equal":
+        assert plan.num_microbatches == plan.depth
+    else:
+        assert plan.num_microbatches > plan.depth
+    return plan
 
 
 def zoo_check(name: str, kw: dict, plan: StagePlan) -> None:
@@ -337,15 +372,11 @@ def zoo_check(name: str, kw: dict, plan: StagePlan) -> None:
     assert_trees_close(grads, ref_g, kind="gradient", err_msg=name)
 
 
-@pytest.mark.parametrize(("name", "kw", "devices"), ZOO_CASES)
-def test_zoo_models_planned_by_graphpipe_match_reference(name: str, kw: dict, devices: int) -> None:
-    from jgraph.pipeline import plan_pipeline
+@pytest.mark.parametrize(("name", "kw", "schedule", "regime"), ZOO_CASES)
+def test_zoo_models_match_reference(name: str, kw: dict, schedule: str, regime: str) -> None:
     from jgraph.pipeline.models import module_model
 
-    mg = module_model(name, **kw)
-    plan = plan_pipeline(_costed(mg), ClusterConfig(num_devices=devices), batch=16)
-    assert len(plan.stages) > 1  # a real pipeline, not one stage
-    zoo_check(name, kw, plan)
+    zoo_check(name, kw, regime_plan(module_model(name, **kw), schedule, regime))
 
 
 def test_mmt_with_a_data_parallel_branch_stage_matches_reference() -> None:
