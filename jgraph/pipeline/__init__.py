@@ -25,6 +25,7 @@ Example:
 """
 
 from jgraph.pipeline._api import plan_pipeline as plan_pipeline
+from jgraph.pipeline._compile import compile as compile
 from jgraph.pipeline._config import ClusterConfig as ClusterConfig
 from jgraph.pipeline._config import PlannerConfig as PlannerConfig
 from jgraph.pipeline._cost import CostModel as CostModel
@@ -34,7 +35,6 @@ from jgraph.pipeline._graph import ModelGraph as ModelGraph
 from jgraph.pipeline._graph import Node as Node
 from jgraph.pipeline._plan import Stage as Stage
 from jgraph.pipeline._plan import StagePlan as StagePlan
-from jgraph.pipeline._runtime import compile as compile
 from jgraph.pipeline._schedule import Schedule as Schedule
 from jgraph.pipeline._schedule import make_schedule as make_schedule
 from jgraph.pipeline._simulate import SimResult as SimResult

@@ -377,31 +377,8 @@ def compile(
     *,
     mesh: Mesh | None = None,
 ) -> PipelineProgram:
-    """Compiles ``plan`` of ``module_graph`` into a pipelined train step.
+    """`jgraph.pipeline.compile` (documented there; this module loads JAX)."""
 
-    Args:
-        plan: a `StagePlan` of the graph ``profile_module_graph(module_graph)``
-            returns (same node names); checked against the graph before tracing.
-        module_graph: the Flax module DAG; exactly one node (the sink) feeds the loss.
-        loss_fn: ``loss_fn(sink_output, targets) -> scalar``, the MEAN over the
-            samples it is given (the pipeline's loss is then the batch mean; a
-            loss that does not decompose over samples is not supported).
-        optimizer: an ``optax.GradientTransformation``; it runs per stage on the
-            stage's parameter pytree, so per-tensor transforms are exact but
-            whole-model ones (``clip_by_global_norm``) see one stage at a time.
-        mesh: ``plan.num_devices`` devices (any shape: they are laid out as
-            ``(STAGE, DATA)`` in order); ``None`` uses the first devices of JAX.
-
-    Returns:
-        A `PipelineProgram`: ``init(params)``, ``step(state, inputs, targets)``.
-
-    Example:
-        >>> import optax
-        >>> from jgraph.pipeline import ClusterConfig, compile, plan_pipeline
-        >>> from jgraph.pipeline.profiling import profile_module_graph
-        >>> # prog = compile(plan_pipeline(profile_module_graph(mg), ClusterConfig(num_devices=8),
-        >>> #                batch=32), mg, loss, optax.adam(1e-3))
-    """
     sink = _validate(plan, module_graph, mesh)
     abstract_params, out_struct = _abstract_graph(module_graph)
     gin = frozenset(i.name for i in module_graph.inputs)

@@ -126,7 +126,7 @@ def train(
         if latest is not None and not config.resume:
             raise ConfigError(
                 "TrainConfig.checkpoint_dir", str(ckpt), f"already holds a run (step {latest})",
-                "pass resume=True (--resume) to continue it, or use a new folder",
+                "pass TrainConfig(resume=True) to continue it, or use a new folder",
             )  # fmt: skip
         if latest is not None:
             saved = json.loads((ckpt / "history.json").read_text())

@@ -12,11 +12,11 @@ Example:
     5
 """
 
+from jgraph.pipeline._compile import compile as compile
 from jgraph.pipeline._launch import broadcast_plan as broadcast_plan
 from jgraph.pipeline._launch import plan_module_graph as plan_module_graph
 from jgraph.pipeline._launch import start_devices as start_devices
 from jgraph.pipeline._runtime import PipelineProgram as PipelineProgram
-from jgraph.pipeline._runtime import compile as compile
 from jgraph.pipeline._train import TrainConfig as TrainConfig
 from jgraph.pipeline._train import TrainResult as TrainResult
 from jgraph.pipeline._train import fingerprint as fingerprint

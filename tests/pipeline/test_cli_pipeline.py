@@ -70,11 +70,11 @@ def _pipeline_choices():
 
 
 def test_cli_choices_are_the_library_lists():
-    from jgraph.pipeline.models import MODEL_NAMES
+    from jgraph.pipeline.models import ALL_MODEL_NAMES, MODEL_NAMES, MODULE_MODEL_NAMES
     from jgraph.pipeline.planners import PLANNER_NAMES, SCHEDULE_KINDS
 
     choices = _pipeline_choices()
-    assert choices["--model"] == MODEL_NAMES
+    assert choices["--model"] == ALL_MODEL_NAMES == MODEL_NAMES + MODULE_MODEL_NAMES
     assert choices["--planner"] == PLANNER_NAMES
     assert choices["--schedule"] == SCHEDULE_KINDS
 
