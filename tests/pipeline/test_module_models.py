@@ -192,11 +192,12 @@ def check_apply_is_per_sample(g, name, params):
 
 
 # One test per model so that its (eager, slow to compile on a CPU) init runs once per process.
-# transformer-tiny's layers are mmt-tiny's, so its copy waits for the slow run.
+# transformer-tiny's layers are mmt-tiny's, so its copy waits for the slow run; mmt-tiny's
+# reference also runs in the fast tier through tests/pipeline/test_runtime.py's zoo case.
 @pytest.mark.parametrize(
     "name",
     [
-        "mmt-tiny",
+        pytest.param("mmt-tiny", marks=pytest.mark.slow),
         "dlrm-tiny",
         "candle-uno-tiny",
         pytest.param("transformer-tiny", marks=pytest.mark.slow),
