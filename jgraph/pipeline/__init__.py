@@ -3,10 +3,11 @@
 The planner side of GraphPipe (Jeon et al., ASPLOS'25): a costed model DAG
 (`ModelGraph`, from the paper's analytic benchmark models or by profiling a DAG
 of Flax modules), a series-parallel decomposition, the GraphPipe partitioner
-(binary search on bottleneck time per sample + a DP over the SP tree), a
-DAG-aware 1F1B scheduler whose tables are plain data, a discrete-event
-simulator, and PipeDream-, Piper- and GPipe-style sequential baselines on the
-same cost model; and the runtime that trains a plan: `compile` turns a
+(binary search on bottleneck time per sample + a DP over the SP tree, and the
+same search over contiguous ranges of topological orders run as stage DAGs, so
+its space holds every sequential plan), a DAG-aware 1F1B scheduler whose
+tables are plain data, a discrete-event simulator, and PipeDream-, Piper- and
+GPipe-style sequential baselines on the same cost model; and the runtime that trains a plan: `compile` turns a
 `StagePlan` of a `ModuleGraph` into one jitted `jax.shard_map` train step
 (heterogeneous stages, DAG-1F1B or GPipe, data parallelism inside stages).
 

@@ -93,11 +93,11 @@ def plan_pipeline(
     # GraphPipe then skips targets that cannot beat them.
     for b in sorted(micro_batch_candidates(batch, config), reverse=True):
         bound = best.iteration_s if best is not None else float("inf")
-        for stages, degrees in chosen.candidates(b, bound_s=bound):
+        for stages, degrees, order_edges in chosen.candidates(b, bound_s=bound):
             degrees = fill_leftover_devices(cm, stages, degrees, micro_batch=b, batch=batch)
             got = assemble_plan(
                 cm, stages, degrees, micro_batch=b, batch=batch, planner=chosen.name,
-                order_edges=chosen.added_edges, chain=chosen.chain,
+                order_edges=order_edges, chain=chosen.chain,
                 bound_s=best.iteration_s if best is not None else float("inf"),
             )  # fmt: skip
             if got is None:

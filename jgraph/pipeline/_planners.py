@@ -5,7 +5,7 @@ candidate partitions per micro-batch size; `plan_pipeline` hands every
 candidate to the shared assembler (`assemble_plan`) and keeps the fastest
 simulated plan. What the assembler needs from a planner besides its
 candidates (its name, whether its stages run as a chain, the dependency edges
-it added to the graph) is part of the protocol, so it is typed and declared
+a candidate assumes) is part of the protocol, so it is typed and declared
 here rather than attached to a function after the fact.
 
 `PLANNER_NAMES` is derived from the `PlannerName` type and `make_planner`
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal, Protocol, get_args
+from typing import Literal, NamedTuple, Protocol, get_args
 
 from jgraph.pipeline._baselines import (
     downsets,
@@ -28,6 +28,7 @@ from jgraph.pipeline._baselines import (
 from jgraph.pipeline._cost import CostModel
 from jgraph.pipeline._errors import NoPlanError
 from jgraph.pipeline._graphpipe import GraphPipeSearch
+from jgraph.pipeline._linear import LinearSearch
 from jgraph.pipeline._plan import assemble_plan
 
 __all__ = ["PLANNER_NAMES", "Candidate", "Planner", "PlannerName", "make_planner"]
@@ -36,8 +37,21 @@ PlannerName = Literal["graphpipe", "pipedream", "piper", "gpipe"]
 # Derived from the Literal, so the type, `plan_pipeline`'s check and the CLI choices are one list.
 PLANNER_NAMES: tuple[PlannerName, ...] = get_args(PlannerName)
 
-# (node indices of each stage, in `CostModel` numbering; data-parallel degree of each stage)
-Candidate = tuple[list[list[int]], list[int]]
+
+class Candidate(NamedTuple):
+    """One partition a planner offers the assembler.
+
+    Attributes:
+        stages: node indices (`CostModel` numbering) of each stage.
+        degrees: data-parallel degree of each stage.
+        order_edges: dependency edges ``(u, v)`` (node indices) the partition
+            assumes besides the graph's own (GraphPipe's series-parallel
+            edges); the plan lists them.
+    """
+
+    stages: list[list[int]]
+    degrees: list[int]
+    order_edges: tuple[tuple[int, int], ...] = ()
 
 
 class Planner(Protocol):
@@ -47,8 +61,6 @@ class Planner(Protocol):
         name: the planner's name, recorded in its plans.
         chain: True for sequential pipelines (SPP): stage ``i`` feeds stage
             ``i + 1`` in the given order, as PipeDream/Piper/GPipe runtimes run it.
-        added_edges: dependency edges ``(u, v)`` (node indices) the planner
-            added to the graph and that its candidates assume; ``()`` if none.
     """
 
     @property
@@ -56,9 +68,6 @@ class Planner(Protocol):
 
     @property
     def chain(self) -> bool: ...
-
-    @property
-    def added_edges(self) -> tuple[tuple[int, int], ...]: ...
 
     def candidates(self, micro_batch: int, *, bound_s: float = math.inf) -> list[Candidate]:
         """Partitions worth simulating at this micro-batch size (``[]``: none fits).
@@ -74,20 +83,39 @@ class Planner(Protocol):
 
 
 class GraphPipePlanner:
-    """GraphPipe: a DP over the series-parallel tree (see `GraphPipeSearch`)."""
+    """GraphPipe: a DP over the series-parallel tree (`GraphPipeSearch`) plus the
+    contiguous ranges of two topological orders as stage DAGs (`LinearSearch`).
+
+    A chain of stages is a stage DAG too: the linear candidates put every
+    partition the PipeDream-style planner searches into GraphPipe's space,
+    where the SP tree cannot reach them (a series prefix with part of a
+    parallel composition) or reaches them only with the edges the
+    decomposition added. SP candidates assume those edges, linear ones only
+    the graph's own.
+    """
 
     name: PlannerName = "graphpipe"
     chain = False
 
     def __init__(self, cm: CostModel, batch: int) -> None:
         self._search = GraphPipeSearch(cm, batch=batch)
-        self.added_edges = self._search.added_edges
+        self._linear = LinearSearch(cm, batch=batch)
 
     def candidates(self, micro_batch: int, *, bound_s: float = math.inf) -> list[Candidate]:
-        return self._search.best(micro_batch=micro_batch, bound_s=bound_s)
+        edges = self._search.added_edges
+        out = [
+            Candidate(s, d, edges)
+            for s, d in self._search.best(micro_batch=micro_batch, bound_s=bound_s)
+        ]
+        for s, d in self._linear.best(micro_batch=micro_batch, bound_s=bound_s):
+            if Candidate(s, d) not in out:
+                out.append(Candidate(s, d))
+        return out
 
     def fits(self, micro_batch: int) -> bool:
-        return self._search.fits(micro_batch=micro_batch)
+        return self._search.fits(micro_batch=micro_batch) or self._linear.fits(
+            micro_batch=micro_batch
+        )
 
 
 class PipeDreamPlanner:
@@ -95,7 +123,6 @@ class PipeDreamPlanner:
 
     name: PlannerName = "pipedream"
     chain = True
-    added_edges: tuple[tuple[int, int], ...] = ()
 
     def __init__(self, cm: CostModel, batch: int) -> None:
         self._cm, self._batch = cm, batch
@@ -115,8 +142,8 @@ class PipeDreamPlanner:
         for order in self._orders:
             for cap in self._caps:
                 got = pipedream_dp(self._cm, micro_batch, self._batch, order, max_depth=cap)
-                if got is not None and got not in out:
-                    out.append(got)
+                if got is not None and Candidate(*got) not in out:
+                    out.append(Candidate(*got))
         return out
 
     def fits(self, micro_batch: int) -> bool:
@@ -136,7 +163,6 @@ class PiperPlanner:
 
     name: PlannerName = "piper"
     chain = True
-    added_edges: tuple[tuple[int, int], ...] = ()
 
     def __init__(self, cm: CostModel, batch: int) -> None:
         self._cm, self._batch = cm, batch
@@ -154,7 +180,7 @@ class PiperPlanner:
     def candidates(self, micro_batch: int, *, bound_s: float = math.inf) -> list[Candidate]:
         del bound_s  # one candidate per micro-batch size
         got = piper_dp(self._cm, micro_batch, self._batch, self._ideals)
-        return [got] if got is not None else []
+        return [Candidate(*got)] if got is not None else []
 
     def fits(self, micro_batch: int) -> bool:
         return bool(self.candidates(micro_batch))
@@ -165,7 +191,6 @@ class GPipePlanner:
 
     name: PlannerName = "gpipe"
     chain = True
-    added_edges: tuple[tuple[int, int], ...] = ()
 
     def __init__(self, cm: CostModel, batch: int) -> None:
         self._cm, self._batch = cm, batch
@@ -177,14 +202,14 @@ class GPipePlanner:
         while stages <= self._cm.cluster.num_devices:
             got = gpipe_uniform(self._cm, micro_batch, stages)
             if got is not None:
-                out.append(got)
+                out.append(Candidate(*got))
             stages *= 2
         return out
 
     def fits(self, micro_batch: int) -> bool:
         # The uniform split ignores memory, so a candidate fits only once
         # assembled with the schedule's real in-flight counts.
-        for stages, degrees in self.candidates(micro_batch):
+        for stages, degrees, _ in self.candidates(micro_batch):
             got = assemble_plan(
                 self._cm, stages, degrees, micro_batch=micro_batch, batch=self._batch,
                 planner=self.name, chain=True,

@@ -263,10 +263,13 @@ class SPTables:
                 x *= 2
         for r, k in enumerate(keys):
             i, p = int(starts[r]), int(ends[r])
-            if todo[r]:
-                self.base_costs[k] = (tps[i, p], static[i, p], act[i, p], work[i, p])
+            # Equal ranges priced in one call may differ in the last bits (the
+            # matrix products sum rows in different orders): the first range
+            # of a key sets its floats for all of them.
+            if todo[r] and k not in self.base_costs:
+                self.base_costs[k] = tuple(a[i, p].copy() for a in (tps, static, act, work))
                 self.min_work.setdefault(k, float(min_work[i, p]))
-            else:  # priced by an equal range elsewhere: use those very floats
+            else:  # priced by an equal range: use those very floats
                 tps[i, p], static[i, p], act[i, p], work[i, p] = self.base_costs[k]
                 min_work[i, p] = self.min_work.get(k, 0.0)
         # Same expression as `_base`, so the same floats decide "fits". Memory

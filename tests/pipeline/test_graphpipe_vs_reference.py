@@ -326,3 +326,42 @@ def test_memory_binds_in_a_fan_case():
         _, tight, _ = fan_optimum(seed, branches, max_len, devices, memory, b, batch)
         _, ample, _ = fan_optimum(seed, branches, max_len, devices, 16e9, b, batch)
         assert tight > ample * 1.01
+
+
+def test_equal_ranges_priced_together_share_their_floats():
+    # A star whose 13 branches fall into three classes of equal nodes (found by
+    # the random-DAG test of tests/pipeline/test_planner_vs_sequential.py). Equal
+    # ranges of the parallel node priced in one vectorised call came out a bit
+    # apart (the matrix products sum rows in different orders); the DP table
+    # used one copy and the reconstruction the other, so at a target equal to
+    # those TPS no choice reproduced the table ("a bug").
+    def leaf(name, t, curve, params):
+        curve_s = tuple((x, t * x**curve, 2 * t * x**curve) for x in (1, 2, 4, 8, 16))
+        return Node(
+            name=name, inputs=("n0",) if name != "n0" else (), param_bytes=params,
+            weight_bytes=params, activation_bytes=1e4, measured=curve_s,
+        )  # fmt: skip
+
+    def cost(v):  # (fwd seconds at 1 sample, growth exponent, params), in node order
+        if v == 0:
+            return 4.483121066585271e-4, 0.375, 0.0
+        if v <= 3:
+            return 1e-4, 1.0, 0.0
+        return 1e-4, 0.3046875, 0.3046875 if v <= 8 or v == 13 else 0.0
+
+    graph = ModelGraph(name="star", nodes=tuple(leaf(f"n{v}", *cost(v)) for v in range(14)))
+    cm = CostModel(graph, ClusterConfig(num_devices=4), PlannerConfig())
+    search = GraphPipeSearch(cm, batch=2)
+    from jgraph.pipeline._sp_tables import SPTables
+
+    run = SPTables(search, 2)
+    run.solve(float("inf"))
+    par = search.root.children[1]
+    tps, _, _ = run._series_costs(par)
+    last = len(par.children) - 1
+    for i in range(last + 1):
+        for p in range(i, last + 1):
+            key = search.canon.range_id(par, i, p)
+            assert (tps[i, p] == run.base_costs[key][0]).all(), (i, p)
+    assert search.best(micro_batch=2)
+    assert plan_pipeline(graph, ClusterConfig(num_devices=4), batch=2).stages
