@@ -337,13 +337,19 @@ def regime_plan(mg: ModuleGraph, schedule: str, regime: str) -> StagePlan:
     graph = _costed(mg)
     config = PlannerConfig(schedule=schedule)
     first = plan_pipeline(graph, ClusterConfig(num_devices=N_DEV), config, batch=16)
-    depth = first.depth
-    m = {"below": max(1, depth - 1), "equal": depth, "above": depth + 2}[regime]
     cm = CostModel(graph, ClusterConfig(num_devices=N_DEV), config)
     names = cm.graph.topological_order
     stages = [[names.index(n) for n in st.nodes] for st in first.stages]
     degrees = [st.data_parallel for st in first.stages]
+    if len(stages) == 1:
+        # A chain with uniform made-up costs is best run as one data-parallel stage; split
+        # it into 4 contiguous stages instead (a sequential pipeline, as a chain's plan).
+        chunks = np.array_split(np.arange(len(names)), 4)
+        stages, degrees = [[int(i) for i in c] for c in chunks], [1, 1, 1, 1]
     micro = max(degrees)  # powers of two: every degree divides it
+    probe, _ = assemble_plan(cm, stages, degrees, micro_batch=micro, batch=micro, planner="probe")
+    depth = probe.depth
+    m = {"below": max(1, depth - 1), "equal": depth, "above": depth + 2}[regime]
     plan, _ = assemble_plan(cm, stages, degrees, micro_batch=micro, batch=micro * m,
                             planner="graphpipe")  # fmt: skip
     assert len(plan.stages) > 1  # a real pipeline, not one stage
