@@ -58,6 +58,7 @@ import numpy as np
 
 from jgraph.pipeline._baselines import linearisations
 from jgraph.pipeline._cost import CostModel
+from jgraph.pipeline._sp_tables import _powers_of_two
 
 __all__ = ["LinearSearch"]
 
@@ -443,11 +444,3 @@ def _most_in_flight(
         most -= (most >= 1) & ~fits(most)
         most += (most < limit) & fits(most + 1)
     return most
-
-
-def _powers_of_two(limit: int) -> list[int]:
-    out, d = [], 1
-    while d <= limit:
-        out.append(d)
-        d *= 2
-    return out
