@@ -45,17 +45,16 @@ def _stage_balance(mg: Any, plan: Any, params: Any, inputs: Any) -> tuple[float,
     mods = {n.name: n for n in mg.nodes}
     measured, predicted = [], []
     b = plan.micro_batch_size
+    # Every node's output on the first b samples, once: stages read their inputs from it.
+    full = {k: v[:b] for k, v in inputs.items()}
+    for n in mg.nodes:
+        full[n.name] = n.module.apply(params[n.name], *(full[u] for u in n.inputs))
     for st in plan.stages:
         rows = b // st.data_parallel
-        env = {k: v[:rows] for k, v in inputs.items()}
         order = [v for v in st.nodes if v in mods]
         if not order:
             continue
-        # The stage's external inputs, computed once by the reference forward.
-        full = dict(env)
-        for n in mg.nodes:
-            full[n.name] = n.module.apply(params[n.name], *(full[u] for u in n.inputs))
-        ext = {u: full[u] for v in order for u in mods[v].inputs if u not in order}
+        ext = {u: full[u][:rows] for v in order for u in mods[v].inputs if u not in order}
 
         def fwd(p, e, order=order):
             loc = dict(e)

@@ -28,6 +28,7 @@ from jax.sharding import PartitionSpec as P
 
 from jgraph.core import DATA, STAGE, ConfigError
 from jgraph.pipeline._config import ClusterConfig
+from jgraph.pipeline._module_apply import module_graph_sink
 from jgraph.pipeline._plan import StagePlan
 from jgraph.pipeline._plan_check import check_plan, check_plan_fits
 from jgraph.pipeline._profile import ModuleGraph
@@ -91,15 +92,7 @@ def _validate(plan: StagePlan, graph: ModuleGraph, mesh: Mesh | None) -> str:
     check_plan(plan)
     cluster = ClusterConfig(num_devices=plan.num_devices, memory_bytes=plan.memory_limit_bytes)
     check_plan_fits(plan, graph.skeleton(), cluster)
-    skel = graph.skeleton()
-    read = {u for n in graph.nodes for u in n.inputs}
-    sinks = [n.name for n in graph.nodes if n.name not in read]
-    if len(sinks) != 1:
-        raise ConfigError(
-            "ModuleGraph.nodes", sinks, "the loss needs exactly one output node (sink)",
-            "add a node that combines the outputs, or drop the unused ones",
-        )  # fmt: skip
-    del skel
+    sink = module_graph_sink(graph)  # exactly one node feeds the loss
     if mesh is not None:
         if mesh.size != plan.num_devices:
             raise ConfigError(
@@ -112,7 +105,7 @@ def _validate(plan: StagePlan, graph: ModuleGraph, mesh: Mesh | None) -> str:
             f"{plan.num_devices}", "re-plan for the devices you have, or start more "
             "(CPU: jax.config.update('jax_num_cpu_devices', N) before JAX starts)",
         )  # fmt: skip
-    return sinks[0]
+    return sink
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -233,15 +226,17 @@ class PipelineProgram:
             raise ConfigError("PipelineProgram.init.params", got,
                               f"must map every node {sorted(names)} to its Flax variables",
                               "pass init_module_graph(graph, inputs, key=...)")  # fmt: skip
+
+        def sig(tree: Any) -> Any:
+            return jax.tree.map(lambda x: (tuple(x.shape), np.dtype(x.dtype)), tree)
+
         for s, io in enumerate(self.layout.stages):
-            want = self.param_specs[s]
+            spec = self.param_specs[s]
+            expected = sig(jax.tree.unflatten(
+                spec.treedef, [jax.ShapeDtypeStruct(sh, k) for k, _, sh in spec.leaves]
+            ))  # fmt: skip
             for v in io.nodes:
-                got_s = jax.tree.map(lambda x: (tuple(x.shape), np.dtype(x.dtype)), params[v])
-                exp = jax.tree.map(lambda x: (tuple(x.shape), np.dtype(x.dtype)),
-                                   jax.tree.unflatten(want.treedef, [
-                                       jax.ShapeDtypeStruct(sh, k) for k, _, sh in want.leaves
-                                   ])[v])  # fmt: skip
-                if got_s != exp:
+                if sig(params[v]) != expected[v]:
                     raise ConfigError(
                         f"PipelineProgram.init.params[{v}]", "shapes/dtypes differ",
                         "do not match the module's own init",

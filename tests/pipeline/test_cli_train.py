@@ -14,6 +14,7 @@ import pytest
 from jgraph import cli
 from jgraph.pipeline import ClusterConfig, plan_pipeline
 from jgraph.pipeline.models import module_model
+from jgraph.testing import assert_trees_close
 
 HERE = Path(__file__).resolve().parent
 
@@ -137,5 +138,7 @@ def test_two_processes_from_the_command_line_match_one(tmp_path):
     a = json.loads((tmp_path / "one" / "transformer-tiny_train.json").read_text())
     b = json.loads((tmp_path / "two" / "transformer-tiny_train.json").read_text())
     assert b["processes"] == 2
-    for x, y in zip(a["history"], b["history"], strict=True):
-        assert abs(x["loss"] - y["loss"]) <= 1e-5 * max(1.0, abs(x["loss"]))  # gradient tol, f32
+    # Same math; gloo may sum data-parallel replicas in another order.
+    assert_trees_close(
+        [h["loss"] for h in b["history"]], [h["loss"] for h in a["history"]], kind="gradient"
+    )
