@@ -1,0 +1,278 @@
+"""A verified μGraph as a JAX function: graph-defined kernels become Pallas kernels.
+
+Each graph-defined kernel is one ``pl.pallas_call`` (`jgraph.superopt._lower_block`);
+pre-defined kernel ops are jnp/lax ops that XLA fuses as it likes (so the
+all-pre-defined candidate is exactly the XLA program). Device tensors are in the
+storage dtype (the graph inputs' dtype), partial results of split kernels in
+float32. Routes:
+
+* ``"triton"``: Pallas on the Triton backend (NVIDIA; jax 0.10 and 0.11, where
+  it is deprecated but kept);
+* ``"mosaic_gpu"``: Pallas Mosaic GPU (Hopper and later, the maintained route).
+  Its Pallas lowering has no plain dot (it needs ``wgmma`` on shared-memory
+  refs), so block graphs with a matmul do not lower on it yet;
+* ``"interpret"``: the Pallas interpreter (CPU; correctness, not speed).
+
+``"auto"`` picks the interpreter on CPU and, on an NVIDIA GPU, Triton for
+kernels that lower on it and Mosaic GPU otherwise (`lowering_problem` decides).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, get_args
+
+from jgraph.core import ConfigError, check_int
+from jgraph.superopt._ir import KernelGraph
+
+__all__ = ["ROUTES", "KernelKnobs", "LoweredGraph", "Route", "lower", "lowering_problem"]
+
+log = logging.getLogger(__name__)
+
+Route = Literal["auto", "triton", "mosaic_gpu", "interpret"]
+ROUTES: tuple[Route, ...] = get_args(Route)
+_GPU_ROUTES = ("triton", "mosaic_gpu")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KernelKnobs:
+    """Per-kernel launch knobs (Mirage's block_dim / pipeline stages).
+
+    Attributes:
+        num_warps: Triton warps per program (Mirage's block_dim 128 = 4 warps).
+        num_stages: software-pipelining stages (Triton ``num_stages``, Mosaic GPU
+            ``max_concurrent_steps``).
+    """
+
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def __post_init__(self) -> None:
+        check_int("KernelKnobs.num_warps", self.num_warps, minimum=1, maximum=16)
+        if self.num_warps & (self.num_warps - 1):
+            raise ConfigError(
+                "KernelKnobs.num_warps", self.num_warps, "must be a power of two", "use 1..16"
+            )
+        check_int("KernelKnobs.num_stages", self.num_stages, minimum=1, maximum=8)
+
+
+def _compiler_params(route: str, knobs: KernelKnobs) -> Any:
+    from jgraph.core.pallas import mosaic_gpu_params, triton_params
+
+    if route == "triton":
+        return triton_params(num_warps=knobs.num_warps, num_stages=knobs.num_stages)
+    if route == "mosaic_gpu":
+        return mosaic_gpu_params(num_stages=knobs.num_stages)
+    return None
+
+
+def _kernel_op(kind: str, args: Sequence[Any], attrs: dict[str, Any], storage: Any) -> Any:
+    """A pre-defined op: float32 math on storage-dtype tensors, stored back (XLA fuses)."""
+    import jax.numpy as jnp
+
+    from jgraph.superopt import _lower_ops as ops
+
+    dot_dtype = storage if jnp.dtype(storage).itemsize == 2 else jnp.float32
+    if kind == "matmul":
+        return ops.dot(args[0], args[1], dot_dtype).astype(storage)
+    return ops.apply(kind, [a.astype(jnp.float32) for a in args], attrs, dot_dtype).astype(storage)
+
+
+def _run(graph: KernelGraph, *arrays: Any, route: str, knobs: KernelKnobs,
+         storage: Any, poison: bool = False) -> list[Any]:  # fmt: skip
+    from jgraph.superopt._lower_block import block_call
+
+    params = _compiler_params(route, knobs)
+    vals = list(arrays)
+    for n, op in enumerate(graph.ops):
+        args = [vals[i] for i in op.inputs]
+        if op.block is not None:
+            vals.extend(
+                block_call(
+                    op.block, args, storage=storage, compiler_params=params,
+                    interpret=route == "interpret", name=f"jgraph_mugraph_k{n}", poison=poison,
+                )
+            )  # fmt: skip
+        else:
+            vals.append(_kernel_op(op.kind, args, op.attr, storage))
+    return [vals[o] for o in graph.outputs]
+
+
+def _storage(graph: KernelGraph, dtype: str | None) -> Any:
+    import jax.numpy as jnp
+
+    return jnp.dtype(dtype or (graph.inputs[0].dtype if graph.inputs else "float32"))
+
+
+class LoweredGraph:
+    """A μGraph as a jitted JAX callable: ``f(*arrays) -> list of outputs``.
+
+    Usable inside `jax.jit`. It accepts exactly the shapes of the graph's inputs
+    in the storage dtype and raises `ConfigError` (naming the argument) for others.
+    """
+
+    def __init__(
+        self, graph: KernelGraph, *, route: str, knobs: KernelKnobs, storage: Any,
+        poison: bool = False,
+    ) -> None:  # fmt: skip
+        import jax
+
+        self.graph, self.route, self.knobs, self.storage = graph, route, knobs, storage
+        run = functools.partial(_run, graph, route=route, knobs=knobs, storage=storage)
+        self._fn = jax.jit(functools.partial(run, poison=poison))
+
+    @property
+    def n_kernels(self) -> int:
+        """Pallas kernels per call (graph-defined kernels)."""
+        return sum(op.block is not None for op in self.graph.ops)
+
+    def check_args(self, arrays: Sequence[Any]) -> None:
+        """Raises `ConfigError` unless ``arrays`` match the graph's inputs (shape and dtype)."""
+        import jax.numpy as jnp
+
+        if len(arrays) != len(self.graph.inputs):
+            raise ConfigError(
+                "arrays", len(arrays), f"the μGraph takes {len(self.graph.inputs)} arrays",
+                "pass one array per input of the searched function",
+            )  # fmt: skip
+        for k, (a, spec) in enumerate(zip(arrays, self.graph.inputs, strict=True)):
+            shape, dtype = tuple(getattr(a, "shape", ())), getattr(a, "dtype", None)
+            if shape != tuple(spec.shape) or dtype is None or jnp.dtype(dtype) != self.storage:
+                raise ConfigError(
+                    f"arrays[{k}]", f"{shape} {dtype}",
+                    f"the kernels were searched and lowered for {tuple(spec.shape)} "
+                    f"{jnp.dtype(self.storage).name}",
+                    "search again for these shapes and dtypes (superoptimize caches per shape)",
+                )  # fmt: skip
+
+    def __call__(self, *arrays: Any) -> list[Any]:
+        self.check_args(arrays)
+        return self._fn(*arrays)
+
+    def lower_for_cuda(self) -> Any:
+        """`jax.export` of this function for CUDA (works without a GPU)."""
+        import jax
+
+        from jgraph.core.pallas import export_for_cuda
+
+        avals = [jax.ShapeDtypeStruct(tuple(s.shape), self.storage) for s in self.graph.inputs]
+        return export_for_cuda(self._fn, *avals)
+
+
+def _platform() -> str:
+    import jax
+
+    from jgraph.core.pallas import device_platform
+
+    return device_platform(jax.devices()[0])
+
+
+def resolve_route(route: str, graph: KernelGraph, knobs: KernelKnobs, storage: Any) -> str:
+    """The concrete route for ``route`` on this machine's default device."""
+    if route not in ROUTES:
+        raise ConfigError("route", route, "unknown lowering route", f"use one of {ROUTES}")
+    platform = _platform()
+    if route == "auto":
+        if platform == "cpu":
+            return "interpret"
+        if platform != "cuda":
+            raise ConfigError(
+                "route", route, f"has no Pallas lowering for platform {platform!r}",
+                "run the μGraph with jax_function (XLA) on this device",
+            )  # fmt: skip
+        problems = {}
+        for r in _GPU_ROUTES:
+            problems[r] = lowering_problem(graph, route=r, knobs=knobs, dtype=storage.name)
+            if problems[r] is None:
+                return r
+        raise ConfigError("route", route, f"no GPU route lowers this μGraph: {problems}", "")
+    if route in _GPU_ROUTES and platform != "cuda":
+        raise ConfigError(
+            "route", route, f"runs on an NVIDIA GPU, and this device is {platform!r}",
+            "use route='interpret' on CPU (or lowering_problem to check CUDA lowering)",
+        )  # fmt: skip
+    return route
+
+
+def lower(
+    graph: KernelGraph,
+    *,
+    route: Route = "auto",
+    knobs: KernelKnobs | None = None,
+    dtype: str | None = None,
+    poison_outputs: bool = False,
+) -> LoweredGraph:
+    """Lowers a μGraph to a jitted JAX function whose graph-defined kernels are Pallas kernels.
+
+    Args:
+        graph: a verified μGraph (e.g. ``result.best.graph``).
+        route: ``"auto"``, ``"triton"``, ``"mosaic_gpu"`` or ``"interpret"`` (module docs).
+        knobs: launch knobs (default `KernelKnobs()`).
+        dtype: the storage dtype (default: the graph inputs' dtype).
+        poison_outputs: every kernel output starts as NaN (a testing aid: an element
+            no program writes shows as NaN instead of stale memory).
+
+    Returns:
+        A `LoweredGraph`: ``f(*arrays) -> list`` of the graph's outputs.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jgraph.superopt.programs import get_program, handwritten
+        >>> prog = get_program("rmsnorm_linear", scale=16, dtype="float32")
+        >>> f = lower(handwritten("rmsnorm_linear", prog), route="interpret")
+        >>> f(*[jnp.ones(s, jnp.float32) for s in prog.shapes])[0].shape
+        (2, 384)
+    """
+    knobs = knobs or KernelKnobs()
+    graph = graph.validate()
+    storage = _storage(graph, dtype)
+    concrete = resolve_route(route, graph, knobs, storage)
+    return LoweredGraph(graph, route=concrete, knobs=knobs, storage=storage, poison=poison_outputs)
+
+
+@functools.lru_cache(maxsize=512)
+def lowering_problem(
+    graph: KernelGraph,
+    *,
+    route: Literal["triton", "mosaic_gpu"] = "triton",
+    knobs: KernelKnobs | None = None,
+    dtype: str | None = None,
+) -> str | None:
+    """Why ``graph`` does not lower for CUDA on ``route``, or None if it does.
+
+    It runs the real lowering (`jax.export` for ``platforms=["cuda"]``, no GPU
+    needed), so Triton's power-of-two tiles, its 2-D dots and Mosaic GPU's missing
+    ops are caught. Shared-memory overflow and ptxas limits show only on a GPU
+    compile (the search's shared-memory budget bounds the tiles instead).
+
+    Example:
+        >>> from jgraph.superopt.programs import get_program, handwritten
+        >>> prog = get_program("rmsnorm_linear", scale=16)
+        >>> lowering_problem(handwritten("rmsnorm_linear", prog)) is None
+        True
+    """
+    if route not in _GPU_ROUTES:
+        raise ConfigError("route", route, "is not a GPU route", f"use one of {_GPU_ROUTES}")
+    knobs = knobs or KernelKnobs()
+    graph = graph.validate()
+    storage = _storage(graph, dtype)
+    if route == "mosaic_gpu" and any(
+        o.kind == "matmul" for op in graph.ops if op.block is not None for o in op.block.ops
+    ):
+        return "Mosaic GPU: block matmuls need wgmma on shared-memory refs (not emitted yet)"
+    fn = LoweredGraph(graph, route=route, knobs=knobs, storage=storage)
+    try:
+        fn.lower_for_cuda()
+    except Exception as exc:  # any lowering failure makes the candidate unusable on the route
+        return (
+            f"{route}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        )
+    return None
+
+
+def lowered_callable(fn: LoweredGraph) -> Callable[..., list[Any]]:
+    """The jitted function without argument checks (for timing loops)."""
+    return fn._fn
