@@ -71,7 +71,7 @@ def _kernel(*refs: Any, block: BlockGraph, tiles: list[tuple[int, ...]], post: l
     frange = block.frange
     varying = [b.fmap != -1 for b in block.inputs]
     for op in block.ops:
-        varying.append(not (op.kind in ACCUMULATORS) and any(varying[i] for i in op.inputs))
+        varying.append(op.kind not in ACCUMULATORS and any(varying[i] for i in op.inputs))
 
     def get(env: dict[int, Any], t: int) -> jax.Array:
         v = env[t]
