@@ -132,6 +132,33 @@ def _point(rank: int, cand: Candidate, route: str, knobs: KernelKnobs, **kw: Any
                        knobs=knobs, route=route, **kw)  # fmt: skip
 
 
+def _measure(
+    lowerable: Sequence[tuple[int, Candidate, str]],
+    knob_grid: Sequence[KernelKnobs],
+    args: Sequence[Any],
+    visited: list[Measurement],
+    *,
+    warmup: int,
+    repeats: int,
+) -> list[tuple[Measurement, Candidate]]:
+    """Times every (candidate, knobs) point; failures go to ``visited`` with their problem."""
+    points = []
+    for rank, cand, r in lowerable:
+        for knobs in knob_grid if _has_kernels(cand) else knob_grid[:1]:
+            try:
+                fn = lower(cand.graph, route=cast(Route, r), knobs=knobs)
+                compile_s, median_s = _time_one(fn, args, warmup=warmup, repeats=repeats)
+            except Exception as exc:  # a compile or run failure rules out this point only
+                log.warning("select: candidate %d (%s) with %s failed: %s", rank, cand.label,
+                            knobs, _short(exc))  # fmt: skip
+                visited.append(_point(rank, cand, r, knobs, problem=_short(exc)))
+                continue
+            m = _point(rank, cand, r, knobs, median_us=1e6 * median_s, compile_s=compile_s)
+            visited.append(m)
+            points.append((m, cand))
+    return points
+
+
 def select(
     result: SearchResult,
     *,
@@ -217,36 +244,25 @@ def select(
     xla_route = _GPU_ROUTES[0] if concrete == "auto" else concrete
 
     if not measure:
-        rank, cand, r = lowerable[0] if lowerable else (-1, result.xla, xla_route)
+        xla_rank = result.candidates.index(result.xla)  # it always lowers; never reached
+        rank, cand, r = lowerable[0] if lowerable else (xla_rank, result.xla, xla_route)
         visited.append(_point(rank, cand, r, KernelKnobs()))
         return Selection(candidate=cand, knobs=KernelKnobs(), route=r, device_kind=device_kind,
                          measured=False, measurements=tuple(visited), kendall_tau=None)  # fmt: skip
 
     if not on_gpu:
         log.warning("select: timing interpret-mode kernels; not a GPU performance number")
-    args = _inputs(result, storage, key)
-    points: list[tuple[float, Measurement, Candidate]] = []
-    for rank, cand, r in lowerable:
-        for knobs in knob_grid if _has_kernels(cand) else knob_grid[:1]:
-            try:
-                fn = lower(cand.graph, route=cast(Route, r), knobs=knobs)
-                compile_s, median_s = _time_one(fn, args, warmup=warmup, repeats=repeats)
-            except Exception as exc:  # a compile or run failure rules out this point only
-                log.warning("select: candidate %d (%s) with %s failed: %s", rank, cand.label,
-                            knobs, _short(exc))  # fmt: skip
-                visited.append(_point(rank, cand, r, knobs, problem=_short(exc)))
-                continue
-            m = _point(rank, cand, r, knobs, median_us=1e6 * median_s, compile_s=compile_s)
-            visited.append(m)
-            points.append((1e6 * median_s, m, cand))
+    points = _measure(lowerable, knob_grid, _inputs(result, storage, key), visited,
+                      warmup=warmup, repeats=repeats)  # fmt: skip
     if not points:
         log.warning("select: no candidate could be measured; falling back to the XLA candidate")
         return Selection(candidate=result.xla, knobs=KernelKnobs(), route=xla_route,
                          device_kind=device_kind, measured=False, measurements=tuple(visited),
                          kendall_tau=None)  # fmt: skip
-    _, fastest, cand = min(points, key=lambda p: (p[0], p[1].rank))
+    fastest, cand = min(points, key=lambda p: (p[0].median_us or 0.0, p[0].rank))
     best: dict[int, tuple[float, float]] = {}  # rank -> (model us, fastest measured us)
-    for t, m, _ in points:
+    for m, _ in points:
+        t = m.median_us or 0.0
         if m.rank not in best or t < best[m.rank][1]:
             best[m.rank] = (m.estimated_us, t)
     pairs = list(best.values())

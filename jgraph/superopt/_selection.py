@@ -27,7 +27,8 @@ class Measurement:
         label: the candidate's label (``"xla"`` for the reference program).
         estimated_us: the analytic model's time for the candidate.
         knobs: the launch knobs used.
-        route: the concrete lowering route (``"triton"``, ``"mosaic_gpu"``, ``"interpret"``).
+        route: the concrete lowering route (``"triton"``, ``"mosaic_gpu"``, ``"interpret"``);
+            a candidate without graph-defined kernels is plain XLA whatever the route.
         median_us: median wall time of one call; None when not measured (or failed).
         compile_s: seconds of the first call (trace, lower, compile, run); None if not run.
         problem: why the point was skipped (does not lower, compile or run error), else None.
