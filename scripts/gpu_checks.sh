@@ -3,7 +3,8 @@
 # kernel compiled by Triton against the reference (tests), its variant sweep and the whole
 # co-serving step with attention_impl reference vs pallas (benchmark), then the pipeline
 # planner's cost curves (the benchmark blocks timed vs micro-batch; copy
-# $OUT/pipeline_profile.json to scripts/gpu/profiles/<card>.json). Logs and JSON go to
+# $OUT/pipeline_profile.json to scripts/gpu/profiles/<card>.json), then the superopt kernels
+# (XLA vs the measured-best μGraph vs JAX's Pallas ops, fp16, batch 1 and 8). Logs and JSON go to
 # $OUT (the device tool's output folder) or ./gpu_out. Each part has its own time limit so a
 # hang in one still leaves the others' results.
 #   PYTHONPATH=. bash scripts/gpu_checks.sh
@@ -26,3 +27,10 @@ XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 120 python3 -m pytest -q -p no:bench
 # Expected 2-3 minutes on an H100/H200 (not yet run on one); CI runs it with --smoke on the CPU.
 timeout 300 python3 scripts/gpu/profile_pipeline.py --out "$out/pipeline_profile.json" 2>&1 \
   | tee "$out/pipeline_profile.log"
+# Mirage's six programs: jax.jit(program) vs the μGraph `select` picks by timing the model's top-k
+# (Triton, knob grid) vs JAX's own Pallas ops (mha, rms_norm + matmul), each checked against an
+# fp32 reference, with achieved HBM fractions. The searches come from the committed cache
+# (scripts/gpu/superopt_cache, filled on a CPU with --search-only). Budgeted for < 8 minutes on
+# an H100/H200 (not yet run on one); CI runs it with --smoke on the CPU.
+timeout 480 python3 scripts/gpu/bench_superopt.py --out "$out/superopt.json" 2>&1 \
+  | tee "$out/superopt.log"
