@@ -2,8 +2,8 @@
 
 `lower` turns a μGraph into a jitted JAX function whose graph-defined kernels
 are ``pl.pallas_call``s (Triton or Mosaic GPU on NVIDIA GPUs, the interpreter
-on CPU); `lowering_problem` says whether it lowers for CUDA, on a machine with
-no GPU; `select` picks the candidate and `KernelKnobs` to run by timing the
+on CPU); `lowering_problem` (and `export_cuda`) say whether it lowers for CUDA,
+on a machine with no GPU; `select` picks the candidate and `KernelKnobs` to run by timing the
 model's top-k on the GPU (a `Selection` with every `Measurement`).
 """
 
@@ -11,6 +11,7 @@ from jgraph.superopt._lower import ROUTES as ROUTES
 from jgraph.superopt._lower import KernelKnobs as KernelKnobs
 from jgraph.superopt._lower import LoweredGraph as LoweredGraph
 from jgraph.superopt._lower import Route as Route
+from jgraph.superopt._lower import export_cuda as export_cuda
 from jgraph.superopt._lower import lower as lower
 from jgraph.superopt._lower import lowering_problem as lowering_problem
 from jgraph.superopt._select import DEFAULT_KNOB_GRID as DEFAULT_KNOB_GRID
@@ -27,6 +28,7 @@ __all__ = [
     "Measurement",
     "Route",
     "Selection",
+    "export_cuda",
     "kendall_tau",
     "lower",
     "lowering_problem",
