@@ -308,17 +308,20 @@ def committed_results(cache: Path | None) -> dict[str, SearchResult]:
     costs about 2.5 minutes of CPU for the ten results (measured on the 2-core CPU
     machine; gqa and qknorm at batch 8 take about a minute each). The timed run
     reads the committed files directly instead: each timed kernel is checked
-    against the fp32 reference anyway, and a program without a file is searched.
+    against the fp32 reference anyway. A program without a file, or with several
+    (other settings or versions), goes through `search` (exact key, re-verified).
     """
-    found: dict[str, SearchResult] = {}
+    found: dict[str, list[SearchResult]] = {}
     for path in sorted(cache.glob("superopt-*.json")) if cache and cache.is_dir() else []:
         try:
             res = SearchResult.from_json(json.loads(path.read_text()))
         except Exception as exc:  # not a search result (or an older format): ignored
             logging.getLogger(__name__).warning("skipping %s: %s", path, short(exc))
             continue
-        found[res.reference.dumps()] = res
-    return found
+        found.setdefault(res.reference.dumps(), []).append(res)
+    # Two files for one program come from different settings or versions: leave the choice
+    # to `search`, whose cache key names the current ones.
+    return {ref: results[0] for ref, results in found.items() if len(results) == 1}
 
 
 def plan(a: argparse.Namespace) -> list[tuple[str, int]]:
@@ -448,6 +451,13 @@ def main(argv: list[str] | None = None) -> int:
             "\n== selection: analytic rank of the measured choice; Kendall tau model vs measured =="
         )
         print(format_table(records, SELECTION))
+        points = [
+            {"program": r["program"], "batch": r["batch"], **m}
+            for r in records
+            for m in r.get("measurements", [])
+        ]
+        print("\n== select's points: model time vs measured median (us), first-call seconds ==")
+        print(format_table(points))
     if searches:
         print("\n== searches (candidates include the XLA one) ==")
         print(format_table(searches))

@@ -1,5 +1,7 @@
 """scripts/gpu/bench_superopt.py: the CPU smoke run's report, and its refusal to time on CPU."""
 
+import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -7,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from jgraph.superopt.programs import get_program
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gpu" / "bench_superopt.py"
@@ -55,3 +59,23 @@ def test_smoke_reports_xla_and_the_selected_mugraph_side_by_side(tmp_path):
         assert len({m["rank"] for m in timed}) >= 2  # a search candidate and the XLA one
         assert sel["kendall_tau"] in (-1.0, 1.0)
     assert res["environment"]["device_kind"] == "cpu"
+
+
+def _script_module():
+    spec = importlib.util.spec_from_file_location("bench_superopt", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_search_cache_covers_every_timed_program():
+    """The GPU run reads these files instead of searching (minutes it does not have)."""
+    bench = _script_module()
+    committed = bench.committed_results(bench.CACHE_DIR)
+    plan = bench.plan(argparse.Namespace(smoke=False, programs=""))
+    assert len(plan) == 10  # six programs; LoRA and GatedMLP have one shape
+    for name, batch in plan:
+        res = committed.get(get_program(name, batch=batch).graph.dumps())
+        assert res is not None, f"no committed search result for {name} batch {batch}"
+        assert res.xla in res.candidates
+        assert res.reference == get_program(name, batch=batch).graph
