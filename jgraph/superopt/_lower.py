@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, get_args
 
@@ -98,7 +99,10 @@ def _run(graph: KernelGraph, *arrays: Any, route: str, knobs: KernelKnobs,
             )  # fmt: skip
         else:
             vals.append(_kernel_op(op.kind, args, op.attr, storage))
-    return [vals[o] for o in graph.outputs]
+    # A saver whose grid cuts a reduced dim stores float32 partials (`partial_outputs`);
+    # when such a saver writes a graph output (e.g. a sum over a last dim the grid cut
+    # to one element), the μGraph still returns the program's dtype.
+    return [vals[o].astype(storage) for o in graph.outputs]
 
 
 def _storage(graph: KernelGraph, dtype: str | None) -> Any:
@@ -250,8 +254,11 @@ def lowering_problem(
 
     Example:
         >>> from jgraph.superopt.programs import get_program, handwritten
-        >>> prog = get_program("rmsnorm_linear", scale=16)
-        >>> lowering_problem(handwritten("rmsnorm_linear", prog)) is None
+        >>> prog = get_program("gated_mlp", scale=16)
+        >>> lowering_problem(handwritten("gated_mlp", prog)) is None
+        True
+        >>> prog = get_program("rmsnorm_linear", scale=16)  # 384 = 3 * 128 columns
+        >>> "power of 2" in lowering_problem(handwritten("rmsnorm_linear", prog))
         True
     """
     if route not in _GPU_ROUTES:
@@ -267,10 +274,25 @@ def lowering_problem(
     try:
         fn.lower_for_cuda()
     except Exception as exc:  # any lowering failure makes the candidate unusable on the route
-        return (
-            f"{route}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-        )
+        return f"{route}: {_describe(exc)}"
     return None
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: first line`` of ``exc``; a bare ``assert`` (no message) names where it failed.
+
+    Triton's lowering rejects a batched dot with a bare ``assert``, which would
+    otherwise leave the problem string empty.
+    """
+    text = str(exc).strip()
+    if text:
+        return f"{type(exc).__name__}: {text.splitlines()[0][:300]}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return type(exc).__name__
+    f = frames[-1]
+    where = "/".join(f.filename.replace("\\", "/").split("/")[-3:])
+    return f"{type(exc).__name__} at {where}:{f.lineno}: {(f.line or '').strip()[:200]}"
 
 
 def lowered_callable(fn: LoweredGraph) -> Callable[..., list[Any]]:
