@@ -142,6 +142,13 @@ def run(args: argparse.Namespace) -> int:
                       "model_us": c.cost.estimated_us})  # fmt: skip
     print(format_table(table))
     print(f"model speedup over XLA: {res.model_speedup:.2f}x")
+    if any(op.block is not None for op in best.graph.ops):
+        from jgraph.superopt.lower import lowering_problem
+
+        problems = {r: lowering_problem(best.graph, route=r) for r in ("triton", "mosaic_gpu")}
+        print("CUDA lowering of the best μGraph (jax.export, no GPU needed): " + "; ".join(
+            f"{r} {'lowers' if p is None else 'no (' + p + ')'}" for r, p in problems.items()
+        ))  # fmt: skip
     if args.out is not None:
         png = draw(
             best.graph, args.out / f"{args.program}_best.png", title=f"best μGraph: {args.program}"

@@ -3,6 +3,8 @@
 `core` imports nothing else from jgraph. It holds the error type and validators
 used by every config, the demo report type, benchmark
 helpers (timing, provenance, JSON results), atomic file writes, progress bars and mesh axis names.
+The Pallas plumbing (platforms, Triton tile rules, compiler params, CUDA export) is in the public
+submodule `jgraph.core.pallas`, imported on its own so that ``import jgraph.core`` stays free of JAX.
 """
 
 from jgraph.core._axes import DATA as DATA

@@ -1,22 +1,46 @@
-"""TEMP stub (replaced by the helper's module)."""
-from __future__ import annotations
-from typing import Any
-import jax
+"""Pallas plumbing shared by the subsystems that write kernels (coserve, superopt).
 
-def device_platform(device: Any) -> str:
-    if device.platform != "gpu":
-        return device.platform
-    version = str(getattr(device.client, "platform_version", "")).lower()
-    return "rocm" if "rocm" in version or "hip" in version else "cuda"
+Which platform a device is, whether a kernel must run in the Pallas interpreter there, the
+Triton tile rules (power-of-two array sides, dot tiles of at least `TRITON_MIN_DOT`), validated
+compiler parameters for the two Pallas GPU backends, and a CUDA export that lowers a kernel
+for NVIDIA GPUs on a machine without one.
 
-def triton_params(*, num_warps: int = 4, num_stages: int = 2) -> Any:
-    from jax.experimental.pallas import triton as plt
-    return plt.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+The two GPU routes (`GPU_ROUTES`): ``"triton"`` (Pallas-Triton: any tile shape whose sides are
+powers of two, plain `jax.lax.dot_general`) and ``"mosaic_gpu"`` (Pallas Mosaic GPU: Hopper
+and later; it has no lowering for a plain ``dot_general``, matmuls need its wgmma ops). The
+compiler parameters passed to `pl.pallas_call` pick the route: `triton_params` or
+`mosaic_gpu_params`.
 
-def mosaic_gpu_params(*, num_stages: int = 2) -> Any:
-    from jax.experimental.pallas import mosaic_gpu as plgpu
-    return plgpu.CompilerParams(max_concurrent_steps=num_stages)
+Importing this module imports JAX; ``import jgraph.core`` does not import it (nor this module).
 
-def export_for_cuda(fn: Any, *avals: Any) -> Any:
-    dc = [jax.export.DisabledSafetyCheck.custom_call(n) for n in ("__gpu$xla.gpu.triton", "mosaic_gpu", "mosaic_gpu_v2")]
-    return jax.export.export(fn, platforms=["cuda"], disabled_checks=dc)(*avals)
+Example:
+    >>> from jgraph.core.pallas import interpret_on, triton_tile_problem
+    >>> interpret_on("cpu"), interpret_on("cuda")
+    (True, False)
+    >>> triton_tile_problem((48, 128))
+    'tile (48, 128): 48 is not a power of two (Triton)'
+"""
+
+from jgraph.core._pallas import GPU_ROUTES as GPU_ROUTES
+from jgraph.core._pallas import TRITON_MIN_DOT as TRITON_MIN_DOT
+from jgraph.core._pallas import GpuRoute as GpuRoute
+from jgraph.core._pallas import device_platform as device_platform
+from jgraph.core._pallas import export_for_cuda as export_for_cuda
+from jgraph.core._pallas import interpret_on as interpret_on
+from jgraph.core._pallas import is_pow2 as is_pow2
+from jgraph.core._pallas import mosaic_gpu_params as mosaic_gpu_params
+from jgraph.core._pallas import triton_params as triton_params
+from jgraph.core._pallas import triton_tile_problem as triton_tile_problem
+
+__all__ = [
+    "GPU_ROUTES",
+    "TRITON_MIN_DOT",
+    "GpuRoute",
+    "device_platform",
+    "export_for_cuda",
+    "interpret_on",
+    "is_pow2",
+    "mosaic_gpu_params",
+    "triton_params",
+    "triton_tile_problem",
+]

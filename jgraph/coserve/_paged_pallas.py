@@ -19,11 +19,12 @@ unnormalized float32 partials (accumulator, running max, running sum); a small J
 merges the splits (flash-decoding), which gives long-context decode batches enough programs to
 fill a GPU.
 
-Triton constraints: every loaded tile has power-of-two sides, so ``page_size`` and ``head_dim``
-must be powers of two; dots need >= 16 in each dimension, so a page smaller than 16 tokens (or a
-head smaller than 16) uses broadcast-multiply-reduce instead of `jax.lax.dot_general`. Float32
-dots run at ``Precision.HIGHEST`` (IEEE, not TF32) so the kernel meets the float32 forward
-tolerance of the reference.
+Triton constraints (`jgraph.core.pallas.triton_tile_problem`): every loaded tile has
+power-of-two sides, so ``page_size`` and ``head_dim`` must be powers of two; dots need >= 16
+(``TRITON_MIN_DOT``) in each dimension, so a page smaller than 16 tokens (or a head smaller
+than 16) uses broadcast-multiply-reduce instead of `jax.lax.dot_general`. Float32 dots run at
+``Precision.HIGHEST`` (IEEE, not TF32) so the kernel meets the float32 forward tolerance of the
+reference.
 
 References:
     Kwon et al., "Efficient Memory Management for LLM Serving with PagedAttention", SOSP 2023;
@@ -39,9 +40,10 @@ import math
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as plt
 
 from jgraph.core import ConfigError
+from jgraph.core.pallas import TRITON_MIN_DOT, interpret_on, is_pow2, triton_params
+from jgraph.core.pallas import device_platform as device_platform
 
 __all__ = [
     "device_platform",
@@ -51,15 +53,6 @@ __all__ = [
 ]
 
 _WHOLE = pl.BlockSpec()  # the whole array (a pointer on Triton)
-_MIN_DOT = 16  # Triton's smallest dot tile side
-
-
-def device_platform(device: jax.Device) -> str:
-    """ "cuda", "rocm", "cpu", "tpu", ... for a device: JAX names both GPU vendors "gpu"."""
-    if device.platform != "gpu":
-        return device.platform
-    version = str(getattr(device.client, "platform_version", "")).lower()
-    return "rocm" if "rocm" in version or "hip" in version else "cuda"
 
 
 def resolve_attention_impl(
@@ -95,11 +88,11 @@ def resolve_attention_impl(
     if impl == "reference":
         return "reference", False
     if impl == "auto":
-        tiles_ok = not (head_dim & (head_dim - 1) or page_size & (page_size - 1))
+        tiles_ok = is_pow2(head_dim) and is_pow2(page_size)
         if platform == "cuda" and tiles_ok and not tensor_parallel:
             return "pallas", False
         return "reference", False
-    if head_dim & (head_dim - 1):
+    if not is_pow2(head_dim):
         raise ConfigError(
             "LlamaConfig.head_dim",
             head_dim,
@@ -115,10 +108,8 @@ def resolve_attention_impl(
             "is not supported with a tensor-parallel mesh yet",
             "use attention_impl='reference' (or 'auto') with mesh=...",
         )
-    if platform in ("gpu", "cuda", "rocm"):
-        return "pallas", False
-    if platform == "cpu":
-        return "pallas", True
+    if platform in ("gpu", "cuda", "rocm", "cpu"):
+        return "pallas", interpret_on(platform)
     raise ConfigError(
         "CoServeConfig.attention_impl",
         impl,
@@ -135,15 +126,15 @@ def pallas_block_q(n_heads: int, n_kv_heads: int, block_q: int | None = None) ->
     """Rows per program: the default makes M = rows * padded group the 16-row dot minimum."""
     gp = _pow2(n_heads // n_kv_heads)
     if block_q is None:
-        return max(1, _MIN_DOT // gp)
-    if block_q < 1 or block_q & (block_q - 1):
+        return max(1, TRITON_MIN_DOT // gp)
+    if not is_pow2(block_q):
         raise ConfigError("block_q", block_q, "must be a power of two >= 1", "use 1, 2, 4, ...")
-    if block_q * gp < _MIN_DOT:
+    if block_q * gp < TRITON_MIN_DOT:
         raise ConfigError(
             "block_q",
             block_q,
             f"gives {block_q * gp} query vectors per program (padded GQA group {gp})",
-            f"use block_q >= {_MIN_DOT // gp}",
+            f"use block_q >= {TRITON_MIN_DOT // gp}",
         )
     return block_q
 
@@ -289,7 +280,8 @@ def paged_attention_pallas(
 
     Raises:
         ConfigError: ``page_size`` or ``head_dim`` not a power of two, a bad ``block_q`` or
-            ``kv_splits`` or ``pages_per_step`` < 1.
+            ``kv_splits``, ``pages_per_step`` < 1, or Triton parameters that
+            `jgraph.core.pallas.triton_params` rejects.
 
     Example:
         >>> import jax.numpy as jnp
@@ -302,7 +294,7 @@ def paged_attention_pallas(
     T, hq, d = q.shape
     _, page, hkv, _ = k_pages.shape
     for name, val in (("page_size", page), ("head_dim", d)):
-        if val & (val - 1):
+        if not is_pow2(val):
             raise ConfigError(
                 name, val, "must be a power of two for the Pallas kernel (Triton tiles)",
                 "use 8/16/32 tokens per page and 64/128 head dims, or attention_impl='reference'",
@@ -325,7 +317,7 @@ def paged_attention_pallas(
         raise ConfigError("kv_splits", splits, "must be >= 1", "use 1 (no split) or more")
     if pages_per_step < 1:
         raise ConfigError("pages_per_step", pages_per_step, "must be >= 1", "use 1, 2 or 4")
-    use_dot = page >= _MIN_DOT and d >= _MIN_DOT
+    use_dot = page >= TRITON_MIN_DOT and d >= TRITON_MIN_DOT
     prec = jax.lax.Precision.HIGHEST if q.dtype == jnp.float32 else None
     kernel = functools.partial(
         _kernel,
@@ -366,7 +358,7 @@ def paged_attention_pallas(
         interpret=interpret,
         # Triton parameters select the Triton backend on GPU (without them Pallas picks Mosaic
         # GPU, which rejects plain dots); the interpreter ignores them.
-        compiler_params=plt.CompilerParams(num_warps=num_warps, num_stages=num_stages),
+        compiler_params=triton_params(num_warps=num_warps, num_stages=num_stages),
         name="jgraph_ragged_paged_attention",
     )(page_table.astype(jnp.int32), slot_e, pos_e, qg, k_pages, v_pages)
     out = _combine(acc, m, denom).astype(q.dtype).reshape(hkv, tp, gp, d)[:, :T, :g]

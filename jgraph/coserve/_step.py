@@ -48,16 +48,13 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from jgraph.core import MODEL
+from jgraph.core.pallas import device_platform
 from jgraph.coserve._backward import backward_step, check_backward, multi_steps
 from jgraph.coserve._config import CoServeConfig, LlamaConfig, LoraConfig
 from jgraph.coserve._lora import adapter_sel
 from jgraph.coserve._model import attend_segments, decoder_layer, lm_logits
 from jgraph.coserve._paged import INVALID, paged_context, write_pages
-from jgraph.coserve._paged_pallas import (
-    device_platform,
-    paged_attention_pallas,
-    resolve_attention_impl,
-)
+from jgraph.coserve._paged_pallas import paged_attention_pallas, resolve_attention_impl
 from jgraph.coserve._parallel import check_tp_divisible, lora_specs, param_specs
 
 __all__ = [

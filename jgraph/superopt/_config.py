@@ -63,6 +63,10 @@ class SearchConfig:
         maps: ``"derived"`` (from shapes) or ``"mirage"`` (Mirage's fixed lists).
         backend: ``"cuda"`` (96 KiB smem), ``"h100"`` (227 KiB) or ``"tpu"``.
         pruning: abstract-expression pruning (off only for the ablation).
+        check_lowering: drop verified candidates that do not lower for CUDA (Pallas
+            Triton, else Mosaic GPU), with a logged reason, so the best candidate is
+            one that runs (`jgraph.superopt.lower.lowering_problem`; no GPU needed).
+            Not done for ``backend="tpu"`` (there is no TPU lowering yet).
         verify_all: verify candidates that cannot beat the best verified cost too.
         verify: the verifier's settings.
     """
@@ -79,6 +83,7 @@ class SearchConfig:
     maps: MapMode = "derived"
     backend: Backend = "h100"
     pruning: bool = True
+    check_lowering: bool = True
     verify_all: bool = False
     verify: VerifyConfig = dataclasses.field(default_factory=VerifyConfig)
 

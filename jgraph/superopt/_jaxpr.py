@@ -24,6 +24,7 @@ from jgraph.superopt._config import SearchConfig
 from jgraph.superopt._ir import KernelGraph
 from jgraph.superopt._result import SearchResult
 from jgraph.superopt._search import search
+from jgraph.superopt._signature import Signature
 
 __all__ = ["SUPPORTED_PRIMITIVES", "capture", "superoptimize"]
 
@@ -169,8 +170,45 @@ class _Capture:
         raise _unsupported(name)
 
 
+def _capture(
+    fn: Callable[..., Any], example_args: tuple[Any, ...]
+) -> tuple[KernelGraph, Signature]:
+    import jax  # here, not at module level, so `import jgraph.superopt` stays light
+
+    leaves, in_tree = jax.tree.flatten(example_args)
+
+    def flat(*xs: Any) -> Any:
+        return fn(*jax.tree.unflatten(in_tree, list(xs)))
+
+    closed, out_shapes = jax.make_jaxpr(flat, return_shape=True)(*leaves)
+    out_leaves, out_tree = jax.tree.flatten(out_shapes)
+    g = new_kernel_graph()
+    args = []
+    for k, a in enumerate(leaves):
+        dtype = _DTYPES.get(np.dtype(getattr(a, "dtype", np.float64)).name)
+        if dtype is None or not hasattr(a, "shape"):
+            raise ConfigError(
+                f"superoptimize.args[{k}]", getattr(a, "dtype", type(a).__name__),
+                "not a float array", "pass float arrays (pytrees of them are fine)",
+            )  # fmt: skip
+        args.append(_V(t=g.new_input(tuple(a.shape), dtype)))
+    cap = _Capture(g)
+    outs = cap.run(closed.jaxpr, args, closed.consts)
+    for o in outs:
+        g.mark_output(cap.tensor(o, "output"))
+    sig = Signature(
+        in_tree=in_tree,
+        out_tree=out_tree,
+        out_dtypes=tuple(np.dtype(o.dtype).name for o in out_leaves),
+    )
+    return g.graph, sig
+
+
 def capture(fn: Callable[..., Any], *example_args: Any) -> KernelGraph:
     """The kernel graph of ``fn`` at the example arguments' shapes and dtypes.
+
+    Arguments may be pytrees of arrays; the graph's inputs are their leaves in
+    `jax.tree.flatten` order, its outputs the leaves of ``fn``'s result.
 
     Raises:
         ConfigError: an unsupported primitive (named, with the supported list).
@@ -181,23 +219,7 @@ def capture(fn: Callable[..., Any], *example_args: Any) -> KernelGraph:
         >>> [op.kind for op in g.ops]
         ['exp', 'matmul']
     """
-    import jax  # here, not at module level, so `import jgraph.superopt` stays light
-
-    closed = jax.make_jaxpr(fn)(*example_args)
-    g = new_kernel_graph()
-    args = []
-    for a in example_args:
-        dtype = _DTYPES.get(np.dtype(a.dtype).name)
-        if dtype is None:
-            raise ConfigError(
-                "superoptimize.args", a.dtype, "not a float array", "pass float arrays"
-            )
-        args.append(_V(t=g.new_input(tuple(a.shape), dtype)))
-    cap = _Capture(g)
-    outs = cap.run(closed.jaxpr, args, closed.consts)
-    for o in outs:
-        g.mark_output(cap.tensor(o, "output"))
-    return g.graph
+    return _capture(fn, example_args)[0]
 
 
 def superoptimize(
@@ -208,7 +230,21 @@ def superoptimize(
 ) -> SearchResult:
     """Captures ``fn`` and searches verified μGraphs for it (see `search`).
 
-    The result is callable: ``result(*arrays)`` runs the best μGraph under jit.
+    The result is callable like ``fn``: ``result(*args)`` takes the same pytree of
+    arrays (the example arguments' shapes and dtypes; others raise `ConfigError`)
+    and returns ``fn``'s result pytree, computed by the best μGraph lowered to
+    Pallas kernels (`jgraph.superopt.lower`); it can be called inside `jax.jit`.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jgraph.superopt import SearchConfig
+        >>> def f(x, w):
+        ...     return {"y": jnp.exp(x) @ w}
+        >>> x, w = jnp.ones((8, 64)), jnp.ones((64, 32))
+        >>> res = superoptimize(f, x, w, config=SearchConfig(time_limit_s=30, max_kernel_ops=1))
+        >>> res(x, w)["y"].shape
+        (8, 32)
     """
-    graph = capture(fn, *example_args)
-    return search(graph, config=config, name=getattr(fn, "__name__", "fn"), cache_dir=cache_dir)
+    graph, sig = _capture(fn, example_args)
+    result = search(graph, config=config, name=getattr(fn, "__name__", "fn"), cache_dir=cache_dir)
+    return dataclasses.replace(result, signature=sig)

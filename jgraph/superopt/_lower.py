@@ -29,7 +29,9 @@ from typing import Any, Literal, get_args
 from jgraph.core import ConfigError, check_int
 from jgraph.superopt._ir import KernelGraph
 
-__all__ = ["ROUTES", "KernelKnobs", "LoweredGraph", "Route", "lower", "lowering_problem"]
+__all__ = [
+    "ROUTES", "KernelKnobs", "LoweredGraph", "Route", "export_cuda", "lower", "lowering_problem",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,7 @@ def _run(graph: KernelGraph, *arrays: Any, route: str, knobs: KernelKnobs,
     from jgraph.superopt._lower_block import block_call
 
     params = _compiler_params(route, knobs)
-    vals = list(arrays)
+    vals = [a.astype(storage) for a in arrays]
     for n, op in enumerate(graph.ops):
         args = [vals[i] for i in op.inputs]
         if op.block is not None:
@@ -120,11 +122,14 @@ class LoweredGraph:
 
     def __init__(
         self, graph: KernelGraph, *, route: str, knobs: KernelKnobs, storage: Any,
-        poison: bool = False,
+        poison: bool = False, in_dtypes: Sequence[Any] | None = None,
     ) -> None:  # fmt: skip
         import jax
+        import jax.numpy as jnp
 
         self.graph, self.route, self.knobs, self.storage = graph, route, knobs, storage
+        # What callers pass: the graph inputs' dtypes (cast to the storage dtype inside).
+        self.in_dtypes = tuple(jnp.dtype(d) for d in (in_dtypes or [storage] * len(graph.inputs)))
         run = functools.partial(_run, graph, route=route, knobs=knobs, storage=storage)
         self._fn = jax.jit(functools.partial(run, poison=poison))
 
@@ -142,13 +147,13 @@ class LoweredGraph:
                 "arrays", len(arrays), f"the μGraph takes {len(self.graph.inputs)} arrays",
                 "pass one array per input of the searched function",
             )  # fmt: skip
-        for k, (a, spec) in enumerate(zip(arrays, self.graph.inputs, strict=True)):
+        for k, (a, want) in enumerate(zip(arrays, self.in_dtypes, strict=True)):
+            spec = self.graph.inputs[k]
             shape, dtype = tuple(getattr(a, "shape", ())), getattr(a, "dtype", None)
-            if shape != tuple(spec.shape) or dtype is None or jnp.dtype(dtype) != self.storage:
+            if shape != tuple(spec.shape) or dtype is None or jnp.dtype(dtype) != want:
                 raise ConfigError(
                     f"arrays[{k}]", f"{shape} {dtype}",
-                    f"the kernels were searched and lowered for {tuple(spec.shape)} "
-                    f"{jnp.dtype(self.storage).name}",
+                    f"the kernels were searched and lowered for {tuple(spec.shape)} {want.name}",
                     "search again for these shapes and dtypes (superoptimize caches per shape)",
                 )  # fmt: skip
 
@@ -162,7 +167,10 @@ class LoweredGraph:
 
         from jgraph.core.pallas import export_for_cuda
 
-        avals = [jax.ShapeDtypeStruct(tuple(s.shape), self.storage) for s in self.graph.inputs]
+        avals = [
+            jax.ShapeDtypeStruct(tuple(s.shape), d)
+            for s, d in zip(self.graph.inputs, self.in_dtypes, strict=True)
+        ]
         return export_for_cuda(self._fn, *avals)
 
 
@@ -215,7 +223,8 @@ def lower(
         graph: a verified μGraph (e.g. ``result.best.graph``).
         route: ``"auto"``, ``"triton"``, ``"mosaic_gpu"`` or ``"interpret"`` (module docs).
         knobs: launch knobs (default `KernelKnobs()`).
-        dtype: the storage dtype (default: the graph inputs' dtype).
+        dtype: the storage dtype, and then every argument's dtype (default: the
+            first input's dtype; each argument in its graph input's dtype).
         poison_outputs: every kernel output starts as NaN (a testing aid: an element
             no program writes shows as NaN instead of stale memory).
 
@@ -237,6 +246,35 @@ def lower(
     return LoweredGraph(graph, route=concrete, knobs=knobs, storage=storage, poison=poison_outputs)
 
 
+def export_cuda(
+    graph: KernelGraph,
+    *,
+    route: Literal["triton", "mosaic_gpu"] = "triton",
+    knobs: KernelKnobs | None = None,
+    dtype: str | None = None,
+) -> Any:
+    """The μGraph lowered for CUDA on ``route``, as a `jax.export.Exported` (no GPU needed).
+
+    Raises:
+        ConfigError: ``route`` is not a GPU route.
+        Exception: whatever the Pallas lowering raises (see `lowering_problem`).
+    """
+    if route not in _GPU_ROUTES:
+        raise ConfigError("route", route, "is not a GPU route", f"use one of {_GPU_ROUTES}")
+    knobs = knobs or KernelKnobs()
+    graph = graph.validate()
+    storage = _storage(graph, dtype)
+    if route == "mosaic_gpu" and any(
+        o.kind == "matmul" for op in graph.ops if op.block is not None for o in op.block.ops
+    ):
+        raise NotImplementedError(
+            "Mosaic GPU: block matmuls need wgmma on shared-memory refs (not emitted yet)"
+        )
+    in_dtypes = None if dtype else [s.dtype for s in graph.inputs]
+    fn = LoweredGraph(graph, route=route, knobs=knobs, storage=storage, in_dtypes=in_dtypes)
+    return fn.lower_for_cuda()
+
+
 @functools.lru_cache(maxsize=512)
 def lowering_problem(
     graph: KernelGraph,
@@ -247,10 +285,10 @@ def lowering_problem(
 ) -> str | None:
     """Why ``graph`` does not lower for CUDA on ``route``, or None if it does.
 
-    It runs the real lowering (`jax.export` for ``platforms=["cuda"]``, no GPU
-    needed), so Triton's power-of-two tiles, its 2-D dots and Mosaic GPU's missing
-    ops are caught. Shared-memory overflow and ptxas limits show only on a GPU
-    compile (the search's shared-memory budget bounds the tiles instead).
+    It runs the real lowering (`export_cuda`: `jax.export` for ``platforms=["cuda"]``,
+    no GPU needed), so Triton's power-of-two tiles, its 2-D dots and Mosaic GPU's
+    missing ops are caught. Shared-memory overflow and ptxas limits show only on a
+    GPU compile (the search's shared-memory budget bounds the tiles instead).
 
     Example:
         >>> from jgraph.superopt.programs import get_program, handwritten
@@ -261,18 +299,10 @@ def lowering_problem(
         >>> "power of 2" in lowering_problem(handwritten("rmsnorm_linear", prog))
         True
     """
-    if route not in _GPU_ROUTES:
-        raise ConfigError("route", route, "is not a GPU route", f"use one of {_GPU_ROUTES}")
-    knobs = knobs or KernelKnobs()
-    graph = graph.validate()
-    storage = _storage(graph, dtype)
-    if route == "mosaic_gpu" and any(
-        o.kind == "matmul" for op in graph.ops if op.block is not None for o in op.block.ops
-    ):
-        return "Mosaic GPU: block matmuls need wgmma on shared-memory refs (not emitted yet)"
-    fn = LoweredGraph(graph, route=route, knobs=knobs, storage=storage)
     try:
-        fn.lower_for_cuda()
+        export_cuda(graph, route=route, knobs=knobs, dtype=dtype)
+    except ConfigError:
+        raise
     except Exception as exc:  # any lowering failure makes the candidate unusable on the route
         return f"{route}: {_describe(exc)}"
     return None

@@ -22,6 +22,8 @@ from jgraph.superopt._candidate import Candidate, SearchStats
 from jgraph.superopt._config import SearchConfig
 from jgraph.superopt._cost import Cost
 from jgraph.superopt._ir import KernelGraph
+from jgraph.superopt._lower import Route
+from jgraph.superopt._signature import Signature
 from jgraph.superopt._verify import Verdict, Verifier
 
 __all__ = ["CacheWarning", "SearchResult", "cache_key", "cache_path", "load_cached", "store"]
@@ -40,6 +42,11 @@ class SearchResult:
     candidates: tuple[Candidate, ...]
     stats: SearchStats
     from_cache: bool = False
+    # How `superoptimize`'s caller passes arguments and gets results (None: flat lists).
+    signature: Signature | None = dataclasses.field(default=None, compare=False)
+    _kernels: dict[str, Any] = dataclasses.field(
+        default_factory=dict, compare=False, repr=False, init=False
+    )
 
     @property
     def best(self) -> Candidate:
@@ -56,11 +63,28 @@ class SearchResult:
         """XLA candidate's model time over the best candidate's (a model number, not measured)."""
         return self.xla.cost.estimated_us / self.best.cost.estimated_us
 
-    def __call__(self, *arrays: Any) -> list[Any]:
-        """Runs the best μGraph as a jitted JAX function (float32 compute, inputs' dtype out)."""
-        from jgraph.superopt._jax import jax_function
+    def kernel(self, route: Route = "auto") -> Any:
+        """The best candidate lowered on ``route`` (a cached `LoweredGraph`).
 
-        return jax_function(self.best.graph)(*arrays)
+        The search keeps only candidates that lower for CUDA (unless
+        ``check_lowering`` was off), so the best one runs as Pallas kernels.
+        """
+        if route not in self._kernels:
+            from jgraph.superopt._lower import lower
+
+            self._kernels[route] = lower(self.best.graph, route=route)
+        return self._kernels[route]
+
+    def __call__(self, *args: Any) -> Any:
+        """Runs the best μGraph as Pallas kernels (interpret mode on CPU), inside `jax.jit` too.
+
+        Called like the captured function when it came from `superoptimize`
+        (same argument and result pytrees); otherwise takes the graph's input
+        arrays and returns the list of its outputs.
+        """
+        if self.signature is None:
+            return self.kernel()(*args)
+        return self.signature.unflatten(self.kernel()(*self.signature.flatten(args)))
 
     def to_json(self) -> dict[str, Any]:
         return {

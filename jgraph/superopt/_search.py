@@ -70,9 +70,28 @@ def search(
         raise AssertionError(f"the reference failed its own verification: {xla_verdict}")
     xla = Candidate(graph=reference, cost=CostModel()(reference), verdict=xla_verdict, label="xla")
     found, stats = run_search(reference, config, verifier, show_progress=show_progress)
+    if config.check_lowering and config.backend != "tpu":
+        found, dropped = _lowerable(found, name)
+        if dropped:
+            stats = dataclasses.replace(stats, rejected={**stats.rejected, "lowering": dropped})
     cands = sorted([xla, *found], key=lambda c: (c.cost.estimated_us, c.label != "xla"))
     stats = dataclasses.replace(stats, seconds=time.perf_counter() - start)
     result = SearchResult(name=name, reference=reference, candidates=tuple(cands), stats=stats)
     if path is not None:
         store(path, result)
     return result
+
+
+def _lowerable(found: list[Candidate], name: str) -> tuple[list[Candidate], int]:
+    """The candidates that lower for CUDA on some Pallas GPU route, and how many did not."""
+    from jgraph.superopt._lower import lowering_problem
+
+    kept, dropped = [], 0
+    for c in found:
+        problems = [lowering_problem(c.graph, route=r) for r in ("triton", "mosaic_gpu")]
+        if None in problems:
+            kept.append(c)
+            continue
+        dropped += 1
+        log.info("%s: dropped a verified candidate that does not lower: %s", name, problems)
+    return kept, dropped

@@ -164,8 +164,20 @@ def _pow2_divisors(n: int, cap: int) -> tuple[int, ...]:
 
 
 @functools.lru_cache(maxsize=4096)
+def _pow2_tile_cuts(n: int, min_tile: int) -> tuple[int, ...]:
+    """Cuts ``g >= 2`` of a dim of size n leaving power-of-two parts of >= min_tile, ascending.
+
+    Triton tiles are powers of two (spec §c.2), so a cut leaving a part of 24 could
+    never lower on the GPU. For a power-of-two n these are its power-of-two divisors;
+    for n = 6144 they are 3, 6, 12, ... (parts 2048, 1024, 512, ...).
+    """
+    parts = (2**e for e in range(13) if n % 2**e == 0 and 2**e >= min_tile)
+    return tuple(sorted(n // t for t in parts if 2 <= n // t <= 4096))
+
+
+@functools.lru_cache(maxsize=4096)
 def _grid_sizes(n: int, maps: str, any_tile: bool = False) -> tuple[int, ...]:
-    """Grid sizes for a dim of size n: powers of two leaving tiles of >= 16 (or n itself if n <= 16).
+    """Grid sizes for a dim of size n: power-of-two tiles of >= 16 (or n itself if n <= 16).
 
     ``any_tile``: the dim is no matmul operand's, so tiles down to one element
     are allowed (`schedules` uses it only as a fallback when nothing else fits).
@@ -173,23 +185,23 @@ def _grid_sizes(n: int, maps: str, any_tile: bool = False) -> tuple[int, ...]:
     if maps == "mirage":
         return tuple(g for g in _pow2_divisors(n, 256) if g >= 2)
     if any_tile:
-        return _pow2_divisors(n, 4096)
+        return _pow2_tile_cuts(n, 1)
     if n <= 16:
         return (n,) if n > 1 else ()
-    return tuple(g for g in _pow2_divisors(n, 4096) if n // g >= 16)
+    return _pow2_tile_cuts(n, 16)
 
 
 @functools.lru_cache(maxsize=4096)
 def _loop_sizes(n: int, maps: str) -> tuple[int, ...]:
     """For-loop ranges for a per-block extent n, chunks near 128 first.
 
-    Powers of two leaving chunks of >= 8 (Mirage's RMSNorm: 4096 / 32); the
-    shared-memory check then takes the first that fits.
+    Power-of-two chunks of >= 8 (Mirage's RMSNorm: 4096 / 32); the shared-memory
+    check then takes the first that fits.
     """
     if maps == "mirage":
         opts = [f for f in (4, 16, 64) if n % f == 0]
     else:
-        opts = [f for f in _pow2_divisors(n, 4096) if n // f >= 8]
+        opts = list(_pow2_tile_cuts(n, 8))
     return tuple(sorted(opts, key=lambda f: abs(math.log2(n // f) - 7)))
 
 

@@ -10,7 +10,16 @@ from jgraph.superopt._lower import ROUTES as ROUTES
 from jgraph.superopt._lower import KernelKnobs as KernelKnobs
 from jgraph.superopt._lower import LoweredGraph as LoweredGraph
 from jgraph.superopt._lower import Route as Route
+from jgraph.superopt._lower import export_cuda as export_cuda
 from jgraph.superopt._lower import lower as lower
 from jgraph.superopt._lower import lowering_problem as lowering_problem
 
-__all__ = ["ROUTES", "KernelKnobs", "LoweredGraph", "Route", "lower", "lowering_problem"]
+__all__ = [
+    "ROUTES",
+    "KernelKnobs",
+    "LoweredGraph",
+    "Route",
+    "export_cuda",
+    "lower",
+    "lowering_problem",
+]
