@@ -4,34 +4,36 @@ What lowers for Triton at the benchmark shapes:
 
 * every hand-written μGraph but RMSNorm-Linear's, at ``scale=16`` and at the spec's
   shapes (``scale=1``), float16 and float32 storage;
-* RMSNorm-Linear's fused kernels never do: its output width is 6144 = 3·2^11 (384
-  at scale 16), so every tile of it is 3·2^k wide and Triton needs power-of-two
-  arrays (the lowering does not pad tiles). The same fused structure at a
-  power-of-two width lowers, and the search's two-kernel candidate (RMSNorm in a
-  graph-defined kernel, the matmul in XLA) lowers;
+* RMSNorm-Linear's hand-written graph never does: its output width is 6144 = 3·2^11
+  (384 at scale 16) and it cuts it into a power-of-two number of blocks, so its
+  tiles are 3·2^k wide, and Triton needs power-of-two arrays (the lowering does not
+  pad tiles). The same structure at a power-of-two width lowers, and the search
+  cuts 384 into 3·2^k blocks instead (power-of-two tiles); its candidates that keep
+  the 384 columns in one block do not lower;
 * search candidates whose block matmuls keep a batch dim (GQA/QKNorm schedules
   whose grid does not split the batch) do not: Triton has no batched dot.
 
+The search drops the candidates that lower on no GPU route (``check_lowering``);
+the shared searches (conftest.py) keep them, so this file checks the filter too.
 Triton's compile-time limits (shared memory, ``tl.dot`` minimum sizes, ptxas) show
 only on a GPU compile; the `gpu`-marked test in test_lower_vs_interpreter.py runs there.
 """
 
 import dataclasses
+import math
 
-import jax.numpy as jnp
 import pytest
 
 from jgraph.superopt import new_kernel_graph, new_threadblock_graph
 from jgraph.superopt._lower import _describe
-from jgraph.superopt.lower import KernelKnobs, LoweredGraph, lowering_problem
+from jgraph.superopt.lower import KernelKnobs, export_cuda, lowering_problem
 from jgraph.superopt.programs import HANDWRITTEN, PROGRAMS, get_program, handwritten
 
 _TRITON_CALL = "__gpu$xla.gpu.triton"
 
 
-def _mlir(graph, dtype="float16", knobs=None):
-    fn = LoweredGraph(graph, route="triton", knobs=knobs or KernelKnobs(), storage=jnp.dtype(dtype))
-    return fn.lower_for_cuda().mlir_module()
+def _mlir(graph, dtype=None, knobs=None):
+    return export_cuda(graph, route="triton", knobs=knobs, dtype=dtype).mlir_module()
 
 
 def _n_kernels(graph):
@@ -68,23 +70,20 @@ def test_rmsnorm_linear_structure_lowers_at_a_power_of_two_width():
     assert lowering_problem(graph, route="triton") is None
 
 
-# RMSNorm-Linear: no fused candidate lowers (see the module docs); the two-kernel
-# candidates (a graph-defined RMSNorm kernel, the matmul in XLA) are the search's
-# lowerable ones, and these bounds reach them in ~400 states (the default fast
-# search, one kernel op, holds only fused candidates).
-_CUDA_BOUNDS = {"rmsnorm_linear": {"max_kernel_ops": 2, "max_block_ops": 4}}
+# LoRA's search takes ~10 s (conftest.py): slow.
 _PROGRAMS = [pytest.param(n, marks=pytest.mark.slow) if n == "lora" else n for n in PROGRAMS]
+
+
+def _graph_defined(res):
+    return [c for c in res.candidates if _n_kernels(c.graph)]
 
 
 @pytest.mark.parametrize("name", _PROGRAMS)
 def test_a_graph_defined_search_candidate_of_each_program_lowers_for_triton(lower_searches, name):
-    """The first candidate in cost order that lowers; LoRA's search is slow (conftest.py)."""
-    budget = "slow" if name == "lora" else "fast"  # LoRA: share the slow interpreter test's search
-    res = lower_searches(name, budget, **_CUDA_BOUNDS.get(name, {}))
+    """The first candidate in cost order that lowers exports one Triton call per kernel."""
+    res = lower_searches(name, "slow" if name == "lora" else "fast")
     problems = []
-    for i, cand in enumerate(res.candidates):
-        if _n_kernels(cand.graph) == 0:
-            continue
+    for i, cand in enumerate(_graph_defined(res)):
         problem = lowering_problem(cand.graph, route="triton")
         if problem is None:
             assert _mlir(cand.graph).count(_TRITON_CALL) == _n_kernels(cand.graph)
@@ -94,14 +93,48 @@ def test_a_graph_defined_search_candidate_of_each_program_lowers_for_triton(lowe
         pytest.fail(f"{name}: no graph-defined candidate lowers for Triton: {problems}")
 
 
-def test_fused_rmsnorm_linear_candidates_fail_on_power_of_two_tiles(lower_searches):
-    res = lower_searches("rmsnorm_linear", "fast")
-    fused = [c.graph for c in res.candidates if _n_kernels(c.graph)]
-    assert fused
-    for graph in fused:
-        problem = lowering_problem(graph, route="triton")
-        assert problem is not None
-        assert "power of 2" in problem, problem
+def _pow2_tiles(graph):
+    """Whether every block tensor of every graph-defined kernel has a power-of-two size."""
+    for op in graph.ops:
+        if op.block is not None:
+            tiles = op.block.infer([graph.shapes[i] for i in op.inputs])[0]
+            if any(math.prod(t) & (math.prod(t) - 1) for t in tiles):
+                return False
+    return True
+
+
+def _check_power_of_two_rule(res):
+    cands = _graph_defined(res)
+    assert cands
+    for cand in cands:
+        problem = lowering_problem(cand.graph, route="triton") or ""
+        assert ("power of 2" in problem) == (not _pow2_tiles(cand.graph)), (problem, cand.graph)
+
+
+@pytest.mark.parametrize("name", [n for n in PROGRAMS if n != "lora"])
+def test_candidates_fail_on_triton_exactly_when_a_tile_is_not_a_power_of_two(lower_searches, name):
+    _check_power_of_two_rule(lower_searches(name, "fast"))
+
+
+def test_rmsnorm_linear_candidates_with_a_whole_384_wide_tile_do_not_lower(lower_searches):
+    # the full (exhausted, ~2 s) space: six candidates keep W's 384 columns in one block
+    res = lower_searches("rmsnorm_linear", "slow")
+    _check_power_of_two_rule(res)
+    assert sum(not _pow2_tiles(c.graph) for c in _graph_defined(res)) == 6
+
+
+def test_search_drops_exactly_the_candidates_that_lower_on_no_gpu_route(lower_searches):
+    # GQA's one-kernel space (exhausted at 971 states): 12 of its 24 schedules keep the
+    # batch dim in a block matmul, which neither Triton nor Mosaic GPU lowers.
+    every = lower_searches("gqa", "slow")
+    kept = lower_searches("gqa", "slow", check_lowering=True)
+    lowers = [
+        c.graph
+        for c in _graph_defined(every)
+        if None in [lowering_problem(c.graph, route=r) for r in ("triton", "mosaic_gpu")]
+    ]
+    assert [c.graph for c in _graph_defined(kept)] == lowers
+    assert kept.stats.rejected["lowering"] == len(_graph_defined(every)) - len(lowers) == 12
 
 
 def test_a_non_power_of_two_tile_is_a_problem():
