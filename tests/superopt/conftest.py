@@ -12,7 +12,7 @@ loaded machine makes them slower, never different):
   only slow tests use it and the hand-written LoRA μGraph is their fast twin;
 * ``slow``: every candidate those bounds hold (gqa, rmsnorm_linear, gated_mlp and
   ntrans exhaust their space; qknorm's last find is at 17.2k states). LoRA's space
-  holds 73 candidates (exhausted at 14.3k states); the first ~23, of one structure
+  holds 73 candidates (exhausted at 14.3k states); the first 41, of one structure
   with its schedules, keep the slow tests within their time budget.
 
 ``verify_all``: at these small shapes the cost bound would skip verifying most
@@ -37,7 +37,7 @@ LOWER_SEARCHES: dict[str, tuple[dict[str, int], int, int]] = {
     "gqa": ({"max_kernel_ops": 1}, 942, 20_000),  # finds from 940 states, exhausts at 971
     "qknorm": ({"max_kernel_ops": 3, "max_customized": 1}, 16_821, 20_000),  # from 16.8k
     "rmsnorm_linear": ({"max_kernel_ops": 1}, 410, 20_000),  # from 408, exhausts at 433
-    "lora": ({"max_kernel_ops": 1}, 10_867, 10_900),  # from 10.9k (~23 by 10.9k of 73)
+    "lora": ({"max_kernel_ops": 1}, 10_867, 10_900),  # from 10.9k: 41 of its 73 by 10.9k
     "gated_mlp": ({"max_kernel_ops": 1}, 2_623, 20_000),  # from 2.6k, exhausts at 2.7k
     "ntrans": ({"max_kernel_ops": 1}, 1_050, 20_000),  # from 1.0k, exhausts at 1.1k
 }

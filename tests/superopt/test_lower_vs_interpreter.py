@@ -111,7 +111,7 @@ def test_every_candidate_lowers_to_the_interpreter_values(lower_searches, name, 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("name", PROGRAMS)
 def test_every_candidate_lowers_to_the_interpreter_values_full(lower_searches, name, dtype):
-    """Every candidate the bounds in conftest.py hold (~190 over the six programs)."""
+    """Every candidate the bounds in conftest.py hold (156 over the six programs)."""
     _check_candidates(lower_searches(name, "slow"), dtype)
 
 
