@@ -12,8 +12,8 @@ as imports:
 * Private modules stay private: ``a.b._c`` may be imported only from inside the
   package ``a.b``. The CLI, scripts and `tflite_export` use public names only
   (tests may reach into private modules to test them).
-* Nothing heavy at import time: TensorFlow, jax-triton and torch are imported
-  only inside functions.
+* Nothing heavy at import time: TensorFlow, jax-triton, Triton and torch are
+  imported only inside functions.
 * Library code never prints (ruff's T20 enforces it; this checks the config).
 """
 
@@ -27,7 +27,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SUBPACKAGES = ("pipeline", "superopt", "coserve", "quant")
-HEAVY = ("tensorflow", "jax_triton", "torch")
+HEAVY = ("tensorflow", "jax_triton", "torch", "triton")
 # What the layout rules walk; tests/ is left out on purpose (tests may import private modules).
 CHECKED_ROOTS = ("jgraph", "tflite_export", "scripts")
 # Calls whose first string argument names a module that will be imported.

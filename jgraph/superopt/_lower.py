@@ -11,10 +11,16 @@ float32. Routes:
 * ``"mosaic_gpu"``: Pallas Mosaic GPU (Hopper and later, the maintained route).
   Its Pallas lowering has no plain dot (it needs ``wgmma`` on shared-memory
   refs), so block graphs with a matmul do not lower on it yet;
+* ``"jax_triton"``: Triton source written by `jgraph.superopt._triton_emit` (tiles
+  padded to powers of two and masked, as Mirage's Triton transpiler does, so
+  tiles Pallas-Triton rejects run) and called through jax-triton (the optional
+  ``gpu`` extra; it needs a CUDA jaxlib). On CPU the emitted kernels are tested
+  in Triton's interpreter and compiled to cubins without a GPU;
 * ``"interpret"``: the Pallas interpreter (CPU; correctness, not speed).
 
-``"auto"`` picks the interpreter on CPU and, on an NVIDIA GPU, Triton for
-kernels that lower on it and Mosaic GPU otherwise (`lowering_problem` decides).
+``"auto"`` picks the interpreter on CPU and, on an NVIDIA GPU, the first of
+Triton, Mosaic GPU and (if installed) jax-triton that lowers the μGraph
+(`lowering_problem` decides).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, get_args
 
@@ -34,9 +41,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Route = Literal["auto", "triton", "mosaic_gpu", "interpret"]
+Route = Literal["auto", "triton", "mosaic_gpu", "jax_triton", "interpret"]
 ROUTES: tuple[Route, ...] = get_args(Route)
-_GPU_ROUTES = ("triton", "mosaic_gpu")
+_GPU_ROUTES = ("triton", "mosaic_gpu", "jax_triton")
+_PALLAS_GPU_ROUTES = ("triton", "mosaic_gpu")  # the ones `jax.export` checks
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -91,7 +99,16 @@ def _run(graph: KernelGraph, *arrays: Any, route: str, knobs: KernelKnobs,
     vals = [a.astype(storage) for a in arrays]
     for n, op in enumerate(graph.ops):
         args = [vals[i] for i in op.inputs]
-        if op.block is not None:
+        if op.block is not None and route == "jax_triton":
+            from jgraph.superopt._triton_run import block_call_jax_triton
+
+            vals.extend(
+                block_call_jax_triton(
+                    op.block, args, storage=storage, num_warps=knobs.num_warps,
+                    num_stages=knobs.num_stages, name=f"jgraph_mugraph_k{n}",
+                )
+            )  # fmt: skip
+        elif op.block is not None:
             vals.extend(
                 block_call(
                     op.block, args, storage=storage, compiler_params=params,
@@ -100,7 +117,10 @@ def _run(graph: KernelGraph, *arrays: Any, route: str, knobs: KernelKnobs,
             )  # fmt: skip
         else:
             vals.append(_kernel_op(op.kind, args, op.attr, storage))
-    return [vals[o] for o in graph.outputs]
+    # A saver whose grid cuts a reduced dim stores float32 partials (`partial_outputs`);
+    # when such a saver writes a graph output (e.g. a sum over a last dim the grid cut
+    # to one element), the μGraph still returns the program's dtype.
+    return [vals[o].astype(storage) for o in graph.outputs]
 
 
 def _storage(graph: KernelGraph, dtype: str | None) -> Any:
@@ -192,7 +212,11 @@ def resolve_route(route: str, graph: KernelGraph, knobs: KernelKnobs, storage: A
                 "run the μGraph with jax_function (XLA) on this device",
             )  # fmt: skip
         problems = {}
-        for r in _GPU_ROUTES:
+        import importlib.util
+
+        # jax-triton is an optional extra (`jgraph[gpu]`): tried last, and only if installed.
+        has_jax_triton = importlib.util.find_spec("jax_triton") is not None
+        for r in _GPU_ROUTES if has_jax_triton else _PALLAS_GPU_ROUTES:
             problems[r] = lowering_problem(graph, route=r, knobs=knobs, dtype=storage.name)
             if problems[r] is None:
                 return r
@@ -217,7 +241,8 @@ def lower(
 
     Args:
         graph: a verified μGraph (e.g. ``result.best.graph``).
-        route: ``"auto"``, ``"triton"``, ``"mosaic_gpu"`` or ``"interpret"`` (module docs).
+        route: ``"auto"``, ``"triton"``, ``"mosaic_gpu"``, ``"jax_triton"`` or
+            ``"interpret"`` (module docs).
         knobs: launch knobs (default `KernelKnobs()`).
         dtype: the storage dtype, and then every argument's dtype (default: the
             first input's dtype; each argument in its graph input's dtype).
@@ -239,7 +264,16 @@ def lower(
     graph = graph.validate()
     storage = _storage(graph, dtype)
     concrete = resolve_route(route, graph, knobs, storage)
-    return LoweredGraph(graph, route=concrete, knobs=knobs, storage=storage, poison=poison_outputs)
+    if poison_outputs and concrete == "jax_triton":
+        raise ConfigError(
+            "poison_outputs", True, "is not supported on route 'jax_triton'",
+            "poison on the Pallas routes (the emitter's CPU runner poisons its outputs)",
+        )  # fmt: skip
+    in_dtypes = None if dtype else [s.dtype for s in graph.inputs]
+    return LoweredGraph(
+        graph, route=concrete, knobs=knobs, storage=storage, poison=poison_outputs,
+        in_dtypes=in_dtypes,
+    )  # fmt: skip
 
 
 def export_cuda(
@@ -255,8 +289,10 @@ def export_cuda(
         ConfigError: ``route`` is not a GPU route.
         Exception: whatever the Pallas lowering raises (see `lowering_problem`).
     """
-    if route not in _GPU_ROUTES:
-        raise ConfigError("route", route, "is not a GPU route", f"use one of {_GPU_ROUTES}")
+    if route not in _PALLAS_GPU_ROUTES:
+        raise ConfigError(
+            "route", route, "is not a Pallas GPU route", f"use one of {_PALLAS_GPU_ROUTES}"
+        )
     knobs = knobs or KernelKnobs()
     graph = graph.validate()
     storage = _storage(graph, dtype)
@@ -275,31 +311,78 @@ def export_cuda(
 def lowering_problem(
     graph: KernelGraph,
     *,
-    route: Literal["triton", "mosaic_gpu"] = "triton",
+    route: Literal["triton", "mosaic_gpu", "jax_triton"] = "triton",
     knobs: KernelKnobs | None = None,
     dtype: str | None = None,
 ) -> str | None:
     """Why ``graph`` does not lower for CUDA on ``route``, or None if it does.
 
-    It runs the real lowering (`export_cuda`: `jax.export` for ``platforms=["cuda"]``,
-    no GPU needed), so Triton's power-of-two tiles, its 2-D dots and Mosaic GPU's
-    missing ops are caught. Shared-memory overflow and ptxas limits show only on a
-    GPU compile (the search's shared-memory budget bounds the tiles instead).
+    It runs the real lowering, no GPU needed. Pallas routes: `export_cuda`
+    (`jax.export` for ``platforms=["cuda"]``), so Triton's power-of-two tiles, its
+    2-D dots and Mosaic GPU's missing ops are caught; shared-memory overflow and
+    ptxas limits show only on a GPU compile (the search's shared-memory budget
+    bounds the tiles instead). ``"jax_triton"``: each emitted kernel is compiled
+    down to a Hopper cubin with Triton's bundled ptxas (needs the ``triton``
+    package), which catches those limits too.
 
     Example:
         >>> from jgraph.superopt.programs import get_program, handwritten
         >>> prog = get_program("gated_mlp", scale=16)
         >>> lowering_problem(handwritten("gated_mlp", prog)) is None
         True
+        >>> prog = get_program("rmsnorm_linear", scale=16)  # 384 = 3 * 128 columns
+        >>> "power of 2" in lowering_problem(handwritten("rmsnorm_linear", prog))
+        True
     """
     try:
-        export_cuda(graph, route=route, knobs=knobs, dtype=dtype)
+        if route == "jax_triton":
+            _compile_emitted(graph, knobs or KernelKnobs(), _storage(graph, dtype))
+        else:
+            export_cuda(graph, route=route, knobs=knobs, dtype=dtype)
     except ConfigError:
         raise
     except Exception as exc:  # any lowering failure makes the candidate unusable on the route
-        first = str(exc).splitlines()[0][:300] if str(exc) else ""
-        return f"{route}: {type(exc).__name__}: {first}"
+        return f"{route}: {_describe(exc)}"
     return None
+
+
+def _compile_emitted(graph: KernelGraph, knobs: KernelKnobs, storage: Any) -> None:
+    """Compiles every graph-defined kernel's emitted Triton source for CUDA (no GPU)."""
+    from jgraph.superopt._tiling import partial_outputs
+    from jgraph.superopt._triton_emit import emit_block
+    from jgraph.superopt._triton_run import compile_for_cuda
+
+    graph = graph.validate()
+    dtypes = [storage.name] * len(graph.inputs)  # device dtype per tensor id
+    for n, op in enumerate(graph.ops):
+        if op.block is None:
+            dtypes.append(storage.name)
+            continue
+        shapes = [graph.shapes[i] for i in op.inputs]
+        src = emit_block(op.block, shapes, storage=storage.name, name=f"jgraph_mugraph_k{n}")
+        compile_for_cuda(
+            src, [dtypes[i] for i in op.inputs],
+            num_warps=knobs.num_warps, num_stages=knobs.num_stages,
+        )  # fmt: skip
+        partial = partial_outputs(op.block, shapes)
+        dtypes += ["float32" if p else storage.name for p in partial]
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: first line`` of ``exc``; a bare ``assert`` (no message) names where it failed.
+
+    Triton's lowering rejects a batched dot with a bare ``assert``, which would
+    otherwise leave the problem string empty.
+    """
+    text = str(exc).strip()
+    if text:
+        return f"{type(exc).__name__}: {text.splitlines()[0][:300]}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return type(exc).__name__
+    f = frames[-1]
+    where = "/".join(f.filename.replace("\\", "/").split("/")[-3:])
+    return f"{type(exc).__name__} at {where}:{f.lineno}: {(f.line or '').strip()[:200]}"
 
 
 def lowered_callable(fn: LoweredGraph) -> Callable[..., list[Any]]:

@@ -55,7 +55,8 @@ class _Load:
     """An input tile, read (and widened) only when an op needs it."""
 
     def __init__(self, ref: Any, index: tuple[Any, ...]) -> None:
-        self.ref, self.index, self._v = ref, index, None
+        self.ref, self.index = ref, index
+        self._v: jax.Array | None = None
 
     def value(self) -> jax.Array:
         if self._v is None:
