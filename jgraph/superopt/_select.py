@@ -21,6 +21,7 @@ from jgraph.core import ConfigError, check_choice, check_int
 from jgraph.superopt._candidate import Candidate
 from jgraph.superopt._lower import (
     _GPU_ROUTES,
+    _PALLAS_GPU_ROUTES,
     ROUTES,
     KernelKnobs,
     LoweredGraph,
@@ -85,9 +86,17 @@ def _has_kernels(cand: Candidate) -> bool:
     return any(op.block is not None for op in cand.graph.ops)
 
 
+def _auto_routes() -> tuple[str, ...]:
+    """The GPU routes ``"auto"`` tries, in order (as `lower`: jax-triton last, if installed)."""
+    import importlib.util
+
+    has_jax_triton = importlib.util.find_spec("jax_triton") is not None
+    return _GPU_ROUTES if has_jax_triton else _PALLAS_GPU_ROUTES
+
+
 def _gpu_route(cand: Candidate, route: str) -> tuple[str, str | None]:
     """(concrete route, why it does not lower or None) of one candidate; ``route`` may be auto."""
-    routes = _GPU_ROUTES if route == "auto" else (route,)
+    routes = _auto_routes() if route == "auto" else (route,)
     if not _has_kernels(cand):  # no Pallas kernel: the XLA program lowers anywhere
         return routes[0], None
     problems = []
@@ -183,8 +192,9 @@ def select(
 
     Args:
         result: a search result (``search`` or ``superoptimize``).
-        route: ``"auto"`` (interpret on CPU; per candidate Triton, else Mosaic GPU,
-            on an NVIDIA GPU) or a concrete route.
+        route: ``"auto"`` (interpret on CPU; on an NVIDIA GPU, per candidate the
+            first of Triton, Mosaic GPU and, if installed, jax-triton that lowers
+            it) or a concrete route.
         top_k: lowerable candidates to measure.
         knob_grid: launch knobs to try per candidate with graph-defined kernels.
         measure: time the candidates; None: only on a GPU route (interpret-mode
@@ -214,7 +224,7 @@ def select(
     _check_args(route, top_k, knob_grid, repeats, warmup, measure)
     storage = _storage(result.reference, None)
     if route == "auto" and _platform() == "cuda":
-        concrete = "auto"  # decided per candidate: Triton, else Mosaic GPU
+        concrete = "auto"  # decided per candidate (`_auto_routes`)
     else:
         concrete = resolve_route(route, result.reference, KernelKnobs(), storage)
     on_gpu = concrete == "auto" or concrete in _GPU_ROUTES

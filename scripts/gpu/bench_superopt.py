@@ -9,8 +9,9 @@ once), in one run on one card:
    without re-verification (`committed_results`; ``--reverify-cache`` loads it
    through ``search`` instead), else searched here for ``--time-limit`` seconds;
 2. ``jgraph.superopt.lower.select(result, route="auto", top_k, measure=True)``:
-   the model's top-k candidates that lower for CUDA, each timed under the knob
-   grid; the fastest point is kept (the analytic rank vs the measured times and
+   the model's top-k candidates that lower for CUDA (per candidate the first of
+   Pallas-Triton, Mosaic GPU and, if installed, jax-triton), each timed under
+   the knob grid; the fastest point is kept (the analytic rank vs the measured times and
    Kendall's tau are recorded, with every compile time);
 3. the same inputs timed through ``jax.jit(prog.fn)`` (XLA), the selected μGraph
    (``jax.jit`` of ``Selection.lowered()``) and, where one exists, JAX's own

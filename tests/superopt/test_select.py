@@ -134,10 +134,14 @@ def test_top_k_limits_the_candidates_measured(result, monkeypatch):
     assert [g for g, _ in calls] == [result.best.graph]
 
 
-def _as_gpu(monkeypatch, lowers):
-    """Pretends the device is an NVIDIA GPU: ``lowers(graph, route) -> bool``; no real compile."""
+def _as_gpu(monkeypatch, lowers, routes=("triton", "mosaic_gpu")):
+    """Pretends the device is an NVIDIA GPU: ``lowers(graph, route) -> bool``; no real compile.
+
+    ``routes``: what "auto" tries (jax-triton joins when it is installed).
+    """
     monkeypatch.setattr(select_mod, "_platform", lambda: "cuda")
     monkeypatch.setattr(lower_mod, "_platform", lambda: "cuda")  # explicit routes
+    monkeypatch.setattr(select_mod, "_auto_routes", lambda: routes)
     monkeypatch.setattr(
         select_mod,
         "lowering_problem",
@@ -175,6 +179,17 @@ def test_gpu_auto_route_falls_back_to_mosaic_gpu_per_candidate(result, monkeypat
     sel = select(result, route="triton")
     assert sel.candidate is result.xla
     assert sel.measurements[0].problem == "triton: does not lower"
+
+
+def test_gpu_auto_route_tries_jax_triton_last_when_installed(result, monkeypatch):
+    _as_gpu(
+        monkeypatch,
+        lambda graph, route: route == "jax_triton",
+        ("triton", "mosaic_gpu", "jax_triton"),
+    )
+    _fake_timer(monkeypatch, lambda fn: 1e-5 if fn.graph == result.best.graph else 2e-5)
+    sel = select(result)
+    assert (sel.candidate, sel.route) == (result.best, "jax_triton")
 
 
 def test_gpu_route_on_cpu_is_a_config_error(result):
