@@ -227,13 +227,24 @@ def superoptimize(
     *example_args: Any,
     config: SearchConfig | None = None,
     cache_dir: str | None = None,
+    measure: bool | None = None,
 ) -> SearchResult:
-    """Captures ``fn`` and searches verified μGraphs for it (see `search`).
+    """Captures ``fn``, searches verified μGraphs for it (see `search`) and picks one to run.
 
     The result is callable like ``fn``: ``result(*args)`` takes the same pytree of
     arrays (the example arguments' shapes and dtypes; others raise `ConfigError`)
-    and returns ``fn``'s result pytree, computed by the best μGraph lowered to
+    and returns ``fn``'s result pytree, computed by the chosen μGraph lowered to
     Pallas kernels (`jgraph.superopt.lower`); it can be called inside `jax.jit`.
+    The choice is `jgraph.superopt.lower.select`'s (``result.selection``): on an
+    NVIDIA GPU the fastest of the model's top candidates and launch knobs, timed
+    (cached per device kind in ``cache_dir``); on CPU the best by model cost.
+
+    Args:
+        fn: a JAX function of float arrays (pytrees of them are fine).
+        *example_args: arguments with the shapes and dtypes to optimize for.
+        config: search settings (default `SearchConfig()`).
+        cache_dir: where search results and measured selections are cached.
+        measure: time candidates to choose (None: only on a GPU).
 
     Example:
         >>> import jax.numpy as jnp
@@ -245,6 +256,9 @@ def superoptimize(
         >>> res(x, w)["y"].shape
         (8, 32)
     """
+    from jgraph.superopt._select import select
+
     graph, sig = _capture(fn, example_args)
     result = search(graph, config=config, name=getattr(fn, "__name__", "fn"), cache_dir=cache_dir)
-    return dataclasses.replace(result, signature=sig)
+    chosen = select(result, measure=measure, cache_dir=cache_dir)
+    return dataclasses.replace(result, signature=sig, selection=chosen)

@@ -14,7 +14,7 @@ import hashlib
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jgraph._version import __version__
 from jgraph.core import atomic_write_json
@@ -24,6 +24,9 @@ from jgraph.superopt._cost import Cost
 from jgraph.superopt._ir import KernelGraph
 from jgraph.superopt._lower import Route
 from jgraph.superopt._signature import Signature
+
+if TYPE_CHECKING:
+    from jgraph.superopt._selection import Selection
 from jgraph.superopt._verify import Verdict, Verifier
 
 __all__ = ["CacheWarning", "SearchResult", "cache_key", "cache_path", "load_cached", "store"]
@@ -44,9 +47,15 @@ class SearchResult:
     from_cache: bool = False
     # How `superoptimize`'s caller passes arguments and gets results (None: flat lists).
     signature: Signature | None = dataclasses.field(default=None, compare=False)
+    # The candidate and knobs `superoptimize` chose to run (`jgraph.superopt.lower.select`:
+    # measured on a GPU); None: run the best candidate by model cost.
+    selection: Selection | None = dataclasses.field(default=None, compare=False)
     _kernels: dict[str, Any] = dataclasses.field(
         default_factory=dict, compare=False, repr=False, init=False
     )
+
+    # By identity, so `jax.jit(result)` works (its stats hold dicts); equality stays by value.
+    __hash__ = object.__hash__
 
     @property
     def best(self) -> Candidate:
@@ -64,15 +73,20 @@ class SearchResult:
         return self.xla.cost.estimated_us / self.best.cost.estimated_us
 
     def kernel(self, route: Route = "auto") -> Any:
-        """The best candidate lowered on ``route`` (a cached `LoweredGraph`).
+        """The candidate to run, lowered on ``route`` (a cached `LoweredGraph`).
 
-        The search keeps only candidates that lower for CUDA (unless
-        ``check_lowering`` was off), so the best one runs as Pallas kernels.
+        With ``route="auto"`` that is the `selection` when there is one (the
+        fastest measured candidate and knobs on a GPU), else the best candidate by
+        model cost. The search keeps only candidates that lower for CUDA (unless
+        ``check_lowering`` was off), so it runs as Pallas kernels.
         """
         if route not in self._kernels:
             from jgraph.superopt._lower import lower
 
-            self._kernels[route] = lower(self.best.graph, route=route)
+            if route == "auto" and self.selection is not None:
+                self._kernels[route] = self.selection.lowered()
+            else:
+                self._kernels[route] = lower(self.best.graph, route=route)
         return self._kernels[route]
 
     def __call__(self, *args: Any) -> Any:

@@ -1,5 +1,7 @@
 """The JAX frontend: jaxpr capture, unsupported primitives, the callable result."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,7 +49,8 @@ def test_superoptimize_returns_a_callable_verified_result():
     xs = jax.random.normal(key, (8, 64)) * 0.3
     ws = jax.random.normal(jax.random.fold_in(key, 1), (64, 32))
     out = res(xs, ws)  # called like f: one array back, not a list
-    assert out.shape == (8, 32) and out.dtype == jnp.float32
+    assert out.shape == (8, 32)
+    assert out.dtype == jnp.float32
     jax.block_until_ready(out)
     want = np.asarray(f(xs, ws), np.float64)
     # f32 sums of 64 terms: the table's f32 atol scaled by K·max|out| (gamma_K bound)
@@ -58,3 +61,38 @@ def test_superoptimize_returns_a_callable_verified_result():
     xs2 = jax.block_until_ready(xs * 2)
     with assert_no_recompile("superoptimize result"):
         jax.block_until_ready(res(xs2, ws))
+
+
+def test_superoptimize_runs_its_selection_and_keeps_fns_pytrees():
+    def f(params, x):
+        return {"y": jax.nn.silu(x @ params["w1"]) * (x @ params["w2"]), "n": (x * 2.0,)}
+
+    x = jnp.ones((16, 64), jnp.float32)
+    params = {"w1": jnp.ones((64, 64), jnp.float32), "w2": jnp.ones((64, 64), jnp.float32)}
+    cfg = SearchConfig(time_limit_s=30, max_kernel_ops=3, max_customized=1)
+    res = superoptimize(f, params, x, config=cfg)
+    # On CPU the selection is the model's best, not timed (interpret-mode times mean nothing).
+    assert res.selection is not None
+    assert not res.selection.measured
+    assert res.selection.candidate == res.best
+    assert res.kernel().route == "interpret"
+    key = jax.random.key(3)
+    xs = jax.random.normal(key, (16, 64)) * 0.3
+    ps = {k: jax.random.normal(jax.random.fold_in(key, i), (64, 64)) * 0.2
+          for i, k in enumerate(("w1", "w2"))}  # fmt: skip
+    out = jax.jit(res)(ps, xs)
+    want = f(ps, xs)
+    assert jax.tree.structure(out) == jax.tree.structure(want)
+    # f32 sums of 64 terms: the table's f32 atol scaled by K·max|out| (gamma_K bound)
+    tol = Tolerance(
+        rtol=tolerance("forward", np.float32).rtol,
+        atol=64 * 1.2e-7 * float(np.abs(np.asarray(want["y"])).max()),
+    )
+    assert_trees_close(jax.tree.map(np.asarray, out), jax.tree.map(np.asarray, want), tol=tol)
+    # A selection naming another candidate is what runs (negative: not always `best`).
+    other = dataclasses.replace(
+        res, selection=dataclasses.replace(res.selection, candidate=res.xla)
+    )
+    assert other.kernel().graph == res.xla.graph
+    with pytest.raises(ConfigError, match=r"arrays\[2\]"):
+        res(ps, xs[:8])
