@@ -29,18 +29,6 @@ from jgraph.superopt.programs import get_program, handwritten, is_known_good
 from jgraph.superopt.verify import Verifier, mutants
 
 
-def _structure(graph) -> str:
-    parts = []
-    for op in graph.ops:
-        if op.block is None:
-            parts.append(op.kind)
-        else:
-            b = op.block
-            body = "+".join(o.kind.replace("accum_", "acc_") for o in b.ops)
-            parts.append(f"K[grid={'x'.join(map(str, b.grid))},F={b.frange}:{body}]")
-    return " ; ".join(parts)
-
-
 def search_rows(runs, time_limit: float, scale: int, max_kernel_ops: int) -> list[dict]:
     rows = []
     for name, batch in runs:
@@ -68,7 +56,7 @@ def search_rows(runs, time_limit: float, scale: int, max_kernel_ops: int) -> lis
                 "best_us": res.best.cost.estimated_us,
                 "xla_us": res.xla.cost.estimated_us,
                 "model_x": res.model_speedup,
-                "best": _structure(res.best.graph) if res.best.label != "xla" else "XLA",
+                "best": res.best.graph.summary() if res.best.label != "xla" else "XLA",
             }
         )
         print(format_table(rows[-1:]), flush=True)

@@ -261,6 +261,24 @@ class KernelGraph:
             prod += [(i, s) for s in range(op.n_outputs)]
         return prod
 
+    def summary(self) -> str:
+        """One line: each kernel op, graph-defined ones with grid, loop range and block ops.
+
+        Example:
+            >>> g = KernelGraph((TensorSpec(shape=(2, 3)),), (KernelOp("exp", (0,)),), (1,))
+            >>> g.summary()
+            'exp'
+        """
+        parts = []
+        for op in self.ops:
+            if op.block is None:
+                parts.append(op.kind)
+            else:
+                b = op.block
+                body = "+".join(o.kind.replace("accum_", "acc_") for o in b.ops)
+                parts.append(f"K[grid={'x'.join(map(str, b.grid))},F={b.frange}:{body}]")
+        return " ; ".join(parts)
+
     def validate(self) -> KernelGraph:
         """Checks shapes now (they are otherwise derived lazily) and returns ``self``."""
         _ = self.shapes

@@ -88,18 +88,6 @@ def search_config(time_limit: float) -> SearchConfig:
     return SearchConfig(time_limit_s=time_limit, max_kernel_ops=2)
 
 
-def structure(graph: Any) -> str:
-    parts = []
-    for op in graph.ops:
-        if op.block is None:
-            parts.append(op.kind)
-        else:
-            b = op.block
-            body = "+".join(o.kind.replace("accum_", "acc_") for o in b.ops)
-            parts.append(f"K[grid={'x'.join(map(str, b.grid))},F={b.frange}:{body}]")
-    return " ; ".join(parts)
-
-
 def short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}"
@@ -222,7 +210,7 @@ def bench_run(
         "search_source": source,
         "search_s": res.stats.seconds,
         "candidates": len(res.candidates),
-        "model_best": structure(res.best.graph) if res.best.label != "xla" else "XLA",
+        "model_best": res.best.graph.summary() if res.best.label != "xla" else "XLA",
         "known_good_among_candidates": any(is_known_good(name, c.graph) for c in res.candidates),
         "min_bytes": min_bytes,
         "tolerance": {"rtol": tol.rtol, "atol": tol.atol},
@@ -297,7 +285,7 @@ def selection_record(name: str, sel: Any, rank: int) -> dict[str, Any]:
 
 def _mugraph(rank: int, cand: Any, route: str, knobs: Any, xs: list[jax.Array]) -> tuple[str, Any, tuple[Any, ...]]:  # fmt: skip
     fn = lower(cand.graph, route=route, knobs=knobs)
-    what = structure(cand.graph) if cand.label != "xla" else "XLA candidate"
+    what = cand.graph.summary() if cand.label != "xla" else "XLA candidate"
     desc = f"rank {rank} {route} w{knobs.num_warps}s{knobs.num_stages}: {what}"
     return desc, jax.jit(lambda *arrs: fn(*arrs)[0]), tuple(xs)
 
@@ -341,7 +329,7 @@ def search_row(name: str, batch: int, res: Any) -> dict[str, Any]:
         "states": res.stats.states,
         **lowering_counts(res),
         "known_good": any(is_known_good(name, c.graph) for c in res.candidates),
-        "best": structure(res.best.graph) if res.best.label != "xla" else "XLA",
+        "best": res.best.graph.summary() if res.best.label != "xla" else "XLA",
     }
 
 
