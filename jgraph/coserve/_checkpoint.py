@@ -18,55 +18,12 @@ import numpy as np
 
 from jgraph.core import ConfigError, atomic_write_json
 from jgraph.coserve._config import LORA_TARGETS, LlamaConfig
+from jgraph.coserve._hf_config import config_from_hf
 from jgraph.coserve._safetensors import read_safetensors, write_safetensors
 
-__all__ = ["config_from_hf", "load_hf_checkpoint", "save_hf_checkpoint"]
+__all__ = ["load_hf_checkpoint", "save_hf_checkpoint"]
 
 _GROUP = {t: ("self_attn" if t[0] in "qkvo" else "mlp") for t in LORA_TARGETS}
-
-
-def config_from_hf(hf: dict[str, Any], *, dtype: str | None = None) -> LlamaConfig:
-    """Builds a `LlamaConfig` from a Hugging Face ``config.json`` dict.
-
-    Raises:
-        ConfigError: not a Llama config, or a missing field.
-    """
-    arch = hf.get("model_type", "llama")
-    if arch != "llama":
-        raise ConfigError("config.json model_type", arch, "is not 'llama'", "pass a Llama model")
-    try:
-        n_heads = int(hf["num_attention_heads"])
-        d_model = int(hf["hidden_size"])
-        rope = hf.get("rope_scaling") or {}
-        kind = rope.get("rope_type", rope.get("type"))
-        if rope and kind != "llama3":
-            raise ConfigError(
-                "config.json rope_scaling", rope, "only 'llama3' scaling is supported", "drop it"
-            )
-        hf_dtype = {"bfloat16": "bfloat16", "float16": "float16"}.get(
-            str(hf.get("torch_dtype", "float32")), "float32"
-        )
-        return LlamaConfig(
-            vocab_size=int(hf["vocab_size"]),
-            d_model=d_model,
-            n_layers=int(hf["num_hidden_layers"]),
-            n_heads=n_heads,
-            n_kv_heads=int(hf.get("num_key_value_heads", n_heads)),
-            head_dim=int(hf.get("head_dim") or d_model // n_heads),
-            d_ff=int(hf["intermediate_size"]),
-            rope_theta=float(hf.get("rope_theta", 10000.0)),
-            rope_scaling_factor=float(rope["factor"]) if rope else None,
-            rope_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
-            rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
-            rope_original_max_len=int(rope.get("original_max_position_embeddings", 8192)),
-            norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
-            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            dtype=dtype or hf_dtype,  # type: ignore[arg-type]  # validated by LlamaConfig
-        )
-    except KeyError as exc:
-        raise ConfigError(
-            "config.json", exc.args[0], "missing field", "pass a transformers LlamaConfig"
-        ) from None
 
 
 def _hf_names(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
@@ -87,41 +44,82 @@ def _hf_names(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
     return names
 
 
+def _read_weights(directory: Path) -> dict[str, np.ndarray]:
+    """Every tensor of the checkpoint: the shards ``model.safetensors.index.json`` names, else
+    ``model.safetensors``, else every ``*.safetensors`` file."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        shards = sorted(set(weight_map.values()))
+        missing = [f for f in shards if not (directory / f).is_file()]
+        if missing:
+            raise ConfigError(
+                "model.safetensors.index.json", missing, "names shard files that are not there",
+                "download or copy every shard of the checkpoint",
+            )  # fmt: skip
+        files = [directory / f for f in shards]
+    elif (directory / "model.safetensors").is_file():
+        files = [directory / "model.safetensors"]
+    else:
+        files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise ConfigError(
+            "checkpoint directory", str(directory), "needs config.json and *.safetensors",
+            "point at a local Hugging Face snapshot with safetensors weights",
+        )  # fmt: skip
+    tensors: dict[str, np.ndarray] = {}
+    where: dict[str, str] = {}
+    for f in files:
+        for name, arr in read_safetensors(f)[0].items():
+            tensors[name] = arr
+            where[name] = f.name
+    if index.is_file():
+        for name, shard in weight_map.items():
+            if where.get(name) != shard:
+                raise ConfigError(
+                    name, shard, f"is listed in the index but not found in {shard}",
+                    "re-download that shard",
+                )  # fmt: skip
+    return tensors
+
+
 def load_hf_checkpoint(
     directory: str | Path, *, dtype: str | None = None
 ) -> tuple[LlamaConfig, dict[str, Any]]:
     """Loads a local Hugging Face Llama checkpoint.
 
     Args:
-        directory: holds ``config.json`` and one or more ``*.safetensors`` files.
-        dtype: parameter dtype (default: the checkpoint's ``torch_dtype``).
+        directory: holds ``config.json`` and the weights: the shards named by
+            ``model.safetensors.index.json``, or ``model.safetensors``, or ``*.safetensors``.
+        dtype: parameter dtype (default: the checkpoint's ``dtype``/``torch_dtype``).
 
     Returns:
         (config, params in the `init_params` layout).
 
     Raises:
-        ConfigError: missing files or tensors, or a tensor whose shape does not match
-            ``config.json`` (the message names the tensor, both shapes and the config field).
+        ConfigError: missing files, shards or tensors, a config key whose math is not
+            implemented (`config_from_hf`), a tensor the model does not have (a bias), a
+            truncated file, or a tensor whose shape does not match ``config.json`` (the
+            message names the tensor, both shapes and the config field).
     """
     directory = Path(directory)
     conf_path = directory / "config.json"
-    files = sorted(directory.glob("*.safetensors"))
-    if not conf_path.is_file() or not files:
+    if not conf_path.is_file():
         raise ConfigError(
-            "checkpoint directory",
-            str(directory),
-            "needs config.json and *.safetensors",
+            "checkpoint directory", str(directory), "needs config.json and *.safetensors",
             "point at a local Hugging Face Llama snapshot",
-        )
+        )  # fmt: skip
     cfg = config_from_hf(json.loads(conf_path.read_text()), dtype=dtype)
-    tensors: dict[str, np.ndarray] = {}
-    for f in files:
-        tensors.update(read_safetensors(f)[0])
-    if cfg.tie_embeddings is False and "lm_head.weight" not in tensors:
-        raise ConfigError("lm_head.weight", None, "missing", "set tie_word_embeddings: true")
-    for name, shape in _hf_names(cfg).items():
+    tensors = _read_weights(directory)
+    expected = _hf_names(cfg)
+    for name, shape in expected.items():
         if name not in tensors:
-            raise ConfigError(name, None, "tensor missing from the checkpoint", "re-export it")
+            fix = (
+                "set tie_word_embeddings: true if the head is tied"
+                if name == "lm_head.weight"
+                else "re-export it"
+            )
+            raise ConfigError(name, None, "tensor missing from the checkpoint", fix)
         if tuple(tensors[name].shape) != shape:
             raise ConfigError(
                 name,
@@ -129,6 +127,17 @@ def load_hf_checkpoint(
                 f"shape does not match config.json (expected {shape})",
                 "use the config.json that came with these weights",
             )
+    for name in sorted(set(tensors) - set(expected)):
+        if name.endswith("rotary_emb.inv_freq") or (
+            name == "lm_head.weight" and cfg.tie_embeddings
+        ):
+            continue  # a recomputed buffer; a tied head transformers ignores too
+        raise ConfigError(
+            name, tuple(tensors[name].shape),
+            "is in the checkpoint but the model has no such tensor (it would be dropped: "
+            + ("biases are not implemented" if name.endswith(".bias") else "unknown tensor") + ")",
+            "use a supported checkpoint (see the README's table)",
+        )  # fmt: skip
     dt = jnp.dtype(cfg.dtype)
 
     def stack(fmt: str, transpose: bool) -> jnp.ndarray:

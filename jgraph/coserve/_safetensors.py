@@ -66,7 +66,14 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str,
             )
         lo, hi = info["data_offsets"]
         dt = _DTYPES[info["dtype"]]
-        out[name] = np.frombuffer(data[lo:hi], dtype=dt).reshape(info["shape"]).copy()
+        shape = tuple(info["shape"])
+        if not 0 <= lo <= hi <= len(data) or hi - lo != dt.itemsize * int(np.prod(shape)):
+            raise ConfigError(
+                f"{path.name}:{name}", (lo, hi),
+                f"data offsets do not fit the file ({len(data)} data bytes) or the shape {shape}",
+                "the file is truncated or corrupt: re-download or re-export it",
+            )  # fmt: skip
+        out[name] = np.frombuffer(data[lo:hi], dtype=dt).reshape(shape).copy()
     return out, dict(meta)
 
 
