@@ -8,6 +8,7 @@ the field, the value and the fix.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Literal
 
 from jgraph.core import ConfigError, check_choice, check_int, check_number
@@ -193,20 +194,24 @@ MODEL_PRESETS: tuple[str, ...] = ("tiny", "small", "llama31_8b")
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LoraConfig:
-    """A LoRA adapter: ``y = x W + (alpha / rank) * (x A) B`` on the target projections.
+    """A LoRA adapter: ``y = x W + scale * (x A) B`` on the target projections.
 
     Attributes:
         rank: r, the inner size of A [in, r] and B [r, out]; >= 1.
-        alpha: scale numerator; the update is scaled by ``alpha / rank``.
+        alpha: scale numerator; the update is scaled by `scale`.
         targets: projection names from `LORA_TARGETS`.
+        rslora: rank-stabilized LoRA: ``scale = alpha / sqrt(rank)`` instead of
+            ``alpha / rank`` (PEFT's ``use_rslora``).
 
     References:
-        Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022.
+        Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022;
+        Kalajdzievski, "A Rank Stabilization Scaling Factor for Fine-Tuning with LoRA", 2023.
     """
 
     rank: int = 8
     alpha: float = 16.0
     targets: tuple[str, ...] = ("q_proj", "v_proj")
+    rslora: bool = False
 
     def __post_init__(self) -> None:
         check_int("LoraConfig.rank", self.rank, minimum=1, fix="use rank >= 1 (e.g. 8 or 16)")
@@ -226,10 +231,15 @@ class LoraConfig:
             raise ConfigError(
                 "LoraConfig.targets", self.targets, "lists a target twice", "list each once"
             )
+        if not isinstance(self.rslora, bool):
+            raise ConfigError(
+                "LoraConfig.rslora", self.rslora, "must be a bool", "pass True or False"
+            )
 
     @property
     def scale(self) -> float:
-        return self.alpha / self.rank
+        """The update's factor: ``alpha / sqrt(rank)`` with `rslora`, else ``alpha / rank``."""
+        return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -196,7 +196,7 @@ def decoder_layer(
         attend: attention over whatever context the caller keeps (dense, paged, finetuning
             buffer); receives post-RoPE q, k and v.
         adapters: (lora, sel) pairs: this layer's adapters ``{target: {"A": [n, in, r],
-            "B": [n, r, out]}}`` and per-token weights sel [T, n] (one-hot times alpha/rank;
+            "B": [n, r, out]}}`` and per-token weights sel [T, n] (one-hot times LoraConfig.scale;
             a zero row means base model only). The bank and the trainable adapter are two pairs.
         axis_name: the tensor-parallel mesh axis when called inside `jax.shard_map` with heads
             and F sharded (Megatron layout); the two row-parallel outputs are summed over it,
