@@ -178,7 +178,9 @@ def save_hf_checkpoint(directory: str | Path, cfg: LlamaConfig, params: dict[str
         "torch_dtype": cfg.dtype,
         "hidden_act": "silu",
     }
-    if cfg.rope_scaling_factor is not None:
+    if cfg.rope_scaling_factor is not None and cfg.rope_scaling_type == "linear":
+        hf["rope_scaling"] = {"rope_type": "linear", "factor": cfg.rope_scaling_factor}
+    elif cfg.rope_scaling_factor is not None:
         hf["rope_scaling"] = {
             "rope_type": "llama3",
             "factor": cfg.rope_scaling_factor,

@@ -54,7 +54,10 @@ class LlamaConfig:
         head_dim: per-head size d (``d_model // n_heads`` in Llama checkpoints).
         d_ff: SwiGLU hidden size F.
         rope_theta: RoPE base frequency.
-        rope_scaling_factor: Llama-3.1 "llama3" RoPE scaling factor, or None for plain RoPE.
+        rope_scaling_factor: RoPE scaling factor, or None for plain RoPE.
+        rope_scaling_type: how the factor applies: ``"llama3"`` (Llama-3.1: long wavelengths
+            divided by it, short ones kept, the band between interpolated) or ``"linear"``
+            (position interpolation: every frequency divided by it).
         rope_low_freq_factor: "llama3" scaling low-frequency factor.
         rope_high_freq_factor: "llama3" scaling high-frequency factor.
         rope_original_max_len: "llama3" scaling original context length.
@@ -72,6 +75,7 @@ class LlamaConfig:
     d_ff: int
     rope_theta: float = 10000.0
     rope_scaling_factor: float | None = None
+    rope_scaling_type: Literal["llama3", "linear"] = "llama3"
     rope_low_freq_factor: float = 1.0
     rope_high_freq_factor: float = 4.0
     rope_original_max_len: int = 8192
@@ -98,6 +102,7 @@ class LlamaConfig:
         check_number("LlamaConfig.norm_eps", self.norm_eps, minimum=0.0, strict_minimum=True)
         if self.rope_scaling_factor is not None:
             check_number("LlamaConfig.rope_scaling_factor", self.rope_scaling_factor, minimum=1.0)
+        check_choice("LlamaConfig.rope_scaling_type", self.rope_scaling_type, ("llama3", "linear"))
         check_choice("LlamaConfig.dtype", self.dtype, ("float32", "bfloat16", "float16"))
 
     @property

@@ -8,9 +8,9 @@ defaulted differently from transformers. The two layouts differ in where RoPE li
 vs ``dtype``). Defaults are transformers' ``LlamaConfig`` defaults (``rms_norm_eps`` 1e-6,
 ``rope_theta`` 10000, SiLU, no biases, untied embeddings).
 
-Supported: Llama 1-3.x (``rope_type`` default or llama3) and Mistral when its sliding window
+Supported: Llama 1-3.x (``rope_type`` default, linear or llama3) and Mistral when its sliding window
 covers ``max_position_embeddings`` (then it is plain causal attention). Refused, with the
-reason: other RoPE types (linear, dynamic, yarn, longrope, ...), attention or MLP biases
+reason: other RoPE types (dynamic NTK, yarn, longrope, ...), attention or MLP biases
 (Qwen2's q/k/v biases), activations other than SiLU, a shorter sliding window, and other
 model types.
 """
@@ -83,14 +83,14 @@ def _rope(hf: Mapping[str, Any]) -> tuple[float, dict[str, Any]]:
     kind = scaling.get("rope_type", scaling.get("type")) or "default"
     if kind == "default":
         return float(theta), {}
-    if kind != "llama3":
+    if kind not in ("llama3", "linear"):
         raise _refuse(
             f"{key}.rope_type", kind, "is not implemented (serving it would give wrong logits)",
-            "use a checkpoint with default or llama3 RoPE",
+            "use a checkpoint with default, linear or llama3 RoPE",
         )  # fmt: skip
     if "factor" not in scaling:
-        raise _refuse(f"{key}.factor", None, "llama3 scaling needs a factor", "add it")
-    return float(theta), dict(scaling)
+        raise _refuse(f"{key}.factor", None, f"{kind} scaling needs a factor", "add it")
+    return float(theta), {**scaling, "rope_type": kind}
 
 
 def _check_math_keys(hf: Mapping[str, Any], family: str) -> None:
@@ -157,6 +157,7 @@ def config_from_hf(hf: Mapping[str, Any], *, dtype: str | None = None) -> LlamaC
             d_ff=int(hf["intermediate_size"]),
             rope_theta=theta,
             rope_scaling_factor=float(rope["factor"]) if rope else None,
+            rope_scaling_type=rope.get("rope_type", "llama3"),
             rope_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
             rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
             rope_original_max_len=int(rope.get("original_max_position_embeddings", 8192)),

@@ -95,6 +95,8 @@ def _inv_freq(cfg: LlamaConfig) -> np.ndarray:
     inv = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
     if cfg.rope_scaling_factor is None:
         return inv
+    if cfg.rope_scaling_type == "linear":  # position interpolation (transformers' "linear")
+        return inv / cfg.rope_scaling_factor
     # Llama-3.1 "llama3" scaling: long wavelengths are divided by the factor, short ones kept,
     # the band between interpolated (transformers' _compute_llama3_parameters).
     factor, lo, hi = cfg.rope_scaling_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor

@@ -76,7 +76,7 @@ def test_mistral_without_a_short_window_is_llama():
 @pytest.mark.parametrize(
     ("extra", "key"),
     [
-        ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "rope_scaling.rope_type"),
+        ({"rope_scaling": {"rope_type": "longrope", "factor": 2.0}}, "rope_scaling.rope_type"),
         ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "rope_scaling.rope_type"),
         ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "rope_parameters.rope_type"),
         ({"rope_parameters": {"full_attention": {"rope_type": "default"}}}, "rope_parameters"),
@@ -186,3 +186,14 @@ def test_buffers_transformers_ignores_are_ignored(saved, params):
     write_safetensors(saved / "model.safetensors", tensors, meta)
     _, loaded = load_hf_checkpoint(saved)
     assert_trees_close(loaded, params, kind="exact")
+
+
+@pytest.mark.parametrize("kind", ["linear", "llama3"])
+def test_rope_scaling_round_trips_through_save(tmp_path, kind):
+    import jax
+
+    from jgraph.coserve import init_params
+
+    cfg = LlamaConfig.tiny(rope_scaling_factor=4.0, rope_scaling_type=kind)
+    save_hf_checkpoint(tmp_path, cfg, init_params(cfg, key=jax.random.key(1)))
+    assert load_hf_checkpoint(tmp_path)[0] == cfg
