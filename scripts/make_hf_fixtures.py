@@ -67,6 +67,7 @@ MODELS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
         "load",
     ),
     "mistral": ("mistral", {"sliding_window": None}, {}, "load"),
+    "qwen2": ("qwen2", {"use_sliding_window": False, "rope_theta": 1000000.0}, {}, "load"),
     "llama_attention_bias": ("llama", {"attention_bias": True}, {}, "refuse:attention_bias"),
     "llama_rope_dynamic": (
         "llama",
@@ -134,9 +135,11 @@ def make(out: Path) -> list[dict[str, Any]]:
     rows = []
     for k, (name, (family, over, save_kw, expect)) in enumerate(MODELS.items()):
         torch.manual_seed(k)
-        conf_cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig}
+        conf_cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
+                    "qwen2": transformers.Qwen2Config}  # fmt: skip
         model_cls = {"llama": transformers.LlamaForCausalLM,
-                     "mistral": transformers.MistralForCausalLM}  # fmt: skip
+                     "mistral": transformers.MistralForCausalLM,
+                     "qwen2": transformers.Qwen2ForCausalLM}  # fmt: skip
         model = model_cls[family](conf_cls[family](**{**BASE, **over})).float().eval()
         d = out / name
         shutil.rmtree(d, ignore_errors=True)

@@ -18,12 +18,13 @@ import numpy as np
 
 from jgraph.core import ConfigError, atomic_write_json
 from jgraph.coserve._config import LORA_TARGETS, LlamaConfig
-from jgraph.coserve._hf_config import config_from_hf
+from jgraph.coserve._hf_config import SUPPORTED_ARCHITECTURES, config_from_hf
 from jgraph.coserve._safetensors import read_safetensors, write_safetensors
 
 __all__ = ["load_hf_checkpoint", "save_hf_checkpoint"]
 
 _GROUP = {t: ("self_attn" if t[0] in "qkvo" else "mlp") for t in LORA_TARGETS}
+_BIASES = {"q_proj": "q_bias", "k_proj": "k_bias", "v_proj": "v_bias"}  # LlamaConfig.qkv_bias
 
 
 def _hf_names(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
@@ -41,6 +42,8 @@ def _hf_names(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
         for t in LORA_TARGETS:
             d_in, d_out = cfg.proj_shape(t)
             names[f"{p}.{_GROUP[t]}.{t}.weight"] = (d_out, d_in)
+            if cfg.qkv_bias and t in _BIASES:
+                names[f"{p}.self_attn.{t}.bias"] = (d_out,)
     return names
 
 
@@ -147,6 +150,9 @@ def load_hf_checkpoint(
     layers = {t: stack(f"model.layers.{{}}.{_GROUP[t]}.{t}.weight", True) for t in LORA_TARGETS}
     layers["input_norm"] = stack("model.layers.{}.input_layernorm.weight", False)
     layers["post_norm"] = stack("model.layers.{}.post_attention_layernorm.weight", False)
+    if cfg.qkv_bias:
+        for t, b in _BIASES.items():
+            layers[b] = stack(f"model.layers.{{}}.self_attn.{t}.bias", False)
     params: dict[str, Any] = {
         "embed": jnp.asarray(tensors["model.embed_tokens.weight"], dt),
         "layers": layers,
@@ -162,9 +168,10 @@ def save_hf_checkpoint(directory: str | Path, cfg: LlamaConfig, params: dict[str
     `load_hf_checkpoint`; also how tests build a tiny checkpoint without downloads)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    family = "qwen2" if cfg.qkv_bias else "llama"  # Llama has no q/k/v-only bias option
     hf: dict[str, Any] = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [SUPPORTED_ARCHITECTURES[family]],
+        "model_type": family,
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.d_model,
         "num_hidden_layers": cfg.n_layers,
@@ -201,6 +208,9 @@ def save_hf_checkpoint(directory: str | Path, cfg: LlamaConfig, params: dict[str
         t[f"{p}.post_attention_layernorm.weight"] = np.asarray(lay["post_norm"][i])
         for name in LORA_TARGETS:
             t[f"{p}.{_GROUP[name]}.{name}.weight"] = np.asarray(lay[name][i]).T
+        if cfg.qkv_bias:
+            for name, b in _BIASES.items():
+                t[f"{p}.self_attn.{name}.bias"] = np.asarray(lay[b][i])
     write_safetensors(directory / "model.safetensors", t, {"format": "pt"})
     atomic_write_json(directory / "config.json", hf)
     return directory

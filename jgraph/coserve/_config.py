@@ -63,6 +63,8 @@ class LlamaConfig:
         rope_original_max_len: "llama3" scaling original context length.
         norm_eps: RMSNorm epsilon.
         tie_embeddings: the output head reuses the embedding matrix.
+        qkv_bias: the q/k/v projections add a bias (Qwen2/Qwen2.5); params then hold
+            ``q_bias`` [L, Hq*d], ``k_bias``/``v_bias`` [L, Hkv*d].
         dtype: parameter and activation dtype (softmax and losses run in float32).
     """
 
@@ -81,6 +83,7 @@ class LlamaConfig:
     rope_original_max_len: int = 8192
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
+    qkv_bias: bool = False
     dtype: DType = "float32"
 
     def __post_init__(self) -> None:

@@ -8,10 +8,11 @@ defaulted differently from transformers. The two layouts differ in where RoPE li
 vs ``dtype``). Defaults are transformers' ``LlamaConfig`` defaults (``rms_norm_eps`` 1e-6,
 ``rope_theta`` 10000, SiLU, no biases, untied embeddings).
 
-Supported: Llama 1-3.x (``rope_type`` default, linear or llama3) and Mistral when its sliding window
-covers ``max_position_embeddings`` (then it is plain causal attention). Refused, with the
-reason: other RoPE types (dynamic NTK, yarn, longrope, ...), attention or MLP biases
-(Qwen2's q/k/v biases), activations other than SiLU, a shorter sliding window, and other
+Supported: Llama 1-3.x (``rope_type`` default, linear or llama3), Mistral when its sliding window
+covers ``max_position_embeddings`` (then it is plain causal attention), and Qwen2/Qwen2.5 (q/k/v
+biases) without sliding-window layers. Refused, with the
+reason: other RoPE types (dynamic NTK, yarn, longrope, ...), Llama's ``attention_bias``
+(it adds an o_proj bias too) and MLP biases, activations other than SiLU, a shorter sliding window, and other
 model types.
 """
 
@@ -25,7 +26,11 @@ from jgraph.coserve._config import LlamaConfig
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "config_from_hf"]
 
-SUPPORTED_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
+SUPPORTED_ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",  # q/k/v biases (LlamaConfig.qkv_bias)
+}
 _DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
 _ROPE_KEYS = {"rope_type", "type", "rope_theta", "factor", "low_freq_factor",
               "high_freq_factor", "original_max_position_embeddings"}  # fmt: skip
@@ -43,14 +48,13 @@ def _family(hf: Mapping[str, Any]) -> str:
         if not known:
             raise _refuse(
                 "model_type", None, f"is missing and architectures {archs} names no supported "
-                "model", "pass the config.json written with the checkpoint (Llama or Mistral)",
+                "model", "pass the config.json written with the checkpoint (Llama, Mistral, Qwen2)",
             )  # fmt: skip
         return known[0]
     if model_type not in SUPPORTED_ARCHITECTURES:
         raise _refuse(
             "model_type", model_type, "is not a supported family",
-            f"serve one of {sorted(SUPPORTED_ARCHITECTURES)} (Qwen2 needs q/k/v biases, not "
-            "implemented yet)",
+            f"serve one of {sorted(SUPPORTED_ARCHITECTURES)}",
         )  # fmt: skip
     want = SUPPORTED_ARCHITECTURES[model_type]
     if archs and want not in archs:
@@ -104,14 +108,16 @@ def _check_math_keys(hf: Mapping[str, Any], family: str) -> None:
     if float(hf.get("partial_rotary_factor", partial)) != 1.0:
         raise _refuse("partial_rotary_factor", partial, "partial RoPE is not implemented", "")
     window = hf.get("sliding_window")
-    if family == "mistral" and window is not None and hf.get("use_sliding_window", True):
+    # Mistral uses its window whenever one is set; Qwen2 only with use_sliding_window.
+    uses_window = hf.get("use_sliding_window", family == "mistral")
+    if family in ("mistral", "qwen2") and window is not None and uses_window:
         max_len = int(hf.get("max_position_embeddings", 0))
         if int(window) < max_len:
             raise _refuse(
                 "sliding_window", window,
                 f"is shorter than max_position_embeddings ({max_len}); sliding-window "
                 "attention is not implemented",
-                "use a Mistral release without a sliding window (v0.2+)",
+                "use a checkpoint without a sliding window (Mistral v0.2+)",
             )  # fmt: skip
 
 
@@ -163,6 +169,7 @@ def config_from_hf(hf: Mapping[str, Any], *, dtype: str | None = None) -> LlamaC
             rope_original_max_len=int(rope.get("original_max_position_embeddings", 8192)),
             norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            qkv_bias=family == "qwen2",
             dtype=dtype or _DTYPES[str(raw_dtype)],  # type: ignore[arg-type]  # validated by LlamaConfig
         )
     except KeyError as exc:

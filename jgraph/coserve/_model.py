@@ -52,6 +52,9 @@ Attend = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, Any]]
 _NEG = -1e30  # finite "minus infinity": fully masked padding rows stay NaN-free
 
 
+_BIAS = {"q_proj": "q_bias", "k_proj": "k_bias", "v_proj": "v_bias"}  # LlamaConfig.qkv_bias
+
+
 def init_params(cfg: LlamaConfig, *, key: jax.Array) -> Params:
     """Random weights (normal, std 0.02 as Hugging Face's ``initializer_range``; norms at 1).
 
@@ -64,7 +67,7 @@ def init_params(cfg: LlamaConfig, *, key: jax.Array) -> Params:
     """
     dt = jnp.dtype(cfg.dtype)
     L, D = cfg.n_layers, cfg.d_model
-    keys = iter(jax.random.split(key, len(LORA_TARGETS) + 2))
+    keys = iter(jax.random.split(key, len(LORA_TARGETS) + 2 + 3 * cfg.qkv_bias))
 
     def normal(shape: Sequence[int]) -> jax.Array:
         return (0.02 * jax.random.normal(next(keys), shape, jnp.float32)).astype(dt)
@@ -80,6 +83,9 @@ def init_params(cfg: LlamaConfig, *, key: jax.Array) -> Params:
     head = normal((D, cfg.vocab_size))
     if not cfg.tie_embeddings:
         params["lm_head"] = head
+    if cfg.qkv_bias:  # drawn after the other weights, so bias-free models keep their values
+        for t in ("q_proj", "k_proj", "v_proj"):
+            layers[_BIAS[t]] = normal((L, cfg.proj_shape(t)[1]))
     return params
 
 
@@ -169,6 +175,8 @@ Adapters = Sequence[tuple[Params, jax.Array]]
 
 def _proj(h: jax.Array, layer: Params, adapters: Adapters, name: str) -> jax.Array:
     y = h @ layer[name]
+    if _BIAS.get(name) in layer:  # Qwen2's q/k/v biases (`LlamaConfig.qkv_bias`)
+        y = y + layer[_BIAS[name]][None, :]
     for lora, sel in adapters:
         if name in lora:
             # Punica-style BGMV as a one-hot einsum: every token picks its adapter (and scale)

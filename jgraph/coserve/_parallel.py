@@ -55,6 +55,8 @@ def param_specs(cfg: LlamaConfig) -> dict[str, Any]:
     layers: dict[str, P] = {t: P(None, None, MODEL) for t in COLUMN}
     layers.update({t: P(None, MODEL, None) for t in ROW})
     layers["input_norm"] = layers["post_norm"] = P()
+    if cfg.qkv_bias:  # column-parallel outputs: each device adds its slice of the bias
+        layers.update({b: P(None, MODEL) for b in ("q_bias", "k_bias", "v_bias")})
     specs: dict[str, Any] = {"embed": P(), "layers": layers, "final_norm": P()}
     if not cfg.tie_embeddings:
         specs["lm_head"] = P()

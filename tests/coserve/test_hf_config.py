@@ -1,6 +1,7 @@
 """Hugging Face configs of both transformers layouts, and checkpoint files: what loads and
 what is refused (issue #15: several real checkpoints used to load silently with wrong math)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -65,6 +66,36 @@ def test_defaults_are_transformers_defaults():
     assert config_from_hf(_base(rope_parameters={"rope_type": "default"})).rope_theta == 10000.0
 
 
+def test_qwen2_is_llama_with_qkv_biases():
+    hf = {**_base(use_sliding_window=False, sliding_window=4096), "model_type": "qwen2"}
+    hf["architectures"] = ["Qwen2ForCausalLM"]
+    cfg = config_from_hf(hf)
+    assert cfg.qkv_bias
+    assert cfg == dataclasses.replace(config_from_hf(_base()), qkv_bias=True)
+
+
+def test_qkv_biases_round_trip_and_change_the_output(tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    from jgraph.coserve import init_params
+    from jgraph.coserve.model import forward
+
+    cfg = LlamaConfig.tiny(qkv_bias=True)
+    params = init_params(cfg, key=jax.random.key(2))
+    assert params["layers"]["k_bias"].shape == (cfg.n_layers, cfg.n_kv_heads * cfg.head_dim)
+    save_hf_checkpoint(tmp_path, cfg, params)
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "qwen2"
+    cfg2, params2 = load_hf_checkpoint(tmp_path)
+    assert cfg2 == cfg
+    assert_trees_close(params2, params, kind="exact")
+    # negative check: the biases are used (dropping them changes the logits)
+    no_bias = {**params, "layers": {k: v for k, v in params["layers"].items()
+                                    if not k.endswith("_bias")}}  # fmt: skip
+    ids = jnp.arange(6)
+    assert not np.allclose(forward(cfg, params, ids), forward(cfg, no_bias, ids))
+
+
 def test_mistral_without_a_short_window_is_llama():
     mistral = {**_base(sliding_window=None), "model_type": "mistral"}
     mistral["architectures"] = ["MistralForCausalLM"]
@@ -85,7 +116,17 @@ def test_mistral_without_a_short_window_is_llama():
         ({"attention_bias": True}, "attention_bias"),
         ({"mlp_bias": True}, "mlp_bias"),
         ({"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
-        ({"model_type": "qwen2"}, "model_type"),
+        ({"model_type": "gemma"}, "model_type"),
+        (
+            {
+                "model_type": "qwen2",
+                "architectures": ["Qwen2ForCausalLM"],
+                "use_sliding_window": True,
+                "sliding_window": 32,
+                "max_position_embeddings": 64,
+            },
+            "sliding_window",
+        ),
         ({"architectures": ["LlamaForSequenceClassification"]}, "architectures"),
         ({"torch_dtype": "int8"}, "dtype"),
     ],

@@ -249,3 +249,16 @@ def test_pallas_attention_with_a_mesh_is_refused(cfg, lora_cfg):
     scfg = CoServeConfig(attention_impl="pallas", page_size=4)
     with pytest.raises(ConfigError, match=r"attention_impl='pallas': is not supported with a"):
         make_coserve_step(cfg, scfg, lora_cfg, optax.sgd(0.1), mesh=cpu_mesh((2,), (MODEL,)))
+
+
+def test_tp_forward_with_qkv_biases_equals_single_device():
+    # Qwen2's q/k/v biases are column-parallel like their weights: each device adds its slice.
+    cfg = LlamaConfig.tiny(n_heads=8, n_kv_heads=4, head_dim=8, qkv_bias=True)
+    mesh = cpu_mesh((2, 4), (DATA, MODEL))
+    params = init_params(cfg, key=jax.random.key(3))
+    assert param_specs(cfg)["layers"]["q_bias"] == P(None, MODEL)
+    pp = shard_tree(params, param_specs(cfg), mesh)
+    tokens = (jnp.arange(2 * 6).reshape(2, 6) * 5) % 250
+    out = make_tp_forward(cfg, mesh, None)(pp, {}, jnp.zeros(0), tokens, jnp.array([-1, -1]))
+    for b in range(tokens.shape[0]):
+        assert_trees_close(np.asarray(out[b]), forward(cfg, params, tokens[b]), kind="forward")
