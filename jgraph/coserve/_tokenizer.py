@@ -1,11 +1,13 @@
 """Tokenizers: a byte-level one for demos and tests, and Hugging Face ``tokenizers`` from a local
-``tokenizer.json`` (no downloads)."""
+``tokenizer.json`` (no downloads), with ``tokenizer_config.json``'s special tokens and chat
+template when the snapshot has one."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from jgraph.core import ConfigError
 
@@ -53,12 +55,19 @@ class HFTokenizer:
 
     Args:
         path: the ``tokenizer.json`` file or a directory holding one.
-        bos_token: the BOS token string (default: the first of ``<|begin_of_text|>``, ``<s>``
-            found in the vocabulary, else none).
-        eos_token: the EOS token string (default: ``<|end_of_text|>``, ``<|eot_id|>`` or ``</s>``).
+        bos_token: the BOS token string (default: ``tokenizer_config.json``'s ``bos_token``
+            beside the file, else the first of ``<|begin_of_text|>``, ``<s>`` found in the
+            vocabulary, else none).
+        eos_token: the EOS token string (default: ``tokenizer_config.json``'s ``eos_token``,
+            else ``<|end_of_text|>``, ``<|eot_id|>`` or ``</s>``).
+
+    Attributes:
+        chat_template: the Jinja chat template of ``tokenizer_config.json`` (the ``default``
+            one when it holds several), or None; rendering it is the server's job.
 
     Raises:
-        ConfigError: no tokenizer.json there.
+        ConfigError: no tokenizer.json there, a special token not in the vocabulary, or an
+            unreadable tokenizer_config.json.
     """
 
     def __init__(
@@ -73,8 +82,12 @@ class HFTokenizer:
             raise ConfigError("tokenizer", str(path), "not found", "pass a local tokenizer.json")
         self._tok = _Tok.from_file(str(path))
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
-        self.bos_id = self._find(bos_token, ("<|begin_of_text|>", "<s>"))
-        self.eos_id = self._find(eos_token, ("<|end_of_text|>", "<|eot_id|>", "</s>"))
+        conf = _read_config(path.parent / "tokenizer_config.json")
+        self.chat_template = _template(conf.get("chat_template"))
+        self.bos_id = self._find(bos_token or _token(conf.get("bos_token")),
+                                 ("<|begin_of_text|>", "<s>"))  # fmt: skip
+        self.eos_id = self._find(eos_token or _token(conf.get("eos_token")),
+                                 ("<|end_of_text|>", "<|eot_id|>", "</s>"))  # fmt: skip
 
     def _find(self, given: str | None, defaults: tuple[str, ...]) -> int | None:
         for t in (given,) if given else defaults:
@@ -91,3 +104,30 @@ class HFTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        conf = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            "tokenizer_config.json", str(path), f"cannot be read ({exc})", "re-download it"
+        ) from None
+    return conf if isinstance(conf, dict) else {}
+
+
+def _token(value: Any) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string or ``{"content": ...}``."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _template(value: Any) -> str | None:
+    """The chat template: a string, or transformers' list of ``{"name", "template"}``."""
+    if isinstance(value, list):
+        named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+        value = named.get("default")
+    return value if isinstance(value, str) else None

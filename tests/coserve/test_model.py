@@ -179,3 +179,26 @@ def test_every_named_model_shape_builds():
     assert LlamaConfig.preset("tiny", n_layers=3).n_layers == 3
     with pytest.raises(ConfigError, match=r"LlamaConfig\.preset"):
         LlamaConfig.preset("huge")
+
+
+def test_hf_tokenizer_reads_tokenizer_config(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    t = Tokenizer(models.BPE(unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    specials = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=60, special_tokens=specials)
+    t.train_from_iterator(["the cat sat on the mat"] * 20, trainer)
+    t.save(str(tmp_path / "tokenizer.json"))
+    template = "{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}"
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps({"bos_token": None, "eos_token": {"content": "<|im_end|>"},
+                    "chat_template": [{"name": "default", "template": template}]})
+    )  # fmt: skip
+    tok = HFTokenizer(tmp_path)
+    # the config's EOS (Qwen-style <|im_end|>), not the </s> the vocabulary also has
+    assert tok.eos_id == 4
+    assert tok.chat_template == template
+    (tmp_path / "tokenizer_config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"tokenizer_config\.json"):
+        HFTokenizer(tmp_path)
