@@ -11,11 +11,12 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, get_args
-
-import jax
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from jgraph.core._errors import ConfigError, check_int
+
+if TYPE_CHECKING:
+    import jax
 
 __all__ = [
     "GPU_ROUTES",
@@ -26,6 +27,7 @@ __all__ = [
     "interpret_on",
     "is_pow2",
     "mosaic_gpu_params",
+    "next_pow2",
     "triton_params",
     "triton_tile_problem",
 ]
@@ -72,6 +74,16 @@ def is_pow2(n: int) -> bool:
         [False, True, False, False, True, False]
     """
     return n >= 1 and n & (n - 1) == 0
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= ``n`` (1 for n <= 1): a Triton tile side padded up.
+
+    Example:
+        >>> [next_pow2(n) for n in (1, 3, 8, 12)]
+        [1, 4, 8, 16]
+    """
+    return 1 << max(n - 1, 0).bit_length()
 
 
 def interpret_on(platform: str) -> bool:
@@ -213,6 +225,8 @@ def export_for_cuda(fn: Callable[..., Any], *avals: Any) -> jax.export.Exported:
         >>> exp.platforms
         ('cuda',)
     """
+    import jax
+
     jitted = fn if hasattr(fn, "trace") and hasattr(fn, "lower") else jax.jit(fn)
     checks = [jax.export.DisabledSafetyCheck.custom_call(name) for name in _PALLAS_GPU_CALLS]
     return jax.export.export(jitted, platforms=["cuda"], disabled_checks=checks)(*avals)

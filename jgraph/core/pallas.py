@@ -11,7 +11,8 @@ and later; it has no lowering for a plain ``dot_general``, matmuls need its wgmm
 compiler parameters passed to `pl.pallas_call` pick the route: `triton_params` or
 `mosaic_gpu_params`.
 
-Importing this module imports JAX; ``import jgraph.core`` does not import it (nor this module).
+Importing this module does not import JAX (its functions import what they need), so light
+modules can use the route vocabulary and tile rules; ``import jgraph.core`` does not import it.
 
 Example:
     >>> from jgraph.core.pallas import interpret_on, triton_tile_problem
@@ -29,6 +30,7 @@ from jgraph.core._pallas import export_for_cuda as export_for_cuda
 from jgraph.core._pallas import interpret_on as interpret_on
 from jgraph.core._pallas import is_pow2 as is_pow2
 from jgraph.core._pallas import mosaic_gpu_params as mosaic_gpu_params
+from jgraph.core._pallas import next_pow2 as next_pow2
 from jgraph.core._pallas import triton_params as triton_params
 from jgraph.core._pallas import triton_tile_problem as triton_tile_problem
 
@@ -41,6 +43,7 @@ __all__ = [
     "interpret_on",
     "is_pow2",
     "mosaic_gpu_params",
+    "next_pow2",
     "triton_params",
     "triton_tile_problem",
 ]

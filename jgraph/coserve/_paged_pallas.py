@@ -42,7 +42,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from jgraph.core import ConfigError
-from jgraph.core.pallas import TRITON_MIN_DOT, interpret_on, is_pow2, triton_params
+from jgraph.core.pallas import TRITON_MIN_DOT, interpret_on, is_pow2, next_pow2, triton_params
 from jgraph.core.pallas import device_platform as device_platform
 
 __all__ = [
@@ -118,13 +118,9 @@ def resolve_attention_impl(
     )
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
 def pallas_block_q(n_heads: int, n_kv_heads: int, block_q: int | None = None) -> int:
     """Rows per program: the default makes M = rows * padded group the 16-row dot minimum."""
-    gp = _pow2(n_heads // n_kv_heads)
+    gp = next_pow2(n_heads // n_kv_heads)
     if block_q is None:
         return max(1, TRITON_MIN_DOT // gp)
     if not is_pow2(block_q):
@@ -300,7 +296,7 @@ def paged_attention_pallas(
                 "use 8/16/32 tokens per page and 64/128 head dims, or attention_impl='reference'",
             )  # fmt: skip
     g = hq // hkv
-    gp = _pow2(g)
+    gp = next_pow2(g)
     bq = pallas_block_q(hq, hkv, block_q)
     tp = -(-T // bq) * bq
     m_rows = bq * gp

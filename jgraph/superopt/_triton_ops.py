@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
-from jgraph.superopt._triton_pad import DOT_MIN
+from jgraph.core.pallas import TRITON_MIN_DOT
 
 __all__ = ["Tiles", "acc_final", "acc_init", "acc_step", "arange", "op_lines", "valid"]
 
@@ -121,7 +121,7 @@ def _matmul(tiles: Tiles, out: str, ins: Sequence[int], names: Sequence[str]) ->
         dot_kw = "out_dtype=tl.float32"
     else:
         dot_kw = 'input_precision="ieee"'
-    if min(pm, pk, pn) < DOT_MIN:  # a real dim of 1: broadcast products, summed over K
+    if min(pm, pk, pn) < TRITON_MIN_DOT:  # a real dim of 1: broadcast products, summed over K
         if tiles.dot_dtype:
             lines += [f"{out}_a = {out}_a.to(tl.float32)", f"{out}_b = {out}_b.to(tl.float32)"]
         ia = ", ".join([":"] * rank + ["None"])

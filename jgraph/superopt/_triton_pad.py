@@ -14,26 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from jgraph.core.pallas import TRITON_MIN_DOT, next_pow2
 from jgraph.superopt._ir import Op
 from jgraph.superopt._ops import BINARY, UNARY
 from jgraph.superopt._tiling import _UF
 
-__all__ = ["DOT_MIN", "next_pow2", "padded_tiles"]
-
-DOT_MIN = 16  # tl.dot's smallest M, N and K
+__all__ = ["padded_tiles"]
 
 _SAME = (*UNARY, "rms_norm", "accum_sum", "accum_max")
 _LD = ("accum_sum_ld", "accum_mean_ld", "accum_rms_ld", "accum_redtox_ld")
-
-
-def next_pow2(n: int) -> int:
-    """The smallest power of two >= n.
-
-    Example:
-        >>> [next_pow2(n) for n in (1, 3, 8, 12)]
-        [1, 4, 8, 16]
-    """
-    return 1 << max(n - 1, 0).bit_length()
 
 
 def padded_tiles(
@@ -48,7 +37,7 @@ def padded_tiles(
 
     Returns:
         One padded shape per tile: equal rank, each dim 1 if its real size is 1,
-        else the next power of two (at least `DOT_MIN` for dims that reach a matmul).
+        else the next power of two (at least `TRITON_MIN_DOT` for dims that reach a matmul).
 
     Example:
         >>> from jgraph.superopt._ir import Op
@@ -90,7 +79,7 @@ def padded_tiles(
     floor = {uf.find(s) for s in dot}
     return [
         tuple(
-            1 if d == 1 else max(next_pow2(d), DOT_MIN if uf.find((t, j)) in floor else 1)
+            1 if d == 1 else max(next_pow2(d), TRITON_MIN_DOT if uf.find((t, j)) in floor else 1)
             for j, d in enumerate(tile)
         )
         for t, tile in enumerate(tiles)

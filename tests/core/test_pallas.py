@@ -17,13 +17,15 @@ from jgraph.core.pallas import (
     interpret_on,
     is_pow2,
     mosaic_gpu_params,
+    next_pow2,
     triton_params,
     triton_tile_problem,
 )
 
 
-def test_importing_jgraph_core_does_not_import_jax():
-    code = "import sys, jgraph.core; print('jax' in sys.modules)"
+@pytest.mark.parametrize("module", ["jgraph.core", "jgraph.core.pallas"])
+def test_importing_does_not_import_jax(module):
+    code = f"import sys, {module}; print('jax' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
@@ -41,6 +43,14 @@ def test_device_platform_of_a_cpu_device():
 )  # fmt: skip
 def test_is_pow2(n, expected):
     assert is_pow2(n) is expected
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 5, 16, 17, 48, 100, 2**20 + 1])
+def test_next_pow2_is_the_smallest_power_of_two_at_least_n(n):
+    p = next_pow2(n)
+    assert is_pow2(p)
+    assert p >= n
+    assert p == 1 or p // 2 < n
 
 
 @pytest.mark.parametrize(
