@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal, get_args
 
 from jgraph.core import ConfigError, check_int
+from jgraph.core.pallas import GPU_ROUTES, GpuRoute, is_pow2
 from jgraph.superopt._ir import KernelGraph
 
 __all__ = [
@@ -43,8 +44,7 @@ log = logging.getLogger(__name__)
 
 Route = Literal["auto", "triton", "mosaic_gpu", "jax_triton", "interpret"]
 ROUTES: tuple[Route, ...] = get_args(Route)
-_GPU_ROUTES = ("triton", "mosaic_gpu", "jax_triton")
-_PALLAS_GPU_ROUTES = ("triton", "mosaic_gpu")  # the ones `jax.export` checks
+_GPU_ROUTES = (*GPU_ROUTES, "jax_triton")  # the Pallas ones (`jax.export` checks them) first
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -62,7 +62,7 @@ class KernelKnobs:
 
     def __post_init__(self) -> None:
         check_int("KernelKnobs.num_warps", self.num_warps, minimum=1, maximum=16)
-        if self.num_warps & (self.num_warps - 1):
+        if not is_pow2(self.num_warps):
             raise ConfigError(
                 "KernelKnobs.num_warps", self.num_warps, "must be a power of two", "use 1..16"
             )
@@ -85,7 +85,7 @@ def _kernel_op(kind: str, args: Sequence[Any], attrs: dict[str, Any], storage: A
 
     from jgraph.superopt import _lower_ops as ops
 
-    dot_dtype = storage if jnp.dtype(storage).itemsize == 2 else jnp.float32
+    dot_dtype = ops.dot_dtype(storage)
     if kind == "matmul":
         return ops.dot(args[0], args[1], dot_dtype).astype(storage)
     return ops.apply(kind, [a.astype(jnp.float32) for a in args], attrs, dot_dtype).astype(storage)
@@ -127,6 +127,19 @@ def _storage(graph: KernelGraph, dtype: str | None) -> Any:
     import jax.numpy as jnp
 
     return jnp.dtype(dtype or (graph.inputs[0].dtype if graph.inputs else "float32"))
+
+
+def _in_dtypes(graph: KernelGraph, dtype: str | None) -> list[str] | None:
+    """What callers pass: every input in ``dtype`` if given, else each in its graph dtype."""
+    return None if dtype else [s.dtype for s in graph.inputs]
+
+
+def auto_gpu_routes() -> tuple[str, ...]:
+    """The GPU routes ``"auto"`` tries, in order: jax-triton (the optional ``gpu`` extra)
+    last, and only when it is installed."""
+    import importlib.util
+
+    return _GPU_ROUTES if importlib.util.find_spec("jax_triton") is not None else GPU_ROUTES
 
 
 class LoweredGraph:
@@ -212,11 +225,7 @@ def resolve_route(route: str, graph: KernelGraph, knobs: KernelKnobs, storage: A
                 "run the μGraph with jax_function (XLA) on this device",
             )  # fmt: skip
         problems = {}
-        import importlib.util
-
-        # jax-triton is an optional extra (`jgraph[gpu]`): tried last, and only if installed.
-        has_jax_triton = importlib.util.find_spec("jax_triton") is not None
-        for r in _GPU_ROUTES if has_jax_triton else _PALLAS_GPU_ROUTES:
+        for r in auto_gpu_routes():
             problems[r] = lowering_problem(graph, route=r, knobs=knobs, dtype=storage.name)
             if problems[r] is None:
                 return r
@@ -269,17 +278,16 @@ def lower(
             "poison_outputs", True, "is not supported on route 'jax_triton'",
             "poison on the Pallas routes (the emitter's CPU runner poisons its outputs)",
         )  # fmt: skip
-    in_dtypes = None if dtype else [s.dtype for s in graph.inputs]
     return LoweredGraph(
         graph, route=concrete, knobs=knobs, storage=storage, poison=poison_outputs,
-        in_dtypes=in_dtypes,
+        in_dtypes=_in_dtypes(graph, dtype),
     )  # fmt: skip
 
 
 def export_cuda(
     graph: KernelGraph,
     *,
-    route: Literal["triton", "mosaic_gpu"] = "triton",
+    route: GpuRoute = "triton",
     knobs: KernelKnobs | None = None,
     dtype: str | None = None,
 ) -> Any:
@@ -289,10 +297,8 @@ def export_cuda(
         ConfigError: ``route`` is not a GPU route.
         Exception: whatever the Pallas lowering raises (see `lowering_problem`).
     """
-    if route not in _PALLAS_GPU_ROUTES:
-        raise ConfigError(
-            "route", route, "is not a Pallas GPU route", f"use one of {_PALLAS_GPU_ROUTES}"
-        )
+    if route not in GPU_ROUTES:
+        raise ConfigError("route", route, "is not a Pallas GPU route", f"use one of {GPU_ROUTES}")
     knobs = knobs or KernelKnobs()
     graph = graph.validate()
     storage = _storage(graph, dtype)
@@ -302,8 +308,9 @@ def export_cuda(
         raise NotImplementedError(
             "Mosaic GPU: block matmuls need wgmma on shared-memory refs (not emitted yet)"
         )
-    in_dtypes = None if dtype else [s.dtype for s in graph.inputs]
-    fn = LoweredGraph(graph, route=route, knobs=knobs, storage=storage, in_dtypes=in_dtypes)
+    fn = LoweredGraph(
+        graph, route=route, knobs=knobs, storage=storage, in_dtypes=_in_dtypes(graph, dtype)
+    )
     return fn.lower_for_cuda()
 
 

@@ -152,7 +152,7 @@ def block_call(
     partial = partial_outputs(block, in_shapes)
     axes = tuple(a for a in range(3) if block.grid[a] > 1)
     grid = tuple(block.grid[a] for a in axes)
-    dot_dtype = storage if jnp.dtype(storage).itemsize == 2 else jnp.float32
+    dot_dtype = ops.dot_dtype(storage)
     # The fmap dim's block holds every iteration's chunk: undo the loop cut.
     blocks_in = [
         _spec(s, block.grid, axes, b.imap) for s, b in zip(in_shapes, block.inputs, strict=True)

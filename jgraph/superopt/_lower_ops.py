@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["accumulate_step", "apply", "dot", "finalize", "init_accumulator"]
+__all__ = ["accumulate_step", "apply", "dot", "dot_dtype", "finalize", "init_accumulator"]
 
 F32 = jnp.float32
 
@@ -25,6 +25,11 @@ F32 = jnp.float32
 def _scalar(attrs: dict[str, Any]) -> float:
     # The interpreter scales by this rational; using it keeps both sides equal.
     return float(Fraction(attrs["scalar"]).limit_denominator(1 << 20))
+
+
+def dot_dtype(storage: Any) -> Any:
+    """The matmul operand dtype: 16-bit storage stays 16-bit (tensor cores), else float32."""
+    return storage if jnp.dtype(storage).itemsize == 2 else F32
 
 
 def dot(a: jax.Array, b: jax.Array, dot_dtype: Any) -> jax.Array:

@@ -21,13 +21,14 @@ from jgraph.core import ConfigError, check_choice, check_int
 from jgraph.superopt._candidate import Candidate
 from jgraph.superopt._lower import (
     _GPU_ROUTES,
-    _PALLAS_GPU_ROUTES,
     ROUTES,
     KernelKnobs,
     LoweredGraph,
     Route,
+    _describe,
     _platform,
     _storage,
+    auto_gpu_routes,
     lower,
     lowered_callable,
     lowering_problem,
@@ -77,26 +78,13 @@ def _time_one(
     return compile_s, statistics.median(samples)
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0][:300] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"
-
-
 def _has_kernels(cand: Candidate) -> bool:
     return any(op.block is not None for op in cand.graph.ops)
 
 
-def _auto_routes() -> tuple[str, ...]:
-    """The GPU routes ``"auto"`` tries, in order (as `lower`: jax-triton last, if installed)."""
-    import importlib.util
-
-    has_jax_triton = importlib.util.find_spec("jax_triton") is not None
-    return _GPU_ROUTES if has_jax_triton else _PALLAS_GPU_ROUTES
-
-
 def _gpu_route(cand: Candidate, route: str) -> tuple[str, str | None]:
     """(concrete route, why it does not lower or None) of one candidate; ``route`` may be auto."""
-    routes = _auto_routes() if route == "auto" else (route,)
+    routes = auto_gpu_routes() if route == "auto" else (route,)
     if not _has_kernels(cand):  # no Pallas kernel: the XLA program lowers anywhere
         return routes[0], None
     problems = []
@@ -159,8 +147,8 @@ def _measure(
                 compile_s, median_s = _time_one(fn, args, warmup=warmup, repeats=repeats)
             except Exception as exc:  # a compile or run failure rules out this point only
                 log.warning("select: candidate %d (%s) with %s failed: %s", rank, cand.label,
-                            knobs, _short(exc))  # fmt: skip
-                visited.append(_point(rank, cand, r, knobs, problem=_short(exc)))
+                            knobs, _describe(exc))  # fmt: skip
+                visited.append(_point(rank, cand, r, knobs, problem=_describe(exc)))
                 continue
             m = _point(rank, cand, r, knobs, median_us=1e6 * median_s, compile_s=compile_s)
             visited.append(m)
@@ -224,7 +212,7 @@ def select(
     _check_args(route, top_k, knob_grid, repeats, warmup, measure)
     storage = _storage(result.reference, None)
     if route == "auto" and _platform() == "cuda":
-        concrete = "auto"  # decided per candidate (`_auto_routes`)
+        concrete = "auto"  # decided per candidate (`auto_gpu_routes`)
     else:
         concrete = resolve_route(route, result.reference, KernelKnobs(), storage)
     on_gpu = concrete == "auto" or concrete in _GPU_ROUTES
@@ -254,8 +242,7 @@ def select(
     xla_route = _GPU_ROUTES[0] if concrete == "auto" else concrete
 
     if not measure:
-        xla_rank = result.candidates.index(result.xla)  # it always lowers; never reached
-        rank, cand, r = lowerable[0] if lowerable else (xla_rank, result.xla, xla_route)
+        rank, cand, r = lowerable[0]  # never empty: the XLA candidate lowers on every route
         visited.append(_point(rank, cand, r, KernelKnobs()))
         return Selection(candidate=cand, knobs=KernelKnobs(), route=r, device_kind=device_kind,
                          measured=False, measurements=tuple(visited), kendall_tau=None)  # fmt: skip

@@ -141,7 +141,7 @@ def _as_gpu(monkeypatch, lowers, routes=("triton", "mosaic_gpu")):
     """
     monkeypatch.setattr(select_mod, "_platform", lambda: "cuda")
     monkeypatch.setattr(lower_mod, "_platform", lambda: "cuda")  # explicit routes
-    monkeypatch.setattr(select_mod, "_auto_routes", lambda: routes)
+    monkeypatch.setattr(select_mod, "auto_gpu_routes", lambda: routes)
     monkeypatch.setattr(
         select_mod,
         "lowering_problem",
