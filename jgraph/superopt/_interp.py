@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from jgraph.superopt._ir import BlockGraph, KernelGraph, Triple
-from jgraph.superopt._ops import ACCUMULATORS
+from jgraph.superopt._ops import ACCUMULATORS, scalar_of
 from jgraph.superopt._ring import FloatRing, ModRing
 from jgraph.superopt._tiling import partial_outputs
 
@@ -60,7 +60,7 @@ def apply_op(
     if kind in ("silu", "gelu", "relu"):
         return ring.nonalg(kind, x)
     if kind == "mul_scalar":
-        return ring.scale(x, Fraction(attrs["scalar"]).limit_denominator(1 << 20))
+        return ring.scale(x, scalar_of(attrs))
     if kind in ("add", "sub", "mul", "div"):
         return getattr(ring, kind)(x, ins[1])
     if kind == "pow":

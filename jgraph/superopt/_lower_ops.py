@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from fractions import Fraction
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from jgraph.superopt._ops import scalar_of
+
 __all__ = ["accumulate_step", "apply", "dot", "dot_dtype", "finalize", "init_accumulator"]
 
 F32 = jnp.float32
-
-
-def _scalar(attrs: dict[str, Any]) -> float:
-    # The interpreter scales by this rational; using it keeps both sides equal.
-    return float(Fraction(attrs["scalar"]).limit_denominator(1 << 20))
 
 
 def dot_dtype(storage: Any) -> Any:
@@ -73,7 +69,7 @@ def apply(kind: str, xs: Sequence[jax.Array], attrs: dict[str, Any], dot_dtype: 
     if kind == "relu":
         return jnp.maximum(x, 0.0)
     if kind == "mul_scalar":
-        return x * _scalar(attrs)
+        return x * float(scalar_of(attrs))
     if kind == "add":
         return x + xs[1]
     if kind == "sub":

@@ -9,6 +9,7 @@ shapes received and the fix.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from fractions import Fraction
 from typing import Any
 
 from jgraph.core import ConfigError
@@ -24,6 +25,7 @@ __all__ = [
     "ShapeError",
     "broadcast_shapes",
     "op_shape",
+    "scalar_of",
 ]
 
 UNARY = ("exp", "square", "sqrt", "rsqrt", "silu", "gelu", "relu", "mul_scalar")
@@ -46,6 +48,19 @@ ACCUMULATORS = (
 )
 KERNEL_OPS = (*UNARY, *BINARY, *STRUCTURAL, "customized")
 BLOCK_OPS = (*UNARY, *BINARY, *STRUCTURAL, *ACCUMULATORS)
+
+
+def scalar_of(attrs: Mapping[str, Any]) -> Fraction:
+    """A ``mul_scalar`` op's factor as the rational every backend uses.
+
+    The finite-field verifier needs an exact rational; the float interpreter, the Pallas
+    lowering and the Triton emitter multiply by the same value so they agree with it.
+
+    Example:
+        >>> scalar_of({"scalar": 0.125})
+        Fraction(1, 8)
+    """
+    return Fraction(attrs["scalar"]).limit_denominator(1 << 20)
 
 
 class ShapeError(ConfigError):

@@ -18,20 +18,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from fractions import Fraction
 from typing import Any
 
 from jgraph.core.pallas import TRITON_MIN_DOT
+from jgraph.superopt._ops import scalar_of
 
 __all__ = ["Tiles", "acc_final", "acc_init", "acc_step", "arange", "op_lines", "valid"]
 
 NEG_INF = 'float("-inf")'
 _TWO_C = 2 * math.sqrt(2 / math.pi)  # gelu: 0.5·x·(1 + tanh(y)) = x·sigmoid(2y)
-
-
-def _scalar(attrs: dict[str, Any]) -> float:
-    # The interpreter's rational, as `_lower_ops._scalar` (not imported: that module needs JAX).
-    return float(Fraction(attrs["scalar"]).limit_denominator(1 << 20))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +76,7 @@ def _neutral(tiles: Tiles, expr: str, t: int, dims: Sequence[int], value: str) -
 
 def _unary(kind: str, x: str, attrs: dict[str, Any]) -> str:
     if kind == "mul_scalar":
-        return f"{x} * {_scalar(attrs)!r}"
+        return f"{x} * {float(scalar_of(attrs))!r}"
     if kind == "gelu":
         return f"tl.div_rn({x}, 1.0 + tl.exp({-_TWO_C!r} * ({x} + 0.044715 * {x} * {x} * {x})))"
     return {
