@@ -6,13 +6,17 @@ emitted kernels also compile for CUDA (sm_90) here, with Triton's bundled ptxas.
 """
 
 import dataclasses
+import platform
 import re
 import sys
 
 import numpy as np
 import pytest
 
-pytest.importorskip("triton")
+if sys.platform == "linux" and platform.machine() == "x86_64":
+    import triton  # noqa: F401  # the test extra installs it here: fail, never skip
+else:
+    pytest.importorskip("triton", reason="the test extra installs triton on Linux x86-64 only")
 
 from jgraph.core import ConfigError
 from jgraph.superopt import evaluate, new_kernel_graph, new_threadblock_graph
@@ -277,4 +281,5 @@ def test_interpreter_keeps_pointer_dtypes():
         for dtype in (np.float32, np.float16):
             xd = x.astype(dtype)
             want = xd.astype(np.float64).reshape(6, 2, 10).sum(1)
-            np.testing.assert_allclose(run_interpreted(src, [xd])[0], want, rtol=1e-5, atol=1e-5)
+            out = run_interpreted(src, [xd])[0]
+            assert_trees_close(out, want, tol=tolerance("forward", np.float32))
