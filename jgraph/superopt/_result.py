@@ -24,10 +24,10 @@ from jgraph.superopt._cost import Cost
 from jgraph.superopt._ir import KernelGraph
 from jgraph.superopt._lower import Route
 from jgraph.superopt._signature import Signature
+from jgraph.superopt._verify import Verdict, Verifier
 
 if TYPE_CHECKING:
     from jgraph.superopt._selection import Selection
-from jgraph.superopt._verify import Verdict, Verifier
 
 __all__ = ["CacheWarning", "SearchResult", "cache_key", "cache_path", "load_cached", "store"]
 

@@ -83,15 +83,24 @@ def search(
 
 
 def _lowerable(found: list[Candidate], name: str) -> tuple[list[Candidate], int]:
-    """The candidates that lower for CUDA on some Pallas GPU route, and how many did not."""
+    """The candidates that lower for CUDA on some Pallas GPU route, and how many did not.
+
+    Routes are tried in order and the first that lowers ends the check (each one is a
+    real export).
+    """
+    from jgraph.core.pallas import GPU_ROUTES
     from jgraph.superopt._lower import lowering_problem
 
     kept, dropped = [], 0
     for c in found:
-        problems = [lowering_problem(c.graph, route=r) for r in ("triton", "mosaic_gpu")]
-        if None in problems:
-            kept.append(c)
-            continue
-        dropped += 1
-        log.info("%s: dropped a verified candidate that does not lower: %s", name, problems)
+        problems = []
+        for r in GPU_ROUTES:
+            problem = lowering_problem(c.graph, route=r)
+            if problem is None:
+                kept.append(c)
+                break
+            problems.append(problem)
+        else:
+            dropped += 1
+            log.info("%s: dropped a verified candidate that does not lower: %s", name, problems)
     return kept, dropped
