@@ -17,14 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jgraph.core import ConfigError, atomic_write_json
-from jgraph.coserve._config import LORA_TARGETS, LlamaConfig
+from jgraph.coserve._config import LORA_TARGETS, QKV_BIASES, LlamaConfig
 from jgraph.coserve._hf_config import SUPPORTED_ARCHITECTURES, config_from_hf
 from jgraph.coserve._safetensors import read_safetensors, write_safetensors
 
 __all__ = ["load_hf_checkpoint", "save_hf_checkpoint"]
 
 _GROUP = {t: ("self_attn" if t[0] in "qkvo" else "mlp") for t in LORA_TARGETS}
-_BIASES = {"q_proj": "q_bias", "k_proj": "k_bias", "v_proj": "v_bias"}  # LlamaConfig.qkv_bias
 
 
 def _hf_names(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
@@ -42,7 +41,7 @@ def _hf_names(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
         for t in LORA_TARGETS:
             d_in, d_out = cfg.proj_shape(t)
             names[f"{p}.{_GROUP[t]}.{t}.weight"] = (d_out, d_in)
-            if cfg.qkv_bias and t in _BIASES:
+            if cfg.qkv_bias and t in QKV_BIASES:
                 names[f"{p}.self_attn.{t}.bias"] = (d_out,)
     return names
 
@@ -151,7 +150,7 @@ def load_hf_checkpoint(
     layers["input_norm"] = stack("model.layers.{}.input_layernorm.weight", False)
     layers["post_norm"] = stack("model.layers.{}.post_attention_layernorm.weight", False)
     if cfg.qkv_bias:
-        for t, b in _BIASES.items():
+        for t, b in QKV_BIASES.items():
             layers[b] = stack(f"model.layers.{{}}.self_attn.{t}.bias", False)
     params: dict[str, Any] = {
         "embed": jnp.asarray(tensors["model.embed_tokens.weight"], dt),
@@ -209,7 +208,7 @@ def save_hf_checkpoint(directory: str | Path, cfg: LlamaConfig, params: dict[str
         for name in LORA_TARGETS:
             t[f"{p}.{_GROUP[name]}.{name}.weight"] = np.asarray(lay[name][i]).T
         if cfg.qkv_bias:
-            for name, b in _BIASES.items():
+            for name, b in QKV_BIASES.items():
                 t[f"{p}.self_attn.{name}.bias"] = np.asarray(lay[b][i])
     write_safetensors(directory / "model.safetensors", t, {"format": "pt"})
     atomic_write_json(directory / "config.json", hf)

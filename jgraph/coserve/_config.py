@@ -16,6 +16,7 @@ from jgraph.core import ConfigError, check_choice, check_int, check_number
 __all__ = [
     "LORA_TARGETS",
     "MODEL_PRESETS",
+    "QKV_BIASES",
     "AttentionImpl",
     "BackwardMode",
     "CoServeConfig",
@@ -33,6 +34,9 @@ LORA_TARGETS: tuple[str, ...] = (
     "down_proj",
 )
 """The projections a LoRA adapter may target (Hugging Face / PEFT module names)."""
+
+QKV_BIASES: dict[str, str] = {"q_proj": "q_bias", "k_proj": "k_bias", "v_proj": "v_bias"}
+"""Projection -> its bias parameter when `LlamaConfig.qkv_bias` is set (Qwen2)."""
 
 DType = Literal["float32", "bfloat16", "float16"]
 AttentionImpl = Literal["reference", "pallas", "auto"]

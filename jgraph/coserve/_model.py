@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jgraph.coserve._config import LORA_TARGETS, LlamaConfig
+from jgraph.coserve._config import LORA_TARGETS, QKV_BIASES, LlamaConfig
 
 __all__ = [
     "Attend",
@@ -50,9 +50,6 @@ Params = dict[str, Any]
 Attend = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, Any]]
 
 _NEG = -1e30  # finite "minus infinity": fully masked padding rows stay NaN-free
-
-
-_BIAS = {"q_proj": "q_bias", "k_proj": "k_bias", "v_proj": "v_bias"}  # LlamaConfig.qkv_bias
 
 
 def init_params(cfg: LlamaConfig, *, key: jax.Array) -> Params:
@@ -85,7 +82,7 @@ def init_params(cfg: LlamaConfig, *, key: jax.Array) -> Params:
         params["lm_head"] = head
     if cfg.qkv_bias:  # drawn after the other weights, so bias-free models keep their values
         for t in ("q_proj", "k_proj", "v_proj"):
-            layers[_BIAS[t]] = normal((L, cfg.proj_shape(t)[1]))
+            layers[QKV_BIASES[t]] = normal((L, cfg.proj_shape(t)[1]))
     return params
 
 
@@ -175,8 +172,8 @@ Adapters = Sequence[tuple[Params, jax.Array]]
 
 def _proj(h: jax.Array, layer: Params, adapters: Adapters, name: str) -> jax.Array:
     y = h @ layer[name]
-    if _BIAS.get(name) in layer:  # Qwen2's q/k/v biases (`LlamaConfig.qkv_bias`)
-        y = y + layer[_BIAS[name]][None, :]
+    if QKV_BIASES.get(name) in layer:  # Qwen2's q/k/v biases (`LlamaConfig.qkv_bias`)
+        y = y + layer[QKV_BIASES[name]][None, :]
     for lora, sel in adapters:
         if name in lora:
             # Punica-style BGMV as a one-hot einsum: every token picks its adapter (and scale)

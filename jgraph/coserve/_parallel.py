@@ -24,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jgraph.core import DATA, MODEL, ConfigError
-from jgraph.coserve._config import LlamaConfig
+from jgraph.coserve._config import QKV_BIASES, LlamaConfig
 from jgraph.coserve._lora import adapter_sel
 from jgraph.coserve._model import decoder_layer, dense_causal_attend, lm_logits
 
@@ -56,7 +56,7 @@ def param_specs(cfg: LlamaConfig) -> dict[str, Any]:
     layers.update({t: P(None, MODEL, None) for t in ROW})
     layers["input_norm"] = layers["post_norm"] = P()
     if cfg.qkv_bias:  # column-parallel outputs: each device adds its slice of the bias
-        layers.update({b: P(None, MODEL) for b in ("q_bias", "k_bias", "v_bias")})
+        layers.update({b: P(None, MODEL) for b in QKV_BIASES.values()})
     specs: dict[str, Any] = {"embed": P(), "layers": layers, "final_norm": P()}
     if not cfg.tie_embeddings:
         specs["lm_head"] = P()
