@@ -11,13 +11,12 @@ Measured selections are cached per device kind (`jgraph.superopt._select_cache`)
 from __future__ import annotations
 
 import logging
-import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from jgraph.core import ConfigError, check_choice, check_int
+from jgraph.core import ConfigError, check_choice, check_int, time_call
 from jgraph.superopt._candidate import Candidate
 from jgraph.superopt._lower import (
     _GPU_ROUTES,
@@ -68,14 +67,7 @@ def _time_one(
     start = time.perf_counter()
     jax.block_until_ready(call(*args))
     compile_s = time.perf_counter() - start
-    for _ in range(warmup):
-        jax.block_until_ready(call(*args))
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(call(*args))
-        samples.append(time.perf_counter() - start)
-    return compile_s, statistics.median(samples)
+    return compile_s, time_call(call, *args, warmup=warmup, repeats=repeats).median
 
 
 def _has_kernels(cand: Candidate) -> bool:
