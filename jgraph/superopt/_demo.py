@@ -62,7 +62,7 @@ def demo(out_dir: Path) -> DemoReport:
     start = time.perf_counter()
     problem = lowering_problem(best.graph, route="triton")
     cuda = "no graph-defined kernel (the XLA program)"
-    if best.graph.ops and any(op.block is not None for op in best.graph.ops):
+    if any(op.block is not None for op in best.graph.ops):
         if problem is None:
             mlir = export_cuda(best.graph, route="triton").mlir_module()
             cuda = (
