@@ -171,7 +171,7 @@ def _pow2_tile_cuts(n: int, min_tile: int) -> tuple[int, ...]:
     never lower on the GPU. For a power-of-two n these are its power-of-two divisors;
     for n = 6144 they are 3, 6, 12, ... (parts 2048, 1024, 512, ...).
     """
-    parts = (2**e for e in range(13) if n % 2**e == 0 and 2**e >= min_tile)
+    parts = (2**e for e in range(n.bit_length()) if n % 2**e == 0 and 2**e >= min_tile)
     return tuple(sorted(n // t for t in parts if 2 <= n // t <= 4096))
 
 
