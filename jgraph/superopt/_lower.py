@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, get_args
@@ -39,8 +38,6 @@ from jgraph.superopt._ir import KernelGraph
 __all__ = [
     "ROUTES", "KernelKnobs", "LoweredGraph", "Route", "export_cuda", "lower", "lowering_problem",
 ]  # fmt: skip
-
-log = logging.getLogger(__name__)
 
 Route = Literal["auto", "triton", "mosaic_gpu", "jax_triton", "interpret"]
 ROUTES: tuple[Route, ...] = get_args(Route)
@@ -161,11 +158,6 @@ class LoweredGraph:
         self.in_dtypes = tuple(jnp.dtype(d) for d in (in_dtypes or [storage] * len(graph.inputs)))
         run = functools.partial(_run, graph, route=route, knobs=knobs, storage=storage)
         self._fn = jax.jit(functools.partial(run, poison=poison))
-
-    @property
-    def n_kernels(self) -> int:
-        """Pallas kernels per call (graph-defined kernels)."""
-        return sum(op.block is not None for op in self.graph.ops)
 
     def check_args(self, arrays: Sequence[Any]) -> None:
         """Raises `ConfigError` unless ``arrays`` match the graph's inputs (shape and dtype)."""
