@@ -69,9 +69,29 @@ MODELS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
     "mistral": ("mistral", {"sliding_window": None}, {}, "load"),
     "qwen2": ("qwen2", {"use_sliding_window": False, "rope_theta": 1000000.0}, {}, "load"),
     "llama_attention_bias": ("llama", {"attention_bias": True}, {}, "refuse:attention_bias"),
+    # max_position_embeddings 8 < the 12 prompt ids: the dynamic base is in effect for every
+    # logit and continuation token (expected.json adds "greedy_full", the continuation without
+    # a KV cache, where every token is re-rotated for the whole length each step).
     "llama_rope_dynamic": (
         "llama",
-        {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}},
+        {
+            "rope_parameters": {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0},
+            "max_position_embeddings": 8,
+        },
+        {},
+        "load",
+    ),
+    "llama_rope_yarn": (
+        "llama",
+        {
+            "rope_parameters": {
+                "rope_type": "yarn",
+                "rope_theta": 10000.0,
+                "factor": 2.0,
+                "original_max_position_embeddings": 8,
+            },
+            "max_position_embeddings": 16,
+        },
         {},
         "refuse:rope_parameters.rope_type",
     ),
@@ -104,15 +124,24 @@ def _versions() -> dict[str, str]:
             "peft": peft.__version__}  # fmt: skip
 
 
-def _oracle(model: Any) -> dict[str, Any]:
+def _oracle(model: Any, *, no_cache: bool = False) -> dict[str, Any]:
+    import copy
+
     import torch
 
     ids = torch.tensor([IDS])
+    # Each call on its own copy: dynamic RoPE keeps state between calls (the longest length
+    # seen), so a second call on the same model would not be what a user's first call gives.
+    kw = {"max_new_tokens": NEW_TOKENS, "do_sample": False, "pad_token_id": 0,
+          "attention_mask": torch.ones_like(ids)}  # fmt: skip
     with torch.no_grad():
-        logits = model(ids).logits[0].float()
-        out = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False,
-                             attention_mask=torch.ones_like(ids), pad_token_id=0)  # fmt: skip
-    return {"ids": IDS, "logits": logits.tolist(), "greedy": out[0, len(IDS) :].tolist()}
+        logits = copy.deepcopy(model)(ids).logits[0].float()
+        out = copy.deepcopy(model).generate(ids, **kw)
+        res = {"ids": IDS, "logits": logits.tolist(), "greedy": out[0, len(IDS) :].tolist()}
+        if no_cache:
+            full = copy.deepcopy(model).generate(ids, use_cache=False, **kw)
+            res["greedy_full"] = full[0, len(IDS) :].tolist()
+    return res
 
 
 def _to_v4(directory: Path) -> None:
@@ -126,7 +155,7 @@ def _to_v4(directory: Path) -> None:
     (directory / "config.json").write_text(json.dumps(conf, indent=2))
 
 
-def make(out: Path) -> list[dict[str, Any]]:
+def make(out: Path, only: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     import torch
     import transformers
     from peft import LoraConfig, get_peft_model
@@ -142,9 +171,14 @@ def make(out: Path) -> list[dict[str, Any]]:
                      "qwen2": transformers.Qwen2ForCausalLM}  # fmt: skip
         model = model_cls[family](conf_cls[family](**{**BASE, **over})).float().eval()
         d = out / name
-        shutil.rmtree(d, ignore_errors=True)
-        model.save_pretrained(d, safe_serialization=True, **save_kw)
-        exp = {"case": name, "expect": expect, "versions": versions, **_oracle(model)}
+        if not only or name in only:
+            shutil.rmtree(d, ignore_errors=True)
+            model.save_pretrained(d, safe_serialization=True, **save_kw)
+        if only and name not in only:
+            continue
+        dyn = "dynamic" in json.dumps(over)
+        exp = {"case": name, "expect": expect, "versions": versions,
+               **_oracle(model, no_cache=dyn)}  # fmt: skip
         (d / "expected.json").write_text(json.dumps(exp))
         rows.append({"case": name, "expect": expect, "files": len(list(d.iterdir()))})
         if name in V4:
@@ -154,9 +188,11 @@ def make(out: Path) -> list[dict[str, Any]]:
             _to_v4(d4)
             (d4 / "expected.json").write_text(json.dumps({**exp, "case": f"{name}_v4"}))
             rows.append({"case": f"{name}_v4", "expect": expect, "files": len(list(d4.iterdir()))})
-        if name == "llama_plain":
+        if name == "llama_plain" and (not only or set(ADAPTERS) & only):
             base_dir = d
             for j, (aname, aover) in enumerate(ADAPTERS.items()):
+                if only and aname not in only:
+                    continue
                 torch.manual_seed(100 + j)
                 base = transformers.LlamaForCausalLM.from_pretrained(base_dir).float().eval()
                 lcfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
@@ -194,8 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="JSON summary (with --smoke)")
     ap.add_argument("--fixtures", type=Path, default=Path("tests/coserve/fixtures/hf"))
     ap.add_argument("--smoke", action="store_true", help="check the committed fixtures only")
+    ap.add_argument("--only", nargs="+", default=[], help="regenerate just these cases")
     args = ap.parse_args(argv)
-    rows = check(args.fixtures) if args.smoke else make(args.fixtures)
+    rows = check(args.fixtures) if args.smoke else make(args.fixtures, frozenset(args.only))
     cols = list(rows[0])
     print("  ".join(f"{c:<22}" for c in cols))
     for r in rows:

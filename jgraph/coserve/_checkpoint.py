@@ -186,6 +186,9 @@ def save_hf_checkpoint(directory: str | Path, cfg: LlamaConfig, params: dict[str
     }
     if cfg.rope_scaling_factor is not None and cfg.rope_scaling_type == "linear":
         hf["rope_scaling"] = {"rope_type": "linear", "factor": cfg.rope_scaling_factor}
+    elif cfg.rope_scaling_factor is not None and cfg.rope_scaling_type == "dynamic":
+        hf["rope_scaling"] = {"rope_type": "dynamic", "factor": cfg.rope_scaling_factor}
+        hf["max_position_embeddings"] = cfg.rope_original_max_len
     elif cfg.rope_scaling_factor is not None:
         hf["rope_scaling"] = {
             "rope_type": "llama3",

@@ -60,11 +60,16 @@ class LlamaConfig:
         rope_theta: RoPE base frequency.
         rope_scaling_factor: RoPE scaling factor, or None for plain RoPE.
         rope_scaling_type: how the factor applies: ``"llama3"`` (Llama-3.1: long wavelengths
-            divided by it, short ones kept, the band between interpolated) or ``"linear"``
-            (position interpolation: every frequency divided by it).
+            divided by it, short ones kept, the band between interpolated), ``"linear"``
+            (position interpolation: every frequency divided by it) or ``"dynamic"``
+            (dynamic NTK, transformers' ``"dynamic"``: plain RoPE up to
+            ``rope_original_max_len`` tokens; a longer sequence of length n raises the base to
+            ``theta * (factor * n / max_len - factor + 1) ** (d / (d - 2))``; see
+            `rope_tables` for which length each token uses).
         rope_low_freq_factor: "llama3" scaling low-frequency factor.
         rope_high_freq_factor: "llama3" scaling high-frequency factor.
-        rope_original_max_len: "llama3" scaling original context length.
+        rope_original_max_len: "llama3" scaling's original context length; for "dynamic", the
+            model's ``max_position_embeddings``.
         norm_eps: RMSNorm epsilon.
         tie_embeddings: the output head reuses the embedding matrix.
         qkv_bias: the q/k/v projections add a bias (Qwen2/Qwen2.5); params then hold
@@ -81,7 +86,7 @@ class LlamaConfig:
     d_ff: int
     rope_theta: float = 10000.0
     rope_scaling_factor: float | None = None
-    rope_scaling_type: Literal["llama3", "linear"] = "llama3"
+    rope_scaling_type: Literal["llama3", "linear", "dynamic"] = "llama3"
     rope_low_freq_factor: float = 1.0
     rope_high_freq_factor: float = 4.0
     rope_original_max_len: int = 8192
@@ -109,7 +114,17 @@ class LlamaConfig:
         check_number("LlamaConfig.norm_eps", self.norm_eps, minimum=0.0, strict_minimum=True)
         if self.rope_scaling_factor is not None:
             check_number("LlamaConfig.rope_scaling_factor", self.rope_scaling_factor, minimum=1.0)
-        check_choice("LlamaConfig.rope_scaling_type", self.rope_scaling_type, ("llama3", "linear"))
+        check_choice(
+            "LlamaConfig.rope_scaling_type", self.rope_scaling_type, ("llama3", "linear", "dynamic")
+        )
+        check_int("LlamaConfig.rope_original_max_len", self.rope_original_max_len, minimum=1)
+        if self.rope_scaling_type == "dynamic" and self.head_dim <= 2:
+            raise ConfigError(
+                "LlamaConfig.head_dim",
+                self.head_dim,
+                "dynamic NTK RoPE needs head_dim > 2 (its exponent is d / (d - 2))",
+                "use head_dim >= 4 or another rope_scaling_type",
+            )
         check_choice("LlamaConfig.dtype", self.dtype, ("float32", "bfloat16", "float16"))
 
     @property

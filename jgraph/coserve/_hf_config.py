@@ -8,10 +8,10 @@ defaulted differently from transformers. The two layouts differ in where RoPE li
 vs ``dtype``). Defaults are transformers' ``LlamaConfig`` defaults (``rms_norm_eps`` 1e-6,
 ``rope_theta`` 10000, SiLU, no biases, untied embeddings).
 
-Supported: Llama 1-3.x (``rope_type`` default, linear or llama3), Mistral when its sliding window
+Supported: Llama 1-3.x (``rope_type`` default, linear, dynamic NTK or llama3), Mistral when its sliding window
 covers ``max_position_embeddings`` (then it is plain causal attention), and Qwen2/Qwen2.5 (q/k/v
 biases) without sliding-window layers. Refused, with the
-reason: other RoPE types (dynamic NTK, yarn, longrope, ...), Llama's ``attention_bias``
+reason: other RoPE types (yarn, longrope, ...), Llama's ``attention_bias``
 (it adds an o_proj bias too) and MLP biases, activations other than SiLU, a shorter sliding window, and other
 model types.
 """
@@ -87,13 +87,19 @@ def _rope(hf: Mapping[str, Any]) -> tuple[float, dict[str, Any]]:
     kind = scaling.get("rope_type", scaling.get("type")) or "default"
     if kind == "default":
         return float(theta), {}
-    if kind not in ("llama3", "linear"):
+    if kind not in ("llama3", "linear", "dynamic"):
         raise _refuse(
             f"{key}.rope_type", kind, "is not implemented (serving it would give wrong logits)",
-            "use a checkpoint with default, linear or llama3 RoPE",
+            "use a checkpoint with default, linear, dynamic or llama3 RoPE",
         )  # fmt: skip
     if "factor" not in scaling:
         raise _refuse(f"{key}.factor", None, f"{kind} scaling needs a factor", "add it")
+    if kind == "dynamic":
+        # transformers scales from max_position_embeddings (its default 2048), not from
+        # rope_parameters' original_max_position_embeddings
+        max_len = hf.get("max_position_embeddings", 2048)
+        return float(theta), {**scaling, "rope_type": kind,
+                              "original_max_position_embeddings": max_len}  # fmt: skip
     return float(theta), {**scaling, "rope_type": kind}
 
 

@@ -96,7 +96,7 @@ def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
 def _inv_freq(cfg: LlamaConfig) -> np.ndarray:
     d = cfg.head_dim
     inv = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
-    if cfg.rope_scaling_factor is None:
+    if cfg.rope_scaling_factor is None or cfg.rope_scaling_type == "dynamic":
         return inv
     if cfg.rope_scaling_type == "linear":  # position interpolation (transformers' "linear")
         return inv / cfg.rope_scaling_factor
@@ -111,10 +111,37 @@ def _inv_freq(cfg: LlamaConfig) -> np.ndarray:
     return np.where(mid, (1 - smooth) * inv / factor + smooth * inv, scaled)
 
 
-def rope_tables(cfg: LlamaConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """cos, sin tables [tok, head_dim // 2] (float32) for absolute positions."""
-    inv = jnp.asarray(_inv_freq(cfg), jnp.float32)
-    ang = positions.astype(jnp.float32)[:, None] * inv[None, :]
+def _dynamic_inv_freq(cfg: LlamaConfig, lengths: jax.Array) -> jax.Array:
+    """Dynamic-NTK inverse frequencies [tok, head_dim // 2] for per-token sequence lengths,
+    in float32 as transformers computes them (``_compute_dynamic_ntk_parameters``)."""
+    d, factor = cfg.head_dim, float(cfg.rope_scaling_factor or 1.0)
+    max_len = cfg.rope_original_max_len
+    n = jnp.maximum(lengths.astype(jnp.float32), float(max_len))
+    base = cfg.rope_theta * ((factor * n / max_len) - (factor - 1.0)) ** (d / (d - 2))
+    expo = jnp.arange(0, d, 2, dtype=jnp.float32) / d
+    return 1.0 / (base[:, None] ** expo[None, :])
+
+
+def rope_tables(
+    cfg: LlamaConfig, positions: jax.Array, lengths: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """cos, sin tables [tok, head_dim // 2] (float32) for absolute positions [tok].
+
+    ``lengths`` [tok] matters only for dynamic-NTK RoPE: the length of the sequence each
+    token's rotation is computed for. transformers uses ``max(position_ids) + 1`` of each
+    forward call, so a full-sequence forward rotates every token for the whole length and
+    cached generation rotates the prompt for the prompt's length and each later token for its
+    own position + 1 (keys already cached keep their rotation). The default,
+    ``max(positions) + 1`` for every token, is right for one sequence; packed batches of
+    several sequences pass their own lengths.
+    """
+    pos = positions.astype(jnp.float32)
+    if cfg.rope_scaling_factor is not None and cfg.rope_scaling_type == "dynamic":
+        if lengths is None:
+            lengths = jnp.broadcast_to(jnp.max(positions) + 1, positions.shape)
+        ang = pos[:, None] * _dynamic_inv_freq(cfg, lengths)
+    else:
+        ang = pos[:, None] * jnp.asarray(_inv_freq(cfg), jnp.float32)[None, :]
     return jnp.cos(ang), jnp.sin(ang)
 
 
@@ -192,6 +219,7 @@ def decoder_layer(
     *,
     adapters: Adapters = (),
     axis_name: str | None = None,
+    rope_lengths: jax.Array | None = None,
 ) -> tuple[jax.Array, Any]:
     """One pre-norm Llama layer on a packed token batch.
 
@@ -208,12 +236,13 @@ def decoder_layer(
         axis_name: the tensor-parallel mesh axis when called inside `jax.shard_map` with heads
             and F sharded (Megatron layout); the two row-parallel outputs are summed over it,
             LoRA terms included, so adapters add no collective.
+        rope_lengths: per-token sequence lengths for dynamic-NTK RoPE [T] (`rope_tables`).
 
     Returns:
         (layer output [T, D], the ``aux`` value returned by ``attend``).
     """
     T, d = x.shape[0], cfg.head_dim
-    cos, sin = rope_tables(cfg, positions)
+    cos, sin = rope_tables(cfg, positions, rope_lengths)
     h = rms_norm(x, layer["input_norm"], cfg.norm_eps)
     q = _proj(h, layer, adapters, "q_proj").reshape(T, -1, d)
     k = _proj(h, layer, adapters, "k_proj").reshape(T, -1, d)

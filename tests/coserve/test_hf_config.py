@@ -108,7 +108,7 @@ def test_mistral_without_a_short_window_is_llama():
     ("extra", "key"),
     [
         ({"rope_scaling": {"rope_type": "longrope", "factor": 2.0}}, "rope_scaling.rope_type"),
-        ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "rope_scaling.rope_type"),
+        ({"rope_scaling": {"type": "longrope", "factor": 2.0}}, "rope_scaling.rope_type"),
         ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "rope_parameters.rope_type"),
         ({"rope_parameters": {"full_attention": {"rope_type": "default"}}}, "rope_parameters"),
         ({"rope_scaling": {"rope_type": "llama3"}}, "rope_scaling.factor"),
@@ -229,7 +229,7 @@ def test_buffers_transformers_ignores_are_ignored(saved, params):
     assert_trees_close(loaded, params, kind="exact")
 
 
-@pytest.mark.parametrize("kind", ["linear", "llama3"])
+@pytest.mark.parametrize("kind", ["linear", "llama3", "dynamic"])
 def test_rope_scaling_round_trips_through_save(tmp_path, kind):
     import jax
 

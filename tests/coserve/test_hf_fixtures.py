@@ -40,7 +40,7 @@ def _greedy(logits_fn, ids, n):
 
 def test_every_case_is_covered():
     # a fixture directory nobody tests would be a silent gap
-    assert len(CASES) == 15, CASES
+    assert len(CASES) == 16, CASES
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if _expected(c)["expect"] == "load"])
@@ -63,7 +63,9 @@ def test_hf_logits_and_greedy_tokens_match(case):
         assert n > 0
     got = np.asarray(fn(jnp.asarray(exp["ids"])))
     assert_trees_close(got, np.asarray(exp["logits"], np.float32), kind="forward")
-    assert _greedy(fn, exp["ids"], len(exp["greedy"])) == exp["greedy"]
+    # Re-running the whole sequence each step is HF's generation without a KV cache; it
+    # differs from the cached one only for dynamic RoPE (expected.json then has both).
+    assert _greedy(fn, exp["ids"], len(exp["greedy"])) == exp.get("greedy_full", exp["greedy"])
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if _expected(c)["expect"].startswith("refuse")])
@@ -71,6 +73,30 @@ def test_cases_jgraph_cannot_run_are_refused_by_key(case):
     key = _expected(case)["expect"].split(":", 1)[1]
     with pytest.raises(ConfigError, match=rf"config\.json {key}="):
         load_hf_checkpoint(FIXTURES / case)
+
+
+def test_dynamic_rope_is_in_effect():
+    # negative check: the dynamic fixture's prompt is longer than max_position_embeddings, so
+    # plain RoPE (or dynamic scaling computed for the wrong length) misses HF's logits
+    import dataclasses
+
+    exp = _expected("llama_rope_dynamic")
+    cfg, params = load_hf_checkpoint(FIXTURES / "llama_rope_dynamic")
+    assert (cfg.rope_scaling_type, cfg.rope_scaling_factor, cfg.rope_original_max_len) == (
+        "dynamic",
+        2.0,
+        8,
+    )
+    assert len(exp["ids"]) > cfg.rope_original_max_len
+    want = np.asarray(exp["logits"], np.float32)
+    plain = dataclasses.replace(cfg, rope_scaling_factor=None)
+    with pytest.raises(AssertionError):
+        assert_trees_close(np.asarray(forward(plain, params, jnp.asarray(exp["ids"]))), want,
+                           kind="forward")  # fmt: skip
+    longer = dataclasses.replace(cfg, rope_original_max_len=4)
+    with pytest.raises(AssertionError):
+        assert_trees_close(np.asarray(forward(longer, params, jnp.asarray(exp["ids"]))), want,
+                           kind="forward")  # fmt: skip
 
 
 def test_wrong_rope_would_be_caught():

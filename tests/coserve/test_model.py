@@ -101,6 +101,43 @@ def test_llama3_rope_scaling_formula():
     assert np.all(inv[mid] > base[mid] / 8.0)
 
 
+def test_dynamic_ntk_rope_tables():
+    from jgraph.coserve._model import rope_tables
+
+    cfg = LlamaConfig.tiny(rope_scaling_factor=2.0, rope_scaling_type="dynamic",
+                           rope_original_max_len=8)  # fmt: skip
+    plain = LlamaConfig.tiny()
+    d = cfg.head_dim
+
+    def numpy_tables(n, length):  # float64 transcription of transformers' dynamic NTK rule
+        length = max(length, 8)
+        base = cfg.rope_theta * (2.0 * length / 8 - 1.0) ** (d / (d - 2))
+        ang = np.arange(n)[:, None] / base ** (np.arange(0, d, 2) / d)[None, :]
+        return np.cos(ang), np.sin(ang)
+
+    # within max_position_embeddings: plain RoPE (to rounding: the dynamic frequencies are
+    # computed in float32, as transformers does, the plain ones in float64 then cast)
+    short = jnp.arange(6)
+    assert_trees_close(rope_tables(cfg, short), rope_tables(plain, short), kind="forward")
+    # a longer sequence: every token rotated for the whole length (the default), and a packed
+    # batch of two sequences (12 and 5 tokens) with explicit lengths equals them one by one
+    a, b = jnp.arange(12), jnp.arange(5)
+    want_a = numpy_tables(12, 12)
+    assert_trees_close(rope_tables(cfg, a), want_a, kind="forward")
+    packed = rope_tables(cfg, jnp.concatenate([a, b]), jnp.array([12] * 12 + [5] * 5))
+    want_b = numpy_tables(5, 5)
+    want = tuple(np.concatenate([x, y]) for x, y in zip(want_a, want_b, strict=True))
+    assert_trees_close(packed, want, kind="forward")
+    # negative: the plain tables differ from the scaled ones past the first position
+    assert not np.allclose(np.asarray(rope_tables(plain, a)[0]), want_a[0], atol=1e-3)
+
+
+def test_dynamic_rope_needs_head_dim_above_two():
+    with pytest.raises(ConfigError, match="head_dim"):
+        LlamaConfig(vocab_size=8, d_model=4, n_layers=1, n_heads=2, n_kv_heads=2, head_dim=2,
+                    d_ff=8, rope_scaling_factor=2.0, rope_scaling_type="dynamic")  # fmt: skip
+
+
 def test_hf_checkpoint_round_trip(tmp_path, cfg, params):
     save_hf_checkpoint(tmp_path, cfg, params)
     # The file is readable by the reference safetensors implementation, in HF's [out, in] layout.
