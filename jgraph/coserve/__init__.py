@@ -21,6 +21,10 @@ Public submodules:
   weights.
 * `jgraph.coserve.memory`: activation bytes on abstract shapes.
 * `jgraph.coserve.reference`: the plain LoRA training loop the step is tested against.
+* `jgraph.coserve.sampling`: per-request sampling parameters, the batched top-p sampler, seeded
+  keys and stop strings.
+* `jgraph.coserve.validate`: the checks of weights, adapters, samples and prompts that run
+  before any tracing.
 
 References:
     Oliaro et al., "FlexLLM: Token-Level Co-Serving of LLM Inference and Finetuning with SLO

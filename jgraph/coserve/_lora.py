@@ -30,6 +30,7 @@ import numpy as np
 from jgraph.core import ConfigError, atomic_write_json
 from jgraph.coserve._config import LORA_TARGETS, LlamaConfig, LoraConfig
 from jgraph.coserve._safetensors import read_safetensors, write_safetensors
+from jgraph.coserve._validate import check_adapter
 
 __all__ = [
     "BASE",
@@ -142,11 +143,15 @@ class AdapterBank:
 
         Raises:
             ConfigError: duplicate names, too many adapters, a rank above ``rank``, a target
-                outside ``targets``, or weights that do not fit the model.
+                outside ``targets``, or weights that do not match their `LoraConfig` (rank,
+                targets) or the model (`check_adapter`; the message names the adapter and the
+                target).
         """
         names = tuple(n for n, _, _ in adapters)
         if len(set(names)) != len(names):
             raise ConfigError("AdapterBank.names", names, "has duplicates", "name each once")
+        for name, c, w in adapters:  # before stacking: a bad one names itself, not a broadcast
+            check_adapter(cfg, c, w, name=f"adapter {name!r}")
         cap = len(adapters) if capacity is None else capacity
         if len(adapters) > cap:
             raise ConfigError(
@@ -165,7 +170,6 @@ class AdapterBank:
             A = np.zeros((cap, cfg.n_layers, d_in, r_max), dt)
             B = np.zeros((cap, cfg.n_layers, r_max, d_out), dt)
             for i, (name, c, w) in enumerate(adapters):
-                _check_compatible(cfg, w, f"adapter {name!r}")
                 if c.rank > r_max:
                     raise ConfigError(
                         f"adapter {name!r}.rank", c.rank, f"exceeds bank rank {r_max}", "raise it"
@@ -203,8 +207,11 @@ def merge_lora(cfg: LlamaConfig, params: Mapping[str, Any], lora: Lora, lora_cfg
     """Base weights with the adapter folded in: ``W + scale A B`` (for export or checks).
 
     ``scale`` is `LoraConfig.scale` (``alpha / r``, or ``alpha / sqrt(r)`` for rsLoRA).
+
+    Raises:
+        ConfigError: the adapter does not match ``lora_cfg`` (rank, targets) or the model.
     """
-    _check_compatible(cfg, lora, "merge_lora")
+    check_adapter(cfg, lora_cfg, lora, name="merge_lora adapter")
     layers = dict(params["layers"])
     for t, ab in lora.items():
         delta = jnp.einsum("lir,lro->lio", ab["A"].astype(jnp.float32), ab["B"].astype(jnp.float32))

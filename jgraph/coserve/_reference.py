@@ -8,10 +8,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from jgraph.core import ConfigError
 from jgraph.coserve._config import LlamaConfig, LoraConfig
 from jgraph.coserve._model import forward
+from jgraph.coserve._validate import check_token_samples
 
 __all__ = ["plain_lora_train", "sample_loss_reference"]
 
@@ -35,6 +38,12 @@ def sample_loss_reference(
         length: real length n of a padded sample (causal attention: padding after the sample
             cannot change its logits); None means ``tokens.shape[0]``.
 
+    Raises:
+        ConfigError: non-integer tokens, fewer than 2 tokens (n - 1 = 0 predictions), a
+            ``length`` outside ``[2, tokens.shape[0]]``, or ids outside the vocabulary. Under a
+            trace (``jax.jit``/``grad`` with traced ``tokens``/``length``) only the static checks
+            (dtype, padded size) can run: validate the samples first, as `plain_lora_train` does.
+
     Example:
         >>> import jax, jax.numpy as jnp
         >>> from jgraph.coserve import LlamaConfig, LoraConfig, init_lora, init_params
@@ -44,6 +53,7 @@ def sample_loss_reference(
         >>> float(sample_loss_reference(cfg, p, a, lc, jnp.arange(6))) > 0
         True
     """
+    _check_sample(cfg, tokens, length)
     one = jax.tree.map(lambda a: a[None], lora)
     sel = jnp.full((tokens.shape[0], 1), lora_cfg.scale, jnp.float32)
     logits = forward(cfg, params, tokens, lora=one, sel=sel)[:-1]
@@ -52,6 +62,37 @@ def sample_loss_reference(
     n = tokens.shape[0] if length is None else length
     valid = jnp.arange(ce.shape[0]) < n - 1
     return jnp.sum(jnp.where(valid, ce, 0.0)) / (n - 1)
+
+
+def _concrete(x: Any) -> np.ndarray | None:
+    """``x`` as a numpy array, or None under a trace (where its values are unknown)."""
+    try:
+        return np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def _check_sample(cfg: LlamaConfig, tokens: Any, length: Any) -> None:
+    fix = "pass a sample of at least 2 token ids in [0, vocab_size)"
+    if not jnp.issubdtype(jnp.result_type(tokens), jnp.integer):
+        raise ConfigError("tokens", str(jnp.result_type(tokens)), "must hold integer ids", fix)
+    n_pad = int(np.shape(tokens)[0]) if np.ndim(tokens) == 1 else -1
+    if n_pad < 2:
+        raise ConfigError(
+            "tokens", np.shape(tokens), "must be 1-D with >= 2 tokens (n - 1 predictions)", fix
+        )
+    n = n_pad
+    if length is not None and (lv := _concrete(length)) is not None:
+        n = int(lv)
+        if not 2 <= n <= n_pad:
+            raise ConfigError("length", n, f"must be between 2 and tokens.shape[0]={n_pad}", fix)
+    if (tv := _concrete(tokens)) is not None:
+        bad = np.flatnonzero((tv[:n] < 0) | (tv[:n] >= cfg.vocab_size))
+        if bad.size:
+            j = int(bad[0])
+            raise ConfigError(
+                f"tokens[{j}]", int(tv[j]), f"is outside the vocabulary [0, {cfg.vocab_size})", fix
+            )
 
 
 def plain_lora_train(
@@ -68,7 +109,14 @@ def plain_lora_train(
 
     Returns:
         (loss of each sample before its update, final adapter).
+
+    Raises:
+        ConfigError: no samples, or a sample that `check_token_samples` refuses (under 2
+            tokens, ids outside the vocabulary, floats, a flat list of ids).
     """
+    samples = check_token_samples(samples, vocab_size=cfg.vocab_size, min_len=2)
+    if not samples:
+        raise ConfigError("samples", [], "is empty", "pass at least one sample")
     opt = optax.MultiSteps(optimizer, every_k_schedule=grad_accum)
     state = opt.init(lora)
     grad_fn = jax.jit(jax.value_and_grad(sample_loss_reference, argnums=2), static_argnums=(0, 3))

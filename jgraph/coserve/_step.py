@@ -308,6 +308,16 @@ def make_coserve_step(
 ) -> Callable[..., tuple[CoServeState, StepOutput]]:
     """Builds the jitted co-serving step (state donated).
 
+    The step trusts its inputs, and nothing inside it can raise. Token ids and labels must lie
+    in ``[0, vocab_size)``: a token id past the end reads the last embedding row, a negative
+    one counts from the end as in numpy, and a label outside is clamped into range, all
+    silently wrong. Positions must be each request's real positions, consecutive with what its
+    KV pages already hold; slots, page-table entries and adapter indices must name live slots,
+    pages and bank entries (out-of-range page writes are dropped); ``params``, the bank and the
+    state must have the shapes the step was built for (a mismatch fails inside ``lax.scan``).
+    `CoServeEngine` validates at its boundary (the checks of `jgraph.coserve.validate`); code
+    that drives the raw step must do the same.
+
     Args:
         cfg: model shape.
         scfg: static capacities.
