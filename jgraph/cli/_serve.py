@@ -4,6 +4,7 @@ OpenAI-compatible API (completions, chat, models, files, finetuning jobs)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 
@@ -93,14 +94,14 @@ def run(args: argparse.Namespace) -> int:
         raise flag_error("--adapter", f"{sorted(dup)} given twice; name each adapter once")
     from jgraph.coserve.serve import ServeConfig, serve
 
-    extra = {} if args.state_dir is None else {"state_dir": str(args.state_dir)}
     config = ServeConfig(
         model=args.model,
         adapters=tuple(args.adapter),
         host=args.host,
         port=args.port,
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
-        **extra,
     )
+    if args.state_dir is not None:
+        config = dataclasses.replace(config, state_dir=str(args.state_dir))
     serve(config)
     return EXIT_OK
