@@ -327,7 +327,22 @@ class CoServeService:
             s.post("done", reason)
 
     # -- the engine thread ----------------------------------------------------------------
+    def _warmup(self) -> None:
+        """Compiles the step with a one-token request before the first real one (else the
+        first request's TTFT includes the compilation)."""
+        t0 = time.perf_counter()
+        rid = self.backend.submit([0], max_new_tokens=1, adapter=None, temperature=0.0, eos_id=None)
+        while self.backend.busy and not self._stop.is_set():
+            self.backend.step()
+        self.backend.finish(rid)
+        log.info("engine step compiled and run in %.1f s", time.perf_counter() - t0)
+
     def _run(self) -> None:
+        try:
+            self._warmup()
+        except Exception:
+            log.exception("engine warm-up failed")
+            self._recover()
         while not self._stop.is_set():
             try:
                 while True:
