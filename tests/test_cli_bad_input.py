@@ -67,12 +67,18 @@ CASES = [
     ([*S, "--time-limit", "-inf"], "--time-limit"),
     ([*S, "--time-limit", "nan"], "--time-limit"),
     ([*S, "--sizes-per-mapping", "-1"], "--sizes-per-mapping"),
-    # serve (not built yet; its flags are still checked)
+    # serve
     (["serve", "--port", "-1"], "--port"),
     (["serve", "--port", "0"], "--port"),
     (["serve", "--host", ""], "--host"),
     (["serve", "--model", ""], "--model"),
     (["serve", "--model", "/nonexistent/checkpoint"], "--model"),
+    (["serve", "--adapter", "no-equals-sign"], "--adapter"),
+    (["serve", "--adapter", "a=/nonexistent/adapter"], "--adapter"),
+    (["serve", "--adapter", "={dir}"], "--adapter"),
+    (["serve", "--adapter", "a={dir}", "--adapter", "a={dir}"], "--adapter"),
+    (["serve", "--state-dir", "{file}"], "--state-dir"),
+    (["serve", "--api-key", ""], "--api-key"),
     # quant
     ([*Q, "--out", "{file}"], "--out"),
     ([*Q, "--out", "{under}"], "--out"),
