@@ -61,9 +61,11 @@ def test_multi_lora_serving_equals_dense_per_adapter_decoding(engine, dense_logi
     # Negative check: adapter "a" changes the greedy continuation of the first prompt.
     assert outs[0] != _dense_greedy(dense_logits, bank, PROMPTS[0], NEW[0], None)
     # Accounting invariants after everything retired.
-    assert sorted(engine._free_pages) == list(range(engine.scfg.num_pages))
-    assert sorted(engine._free_slots) == list(range(engine.scfg.max_requests))
-    assert np.all(engine._page_table == -1)
+    table = engine._table
+    table.check()
+    assert table.pages.n_free == engine.scfg.num_pages
+    assert table.slots.n_free == engine.scfg.max_requests
+    assert np.all(table.page_table == -1)
 
 
 def test_greedy_outputs_identical_with_and_without_finetuning(engine, lora):
