@@ -15,6 +15,7 @@ state differ from the ones saved, and a missing, truncated or malformed JSON or 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -28,6 +29,7 @@ __all__ = ["describe", "restore", "save"]
 
 log = logging.getLogger(__name__)
 
+_EARLIER = "restore an earlier checkpoint or restart the job"
 _HOST_KEYS = {"losses": list, "samples": list, "samples_done": int, "engine": dict}
 
 
@@ -74,6 +76,9 @@ def save(directory: str | Path, step: int, tree: dict[str, Any], host: dict[str,
             "save_finetuning", str(directory), f"Orbax did not save step {step}", "retry"
         )
     mngr.wait_until_finished()
+    # A manifest of the array files (sizes, hashes) lets a restore name a damaged file; it is
+    # written last, so a crash before it leaves a step that restores without the file check.
+    atomic_write_json(directory / f"files_{step}.json", _manifest(directory / str(step)))
     log.info("finetuning checkpoint %d written to %s", step, directory)
     return directory
 
@@ -102,6 +107,7 @@ def restore(
         )
     host = _read_host(directory / f"host_{step}.json", step)
     _check_engine(host["engine"], engine, directory / f"host_{step}.json")
+    _verify_files(directory, step)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
     try:
         restored = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
@@ -115,36 +121,70 @@ def restore(
     return restored, host
 
 
-def _read_host(path: Path, step: int) -> dict[str, Any]:
+def _manifest(step_dir: Path) -> dict[str, list[Any]]:
+    files = sorted(p for p in (step_dir / "default").rglob("*") if p.is_file())
+    return {
+        str(p.relative_to(step_dir)): [p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest()]
+        for p in files
+    }
+
+
+def _verify_files(directory: Path, step: int) -> None:
+    path = directory / f"files_{step}.json"
+    if not path.exists():
+        log.warning("%s is missing: restoring step %d without the file check", path, step)
+        return
+    manifest = _read_json(path)
+    for rel, entry in manifest.items():
+        f = directory / str(step) / rel
+        if not (isinstance(entry, list) and len(entry) == 2):
+            raise ConfigError("finetuning checkpoint", str(path), "is malformed", _EARLIER)
+        if not f.is_file():
+            raise ConfigError("finetuning checkpoint", str(f), "is missing", _EARLIER)
+        size, digest = entry
+        if f.stat().st_size != size:
+            raise ConfigError(
+                "finetuning checkpoint",
+                str(f),
+                f"is truncated or damaged ({f.stat().st_size} bytes, {size} written)",
+                _EARLIER,
+            )
+        if hashlib.sha256(f.read_bytes()).hexdigest() != digest:
+            raise ConfigError(
+                "finetuning checkpoint", str(f), "does not match its checksum", _EARLIER
+            )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
     try:
-        host = json.loads(path.read_text())
+        out = json.loads(path.read_text())
     except FileNotFoundError as e:
-        raise ConfigError(
-            "finetuning checkpoint", str(path), "is missing", "restore an earlier checkpoint"
-        ) from e
+        raise ConfigError("finetuning checkpoint", str(path), "is missing", _EARLIER) from e
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(
-            "finetuning checkpoint",
-            str(path),
-            f"is not valid JSON ({_first_line(e)})",
-            "restore an earlier checkpoint",
+            "finetuning checkpoint", str(path), f"is not valid JSON ({_first_line(e)})", _EARLIER
         ) from e
-    if not isinstance(host, dict):
-        host = {}
+    if not isinstance(out, dict):
+        raise ConfigError("finetuning checkpoint", str(path), "is not a JSON object", _EARLIER)
+    return out
+
+
+def _read_host(path: Path, step: int) -> dict[str, Any]:
+    host = _read_json(path)
     for key, typ in _HOST_KEYS.items():
         if not isinstance(host.get(key), typ):
             raise ConfigError(
                 "finetuning checkpoint",
                 str(path),
                 f"lacks {key!r} of type {typ.__name__} (truncated or malformed)",
-                "restore an earlier checkpoint",
+                _EARLIER,
             )
     if host["samples_done"] != step:
         raise ConfigError(
             "finetuning checkpoint",
             str(path),
             f"says samples_done={host['samples_done']} for step {step}",
-            "restore an earlier checkpoint",
+            _EARLIER,
         )
     return host
 
