@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 
 from jgraph.core import ConfigError
 from jgraph.coserve._config import LlamaConfig, LoraConfig
-from jgraph.coserve._lora import BASE, AdapterBank
+from jgraph.coserve._lora import BASE, AdapterBank, _check_compatible
 from jgraph.coserve._parallel import shard_tree
 
 __all__ = ["BankSlots"]
@@ -83,13 +83,38 @@ class BankSlots:
                 f"the bank is full ({len(self.names)} slots)",
                 "remove_bank_adapter one first, or raise CoServeConfig.max_adapters",
             )
-        # `build` validates rank, targets and shapes and zero-pads to the bank's layout.
-        one = AdapterBank.build(
-            self.cfg, [(name, lora_cfg, lora)], rank=self.rank, targets=self.targets
-        )
+        _check_compatible(self.cfg, lora, f"adapter {name!r}")
+        if lora_cfg.rank > self.rank:
+            raise ConfigError(
+                f"adapter {name!r}.rank",
+                lora_cfg.rank,
+                f"exceeds bank rank {self.rank}",
+                "use a bank built with a larger rank",
+            )
+        extra = sorted(set(lora_cfg.targets) - set(self.targets))
+        if extra or set(lora) != set(lora_cfg.targets):
+            raise ConfigError(
+                f"adapter {name!r}.targets",
+                sorted(lora),
+                f"must be LoraConfig.targets and within the bank's {self.targets}",
+                "build the bank with these targets",
+            )
+        r = lora_cfg.rank
+        for t, ab in lora.items():
+            if ab["A"].shape[-1] != r or ab["B"].shape[-2] != r:
+                raise ConfigError(
+                    f"adapter {name!r}[{t!r}] rank",
+                    (ab["A"].shape[-1], ab["B"].shape[-2]),
+                    f"!= LoraConfig.rank={r}",
+                    "pass the LoraConfig the adapter was trained with",
+                )
+        # numpy only: a jnp op on new shapes would compile (and this must not).
         for t, ab in self._host.items():
-            for k in ("A", "B"):
-                ab[k][slot] = np.asarray(one.weights[t][k][0])
+            ab["A"][slot] = 0
+            ab["B"][slot] = 0
+            if t in lora:
+                ab["A"][slot, :, :, :r] = np.asarray(lora[t]["A"])
+                ab["B"][slot, :, :r, :] = np.asarray(lora[t]["B"])
         self._scales[slot] = lora_cfg.scale
         self.names[slot] = name
         self._upload()
