@@ -43,7 +43,7 @@ from jgraph.coserve import (
     init_state,
     make_coserve_step,
 )
-from jgraph.coserve.attention import INVALID, paged_attention, paged_attention_pallas
+from jgraph.coserve.attention import INVALID, paged_attention_pallas, paged_attention_reference
 
 _KERNEL_DEFAULTS = {
     k: p.default for k, p in inspect.signature(paged_attention_pallas).parameters.items()
@@ -104,7 +104,7 @@ def bench(size: str, *, repeats: int, variants: list[dict]) -> list[dict]:
     interpret = backend != "gpu"
     device = jax.devices()[0].device_kind
     mode = "interpret (CPU: not a performance number)" if interpret else "triton"
-    ref = jax.jit(paged_attention)
+    ref = jax.jit(paged_attention_reference)
     rows = []
     for name, reqs in SCENARIOS[size].items():
         args = make_inputs(size, reqs)

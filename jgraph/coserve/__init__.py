@@ -14,7 +14,7 @@ Public submodules:
 
 * `jgraph.coserve.model`: the Flax `LlamaModel`, the full-sequence `forward`, LoRA targets
   and per-token adapter indices.
-* `jgraph.coserve.attention`: the paged KV cache (`paged_attention`, pure JAX, and
+* `jgraph.coserve.attention`: the paged KV cache (`paged_attention_reference`, pure JAX, and
   `paged_attention_pallas`, the Pallas kernel picked by ``CoServeConfig.attention_impl``).
 * `jgraph.coserve.checkpoint`: Hugging Face checkpoints and tokenizers, PEFT adapters.
 * `jgraph.coserve.parallel`: tensor-parallel shardings with LoRA specs derived from the base

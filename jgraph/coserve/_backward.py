@@ -22,17 +22,38 @@ runs (``bwd_last``), it goes to the optimizer (`optax.MultiSteps` adds gradient 
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import optax
+from jaxtyping import Array, Float
 
 from jgraph.core import ConfigError
 from jgraph.coserve._config import CoServeConfig, LlamaConfig, LoraConfig
 from jgraph.coserve._model import attend_segments, decoder_layer
 
-__all__ = ["backward_step", "backward_steps", "check_backward", "multi_steps"]
+if TYPE_CHECKING:  # the step module imports this one
+    from jgraph.coserve._step import CoServeState, StepBatch
+
+__all__ = ["StepSpec", "backward_step", "backward_steps", "check_backward", "multi_steps"]
+
+Lora = dict[str, dict[str, jax.Array]]
+ChunkRows = Float[Array, "C D"]  # one query chunk's rows (hidden size D)
+ChunkKV = Float[Array, "C Hkv d"]  # the chunk's key/value cotangents
+SeqKV = Float[Array, "S Hkv d"]  # one layer's keys/values of all S positions
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StepSpec:
+    """The static description of a co-serving step: model shape, trainable adapter and
+    capacities (hashable: a static argument of the jitted step and its parts)."""
+
+    cfg: LlamaConfig
+    lora_cfg: LoraConfig
+    scfg: CoServeConfig
 
 
 def multi_steps(
@@ -70,11 +91,24 @@ def backward_steps(cfg: LlamaConfig, scfg: CoServeConfig, length: int) -> int:
     return math.ceil(length / scfg.bwd_chunk)
 
 
-def _chunk_vjp(cfg, lora_cfg, layer, tl, x_c, K, V, s, dh, dkc, dvc, axis):
+def _chunk_vjp(
+    spec: StepSpec,
+    layer: dict[str, jax.Array],
+    tl: Lora,
+    x_c: ChunkRows,
+    K: SeqKV,
+    V: SeqKV,
+    s: jax.Array,
+    dh: ChunkRows,
+    dkc: ChunkKV,
+    dvc: ChunkKV,
+    axis: str | None,
+) -> tuple[ChunkRows, SeqKV, SeqKV, Lora]:
     """vjp of one layer on the query chunk starting at ``s`` (C rows) over all S positions.
 
     Returns (d chunk input [C, D], dK [S, Hkv, d], dV, d LoRA of this layer), float32.
     """
+    cfg, lora_cfg = spec.cfg, spec.lora_cfg
     C, S = x_c.shape[0], K.shape[0]
     pos_c = s + jnp.arange(C, dtype=jnp.int32)
     mask = jnp.arange(S, dtype=jnp.int32)[None, :] <= pos_c[:, None]  # [C, S] causal
@@ -102,12 +136,19 @@ def _chunk_vjp(cfg, lora_cfg, layer, tl, x_c, K, V, s, dh, dkc, dvc, axis):
     )
 
 
-def _add_layer(grad, li, dtl):
+def _add_layer(grad: Lora, li: jax.Array, dtl: Lora) -> Lora:
     return jax.tree.map(lambda a, d: a.at[li].add(d), grad, dtl)
 
 
-def _token_backward(cfg, lora_cfg, scfg, params, state, batch, grad, axis):
-    C, L = scfg.bwd_chunk, cfg.n_layers
+def _token_backward(
+    spec: StepSpec,
+    params: dict[str, Any],
+    state: CoServeState,
+    batch: StepBatch,
+    grad: Lora,
+    axis: str | None,
+) -> tuple[CoServeState, Lora]:
+    C, L = spec.scfg.bwd_chunk, spec.cfg.n_layers
     s = batch.bwd_chunk * C
     first = batch.bwd_first
     dk0 = jnp.where(first, 0.0, state.dk_acc)
@@ -125,16 +166,24 @@ def _token_backward(cfg, lora_cfg, scfg, params, state, batch, grad, axis):
         dkc = jax.lax.dynamic_slice_in_dim(dk[li], s, C, 0)
         dvc = jax.lax.dynamic_slice_in_dim(dv[li], s, C, 0)
         dx, dK, dV, dtl = _chunk_vjp(
-            cfg, lora_cfg, layer, tl, x_c, state.ft_k[li], state.ft_v[li], s, dh, dkc, dvc, axis
+            spec, layer, tl, x_c, state.ft_k[li], state.ft_v[li], s, dh, dkc, dvc, axis
         )
         return dx, dk.at[li].add(dK), dv.at[li].add(dV), _add_layer(grad, li, dtl)
 
     _, dk, dv, grad = jax.lax.fori_loop(0, L, layer_bwd, (dh0, dk0, dv0, grad))
-    return state.replace(dk_acc=dk, dv_acc=dv), grad
+    return dataclasses.replace(state, dk_acc=dk, dv_acc=dv), grad
 
 
-def _layer_backward(cfg, lora_cfg, scfg, params, state, batch, grad, axis):
-    C, S, L, k = scfg.bwd_chunk, scfg.ft_max_len, cfg.n_layers, scfg.bwd_layers
+def _layer_backward(
+    spec: StepSpec,
+    params: dict[str, Any],
+    state: CoServeState,
+    batch: StepBatch,
+    grad: Lora,
+    axis: str | None,
+) -> tuple[CoServeState, Lora]:
+    scfg = spec.scfg
+    C, S, L, k = scfg.bwd_chunk, scfg.ft_max_len, spec.cfg.n_layers, scfg.bwd_layers
     groups = math.ceil(L / k)
     hi = L - (groups - 1 - batch.bwd_chunk) * k  # one past this group's top layer
     n_chunks = (batch.bwd_len + C - 1) // C  # chunks past the sample's end are all-zero: skip
@@ -155,9 +204,7 @@ def _layer_backward(cfg, lora_cfg, scfg, params, state, batch, grad, axis):
             dh_c = jax.lax.dynamic_slice_in_dim(dh, s, C, 0)
             dkc = jax.lax.dynamic_slice_in_dim(dk, s, C, 0)
             dvc = jax.lax.dynamic_slice_in_dim(dv, s, C, 0)
-            dx, dK, dV, dtl = _chunk_vjp(
-                cfg, lora_cfg, layer, tl, x_c, K, V, s, dh_c, dkc, dvc, axis
-            )
+            dx, dK, dV, dtl = _chunk_vjp(spec, layer, tl, x_c, K, V, s, dh_c, dkc, dvc, axis)
             dx_all = jax.lax.dynamic_update_slice_in_dim(dx_all, dx, s, 0)
             return dx_all, dk + dK, dv + dV, _add_layer(grad, li, dtl)
 
@@ -171,15 +218,23 @@ def _layer_backward(cfg, lora_cfg, scfg, params, state, batch, grad, axis):
 
     # The lowest group may be partial (k does not divide L): only layers >= 0 run.
     dh, grad = jax.lax.fori_loop(0, jnp.minimum(k, hi), layer_bwd, (dh0, grad))
-    return state.replace(ft_dh=dh), grad
+    return dataclasses.replace(state, ft_dh=dh), grad
 
 
-def backward_step(cfg, lora_cfg: LoraConfig, scfg, optimizer, params, state, batch, axis):
+def backward_step(
+    spec: StepSpec,
+    optimizer: optax.GradientTransformation,
+    params: dict[str, Any],
+    state: CoServeState,
+    batch: StepBatch,
+    axis: str | None,
+) -> CoServeState:
     """One backward step (token chunk or layer group ``batch.bwd_chunk``) and, when it is the
     sample's last, the optimizer update. Returns the new state."""
+    scfg = spec.scfg
     g0 = jax.tree.map(lambda g: jnp.where(batch.bwd_first, 0.0, g), state.grad)
     run = _layer_backward if scfg.backward_mode == "layer" else _token_backward
-    state, grad = run(cfg, lora_cfg, scfg, params, state, batch, g0, axis)
+    state, grad = run(spec, params, state, batch, g0, axis)
 
     def update(args):
         lora, opt_state, grad = args
@@ -190,4 +245,4 @@ def backward_step(cfg, lora_cfg: LoraConfig, scfg, optimizer, params, state, bat
     lora, opt_state = jax.lax.cond(
         batch.bwd_last, update, lambda a: (a[0], a[1]), (state.lora, state.opt_state, grad)
     )
-    return state.replace(grad=grad, lora=lora, opt_state=opt_state)
+    return dataclasses.replace(state, grad=grad, lora=lora, opt_state=opt_state)

@@ -1,34 +1,28 @@
-"""Host side of the co-serving engine: requests, KV pages, the finetuning cursor, and the batch
-each step runs.
+"""The co-serving engine: device state and the jitted step, driven by the scheduler's plans.
 
 Data flow: the caller `submit`s inference requests and `add_finetuning` samples, then calls
 `step()` repeatedly. Each `step()`:
 
-1. builds a `StepBatch` (numpy) by FlexLLM's rule (spec §a.3): one decode token for every
-   running request that is generating, then chunked prefill of running and newly admitted
-   requests (FCFS, admitted while a slot and enough free KV pages exist) within the token
-   budget, then the leftover budget (capped by ``ft_tokens_per_step``) for forward tokens of the
-   current finetuning sample; when that sample's forward is complete, one backward step per
-   step (a token chunk, last chunk first, or a group of layers, top group first:
-   ``CoServeConfig.backward_mode``);
-2. calls the jitted, state-donating step from `make_coserve_step` once (no recompilation: all
-   shapes are fixed by `CoServeConfig`);
+1. asks the scheduler (`jgraph.coserve._scheduler.plan`, through the `RequestTable` that holds
+   the queue, running requests, KV pages and slots) for a `StepPlan`: decode rows, chunked
+   prefill and admissions by free KV pages, page grants, preemptions under KV pressure (the
+   most recently admitted request, recomputed later), finetuning forward tokens in the
+   leftover budget (capped by ``ft_budget``) and whether a backward step runs (a token chunk,
+   last chunk first, or a group of layers, top group first: ``CoServeConfig.backward_mode``);
+2. applies the plan to the table, builds the numpy `StepBatch` from it and calls the jitted,
+   state-donating step from `make_coserve_step` once (no recompilation: all shapes are fixed
+   by `CoServeConfig`);
 3. appends sampled tokens, retires finished requests (freeing slot and pages) and advances the
    finetuning cursors; returns a `StepReport`.
 
-Pages for the whole request (prompt + max_new_tokens) are reserved at admission, so a running
-request never needs eviction; a request that does not fit waits in the queue. The request
-manager and SLO controller of the next issue replace this loop's policy (eviction, budgets)
-and keep the device step as it is.
+A preempted request keeps the tokens it generated; its prompt and those tokens are prefilled
+again when it is re-admitted, so greedy outputs do not depend on preemption.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import json
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,12 +33,16 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jgraph.core import ConfigError, atomic_write_json, check_int, check_number
+from jgraph.core import ConfigError, check_int, check_number
+from jgraph.coserve import _ft_checkpoint
 from jgraph.coserve._backward import backward_steps
+from jgraph.coserve._bank import BankSlots
 from jgraph.coserve._config import CoServeConfig, LlamaConfig, LoraConfig
-from jgraph.coserve._lora import BASE, AdapterBank, init_lora
-from jgraph.coserve._paged import INVALID
+from jgraph.coserve._finetune import FinetuneCursor
+from jgraph.coserve._lora import AdapterBank, init_lora
 from jgraph.coserve._parallel import shard_tree
+from jgraph.coserve._requests import Request, RequestTable
+from jgraph.coserve._scheduler import StepPlan
 from jgraph.coserve._step import (
     StepBatch,
     coserve_specs,
@@ -61,24 +59,6 @@ TRAINABLE = "trainable"
 """Adapter name that makes an inference request use the adapter being finetuned."""
 
 
-@dataclasses.dataclass
-class _Request:
-    rid: int
-    tokens: list[int]  # prompt + generated
-    prompt_len: int
-    max_new: int
-    adapter: int
-    temperature: float
-    eos_id: int | None
-    slot: int = INVALID
-    pages: list[int] = dataclasses.field(default_factory=list)
-    cached: int = 0  # tokens whose K/V are in the cache
-
-    @property
-    def generated(self) -> list[int]:
-        return self.tokens[self.prompt_len :]
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class StepReport:
     """What one `CoServeEngine.step` did.
@@ -92,6 +72,7 @@ class StepReport:
         bwd_chunk: finetuning backward step run this step (token chunk or layer group), or None.
         sample_loss: loss of the finetuning sample completed this step, or None.
         updated: the optimizer applied an update this step.
+        preempted: requests preempted under KV pressure this step (recomputed later).
     """
 
     new_tokens: dict[int, int]
@@ -102,6 +83,7 @@ class StepReport:
     bwd_chunk: int | None
     sample_loss: float | None
     updated: bool
+    preempted: tuple[int, ...] = ()
 
 
 class CoServeEngine:
@@ -164,7 +146,6 @@ class CoServeEngine:
                 f"!= CoServeConfig.max_adapters={scfg.max_adapters}",
                 "build the bank with capacity=max_adapters",
             )
-        self.bank = bank
         if lora is None:
             lora = init_lora(cfg, lora_cfg, key=k_init)
         self.ft_tokens_per_step = (
@@ -174,16 +155,18 @@ class CoServeEngine:
         )
         self._optimizer = optimizer
         self.mesh = mesh
+        self._state_specs = None
         targets = tuple(bank.weights)
         self._step = make_coserve_step(
             cfg, scfg, lora_cfg, optimizer, mesh=mesh, bank_targets=targets
         )
-        self._bank_w = bank.weights
-        self._state_specs = None
+        specs = None
         if mesh is not None:
-            ps, bs, self._state_specs = coserve_specs(cfg, scfg, lora_cfg, optimizer, mesh, targets)
+            ps, specs, self._state_specs = coserve_specs(
+                cfg, scfg, lora_cfg, optimizer, mesh, targets
+            )
             self.params = shard_tree(params, ps, mesh)
-            self._bank_w = shard_tree(bank.weights, bs, mesh)
+        self._bank = BankSlots(cfg, bank, mesh=mesh, specs=specs)
         self.reset(lora=lora, key=k_state)
 
     def reset(self, *, lora: dict[str, dict[str, jax.Array]], key: jax.Array) -> None:
@@ -200,22 +183,13 @@ class CoServeEngine:
         self.state = init_state(self.cfg, scfg, lora, self._optimizer, key=key)
         if self.mesh is not None:
             self.state = shard_tree(self.state, self._state_specs, self.mesh)
-        self._free_pages = list(range(scfg.num_pages))
-        self._free_slots = list(range(scfg.max_requests))
-        self._page_table = np.full(
-            (scfg.max_requests, scfg.max_pages_per_request), INVALID, np.int32
+        self._table = RequestTable(
+            max_requests=scfg.max_requests,
+            num_pages=scfg.num_pages,
+            max_pages_per_request=scfg.max_pages_per_request,
         )
-        self._queue: collections.deque[_Request] = collections.deque()
-        self._running: list[_Request] = []
-        self._results: dict[int, list[int]] = {}
         self._next_rid = 0
-        self._samples: collections.deque[list[int]] = collections.deque()
-        self._ft: list[int] | None = None  # current sample
-        self._ft_cursor = 0
-        self._bwd_chunk: int | None = None
-        self._bwd_first = False
-        self.losses: list[float] = []
-        self.samples_done = 0
+        self._ft = FinetuneCursor()
         self.steps = 0
 
     # -- requests -------------------------------------------------------------------------
@@ -264,16 +238,24 @@ class CoServeEngine:
                 "max_pages_per_request)",
                 "shorten the request or raise CoServeConfig.max_pages_per_request",
             )
-        idx = self.trainable_index if adapter == TRAINABLE else self.bank.index(adapter)
+        pool = self.scfg.num_pages * self.scfg.page_size
+        if total > pool:
+            raise ConfigError(
+                "prompt + max_new_tokens",
+                total,
+                f"exceeds the {pool} tokens the whole KV pool holds (num_pages * page_size)",
+                "shorten the request or raise CoServeConfig.num_pages",
+            )
+        idx = self.trainable_index if adapter == TRAINABLE else self.bank_index(adapter)
         rid = self._next_rid
         self._next_rid += 1
-        req = _Request(rid, prompt, len(prompt), max_new_tokens, idx, temperature, eos_id)
-        self._queue.append(req)
+        req = Request(rid, prompt, len(prompt), max_new_tokens, idx, temperature, eos_id)
+        self._table.queue.append(req)
         return rid
 
     def result(self, rid: int) -> list[int]:
         """Generated tokens of a finished request."""
-        return self._results[rid]
+        return self._table.results[rid]
 
     # -- finetuning -----------------------------------------------------------------------
     def add_finetuning(self, samples: Sequence[Sequence[int]], *, epochs: int = 1) -> None:
@@ -298,150 +280,99 @@ class CoServeEngine:
                 raise ConfigError(f"finetuning sample {i}", s[:5], "has bad ids", "re-tokenize")
             clean.append(s)
         for _ in range(epochs):
-            self._samples.extend(clean)
+            self._ft.samples.extend(clean)
+
+    @property
+    def losses(self) -> list[float]:
+        """Loss of every finetuning sample completed, in order."""
+        return self._ft.losses
+
+    @property
+    def samples_done(self) -> int:
+        """Finetuning samples completed (forward and backward)."""
+        return self._ft.samples_done
 
     @property
     def idle(self) -> bool:
         """No request queued or running and no finetuning work left."""
-        return not (self._queue or self._running or self._samples or self._ft is not None)
+        return not (self._table or self._ft.busy)
 
     def trainable_adapter(self) -> dict[str, dict[str, jax.Array]]:
         """The current trainable adapter weights (save with `save_peft`)."""
         return jax.tree.map(jnp.copy, self.state.lora)
 
     # -- the step -------------------------------------------------------------------------
-    def _admit(self) -> None:
-        P = self.scfg.page_size
-        while self._queue and self._free_slots:
-            req = self._queue[0]
-            need = math.ceil((req.prompt_len + req.max_new) / P)
-            if need > len(self._free_pages):
-                break  # FCFS: later requests wait behind the head of the queue
-            self._queue.popleft()
-            req.slot = self._free_slots.pop(0)
-            req.pages = [self._free_pages.pop(0) for _ in range(need)]
-            self._page_table[req.slot] = INVALID
-            self._page_table[req.slot, :need] = req.pages
-            self._running.append(req)
+    def step(self, *, ft_budget: int | None = None, allow_backward: bool = True) -> StepReport:
+        """Runs one co-serving step (see the module docstring).
 
-    def _build(
-        self,
-    ) -> tuple[dict[str, Any], list[tuple[_Request, int, int]], dict[str, int]]:
-        b = empty_batch(self.scfg)
-        B = self.scfg.token_budget
-        rows: list[tuple[_Request, int, int]] = []  # (request, rows placed, sampling row)
-        n = 0
-        counts = {"decode": 0, "prefill": 0, "ft": 0}
-
-        def put(req: _Request, count: int) -> None:
-            nonlocal n
-            s = slice(n, n + count)
-            b["tokens"][s] = req.tokens[req.cached : req.cached + count]
-            b["positions"][s] = np.arange(req.cached, req.cached + count)
-            b["slots"][s] = req.slot
-            b["adapters"][s] = req.adapter
-            b["temperature"][s] = req.temperature
-            n += count
-            # The last prompt token's (or the decode token's) output is the next token.
-            rows.append((req, count, n - 1 if req.cached + count == len(req.tokens) else INVALID))
-
-        # Decodes first (1 token each), then chunked prefill, FCFS (spec §a.3 steps 2-3).
-        decoding = [r for r in self._running if 0 < r.cached == len(r.tokens) - 1]
-        for r in decoding[:B]:
-            put(r, 1)
-            counts["decode"] += 1
-        self._admit()
-        for r in self._running:
-            if n >= B:
-                break
-            if r in decoding:
-                continue
-            c = min(len(r.tokens) - r.cached, B - n)
-            put(r, c)
-            counts["prefill"] += c
-        if self._ft is None and self._samples and self._bwd_chunk is None:
-            self._ft, self._ft_cursor = self._samples.popleft(), 0
-        if self._ft is not None and self._bwd_chunk is None:
-            m = min(len(self._ft) - self._ft_cursor, B - n, self.ft_tokens_per_step)
-            if m > 0:
-                c0, s = self._ft_cursor, slice(n, n + m)
-                sample = np.asarray(self._ft, np.int32)
-                b["tokens"][s] = sample[c0 : c0 + m]
-                b["positions"][s] = np.arange(c0, c0 + m)
-                b["is_ft"][s] = True
-                b["adapters"][s] = self.trainable_index
-                nxt = np.arange(c0 + 1, c0 + m + 1)
-                nxt_tok = sample[np.minimum(nxt, len(sample) - 1)]
-                b["labels"][s] = np.where(nxt < len(sample), nxt_tok, INVALID)
-                n += m
-                counts["ft"] = m
-            b["loss_scale"] = np.float32(1.0 / (len(self._ft) - 1))
-        b["page_table"] = self._page_table.copy()
-        return b, rows, counts
-
-    def step(self) -> StepReport:
-        """Runs one co-serving step (see the module docstring)."""
-        b, rows, counts = self._build()
-        ft_fwd = counts["ft"]
-        if self._ft is not None:
-            self._ft_cursor += ft_fwd
-            if self._bwd_chunk is None and self._ft_cursor >= len(self._ft):
-                # Forward complete: the backward may start in this same step, since the step
-                # runs its backward on the buffers its forward just wrote.
-                self._bwd_chunk = backward_steps(self.cfg, self.scfg, len(self._ft)) - 1
-                self._bwd_first = True
-        bwd = self._bwd_chunk
-        if bwd is not None:
-            assert self._ft is not None, "a backward chunk without a finetuning sample (a bug)"
-            b["bwd_chunk"] = np.int32(bwd)
-            b["bwd_len"] = np.int32(len(self._ft))
-            b["bwd_first"] = np.bool_(self._bwd_first)
-            b["bwd_last"] = np.bool_(bwd == 0)
+        Args:
+            ft_budget: cap on finetuning forward tokens this step (the SLO controller's
+                budget); None: ``ft_tokens_per_step``. The leftover token budget caps it too.
+            allow_backward: a finetuning backward step may run this step.
+        """
+        ft = self._ft
+        ft.load()
+        p = self._table.plan(
+            token_budget=self.scfg.token_budget,
+            page_size=self.scfg.page_size,
+            ft_fwd_left=ft.fwd_left,
+            ft_active=ft.sample is not None,
+            ft_budget=self.ft_tokens_per_step if ft_budget is None else ft_budget,
+            allow_backward=allow_backward,
+        )
+        self._table.apply(p)
+        if p.preempted:
+            log.info("KV pressure: preempted requests %s (recomputed later)", p.preempted)
+        b, sample_rows = self._batch(p)
+        bwd = None
+        if p.backward:
+            assert ft.sample is not None, "a backward without a finetuning sample (a bug)"
+            bwd = ft.backward(b, backward_steps(self.cfg, self.scfg, len(ft.sample)))
         self.state, out = self._step(
-            self.params, self._bank_w, self.bank.scales, self.state, StepBatch(**b)
+            self.params, self._bank.weights, self._bank.scales, self.state, StepBatch(**b)
         )
         next_tokens = np.asarray(out.next_tokens)
         self.steps += 1
-        new: dict[int, int] = {}
-        finished = []
-        for req, count, row in rows:
-            req.cached += count
-            if row == INVALID:
-                continue
-            tok = int(next_tokens[row])
-            req.tokens.append(tok)
-            new[req.rid] = tok
-            if len(req.generated) >= req.max_new or tok == req.eos_id:
-                finished.append(req.rid)
-                self._retire(req)
+        new, finished = self._table.finish_step(
+            p, {rid: int(next_tokens[row]) for rid, row in sample_rows.items()}
+        )
         sample_loss = None
         if bwd is not None:
-            self._bwd_first = False
-            if bwd == 0:
-                sample_loss = float(out.sample_loss)
-                self.losses.append(sample_loss)
-                self.samples_done += 1
-                self._ft, self._bwd_chunk = None, None
-                log.info("finetuning sample %d loss %.4f", self.samples_done, sample_loss)
-            else:
-                self._bwd_chunk = bwd - 1
+            sample_loss = ft.backward_done(float(out.sample_loss) if bwd == 0 else float("nan"))
+            if sample_loss is not None:
+                log.info("finetuning sample %d loss %.4f", ft.samples_done, sample_loss)
         return StepReport(
             new_tokens=new,
             finished=tuple(finished),
-            decode_tokens=counts["decode"],
-            prefill_tokens=counts["prefill"],
-            ft_forward_tokens=ft_fwd,
+            decode_tokens=p.decode_tokens,
+            prefill_tokens=p.prefill_tokens,
+            ft_forward_tokens=p.ft_tokens,
             bwd_chunk=bwd,
             sample_loss=sample_loss,
             updated=bool(out.updated),
+            preempted=p.preempted,
         )
 
-    def _retire(self, req: _Request) -> None:
-        self._results[req.rid] = req.generated
-        self._running.remove(req)
-        self._free_pages.extend(req.pages)
-        self._free_slots.append(req.slot)
-        self._page_table[req.slot] = INVALID
+    def _batch(self, p: StepPlan) -> tuple[dict[str, Any], dict[int, int]]:
+        """The numpy `StepBatch` fields of a plan, and each sampling request's row."""
+        b = empty_batch(self.scfg)
+        running = self._table.running
+        sample_rows: dict[int, int] = {}
+        n = 0
+        for row in p.rows:
+            req = running[row.rid]
+            s = slice(n, n + row.count)
+            b["tokens"][s] = req.tokens[row.start : row.start + row.count]
+            b["positions"][s] = np.arange(row.start, row.start + row.count)
+            b["slots"][s] = req.slot
+            b["adapters"][s] = req.adapter
+            b["temperature"][s] = req.temperature
+            n += row.count
+            if row.samples:  # the last prompt token's (or the decode token's) output
+                sample_rows[row.rid] = n - 1
+        self._ft.fill(b, n, p.ft_tokens, self.trainable_index)
+        b["page_table"] = self._table.page_table.copy()
+        return b, sample_rows
 
     def run(self, *, max_steps: int = 100_000) -> list[StepReport]:
         """Steps until idle (or ``max_steps``); returns the reports."""
@@ -455,68 +386,50 @@ class CoServeEngine:
     ) -> list[list[int]]:
         """Greedy generation for several prompts (co-served with any queued finetuning)."""
         rids = [self.submit(p, max_new_tokens=max_new_tokens, adapter=adapter) for p in prompts]
-        while any(r not in self._results for r in rids):
+        results = self._table.results
+        while any(r not in results for r in rids):
             self.step()
-        return [self._results[r] for r in rids]
+        return [results[r] for r in rids]
 
     # -- checkpoints ----------------------------------------------------------------------
     def save_finetuning(self, directory: str | Path) -> Path:
         """Checkpoints the finetuning job with Orbax: adapter, optimizer state (including
         gradients accumulated towards the next update), counters, losses and the samples still
-        queued. Call it between samples (e.g. after a `StepReport` with ``sample_loss``).
+        queued. Call it between samples (e.g. after a `StepReport` with ``sample_loss``). Give
+        each job its own folder.
 
         Raises:
-            ConfigError: a sample is in flight (its buffers are not checkpointed).
+            ConfigError: a sample is in flight (its buffers are not checkpointed), or the
+                folder already holds this or a later step (another job's folder).
         """
-        import orbax.checkpoint as ocp
-
-        if self._ft is not None:
+        if self._ft.sample is not None:
             raise ConfigError(
                 "save_finetuning",
-                f"sample cursor {self._ft_cursor}",
+                f"sample cursor {self._ft.fwd_done}",
                 "a finetuning sample is in flight",
                 "save after the step that reports the sample's loss (StepReport.sample_loss)",
             )
-        directory = Path(directory).absolute()
-        step = self.samples_done
-        # Host part first: a crash before Orbax commits leaves only an unused JSON behind.
-        atomic_write_json(
-            directory / f"host_{step}.json",
-            {"losses": self.losses, "samples": list(self._samples), "samples_done": step},
-        )
-        mngr = ocp.CheckpointManager(
-            directory, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
-        )
-        mngr.save(step, args=ocp.args.StandardSave(self._ckpt_tree()))
-        mngr.wait_until_finished()
-        log.info("finetuning checkpoint %d written to %s", step, directory)
-        return directory
+        tree = self._ckpt_tree()
+        host = {**self._ft.state(), "engine": self._describe(tree)}
+        return _ft_checkpoint.save(directory, self.samples_done, tree, host)
 
     def restore_finetuning(self, directory: str | Path) -> int:
         """Resumes the finetuning job of the latest checkpoint in ``directory`` (requests and
         the KV cache are untouched). Returns the number of samples already done.
 
         Raises:
-            ConfigError: no checkpoint there.
+            ConfigError: no checkpoint there; a missing, truncated or malformed file (named);
+                an engine whose model, LoRA config, ``grad_accum`` or optimizer state differ
+                from the saved job's.
         """
-        import orbax.checkpoint as ocp
-
-        directory = Path(directory).absolute()
-        mngr = ocp.CheckpointManager(directory)
-        step = mngr.latest_step()
-        if step is None:
-            raise ConfigError(
-                "restore_finetuning", str(directory), "holds no checkpoint", "save_finetuning"
-            )
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self._ckpt_tree())
-        tree = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
-        host = json.loads((directory / f"host_{step}.json").read_text())
-        self.state = dataclasses.replace(self.state, **tree)
-        self.losses = list(host["losses"])
-        self.samples_done = int(host["samples_done"])
-        self._samples = collections.deque(host["samples"])
-        self._ft, self._bwd_chunk, self._ft_cursor = None, None, 0
+        tree = self._ckpt_tree()
+        restored, host = _ft_checkpoint.restore(directory, tree, self._describe(tree))
+        self.state = dataclasses.replace(self.state, **restored)
+        self._ft.load_state(host)
         return self.samples_done
+
+    def _describe(self, tree: dict[str, Any]) -> dict[str, Any]:
+        return _ft_checkpoint.describe(self.cfg, self.lora_cfg, self.scfg.grad_accum, tree)
 
     def _ckpt_tree(self) -> dict[str, Any]:
         st = self.state
@@ -528,6 +441,44 @@ class CoServeEngine:
             "loss_acc": st.loss_acc,
         }
 
+    # -- the adapter bank -----------------------------------------------------------------
+    @property
+    def bank(self) -> AdapterBank:
+        """The inference adapters now in the bank (free slots are named "")."""
+        return self._bank.bank()
+
     def bank_index(self, name: str | None) -> int:
-        """Adapter index of a bank adapter (`BASE` for None)."""
-        return BASE if name is None else self.bank.index(name)
+        """Adapter index of a bank adapter (`BASE` for None).
+
+        Raises:
+            ConfigError: the name is not loaded.
+        """
+        return self._bank.index(name)
+
+    def set_bank_adapter(
+        self, name: str, lora_cfg: LoraConfig, lora: dict[str, dict[str, jax.Array]]
+    ) -> int:
+        """Writes an inference adapter into the bank slot named ``name`` (replacing it) or into
+        a free slot; returns the slot. Shapes stay fixed (zero-padded to the bank's rank and
+        targets), so the step is not recompiled. Requests already using the slot see the new
+        weights from the next step on (give versions new names for an atomic swap).
+
+        Raises:
+            ConfigError: the bank is full, the rank exceeds the bank's, a target is not in the
+                bank, or the weights do not fit the model.
+        """
+        return self._bank.set(name, lora_cfg, lora)
+
+    def remove_bank_adapter(self, name: str) -> None:
+        """Frees an adapter's bank slot (zeroed; no recompilation).
+
+        Raises:
+            ConfigError: the adapter is not loaded, or a queued or running request uses it.
+        """
+        slot = self._bank.index(name)
+        users = [r.rid for r in self._table.requests() if r.adapter == slot]
+        if users:
+            raise ConfigError(
+                "remove_bank_adapter", name, f"is used by requests {users}", "let them finish"
+            )
+        self._bank.remove(name)

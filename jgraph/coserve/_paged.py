@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from jgraph.coserve._model import attend_segments
 
-__all__ = ["INVALID", "paged_attention", "paged_context", "write_pages"]
+__all__ = ["INVALID", "paged_attention_reference", "paged_context", "write_pages"]
 
 INVALID = -1
 """Marks an unused page-table entry or a batch row with no request slot."""
@@ -62,7 +62,7 @@ def paged_context(
     return keys, vals, mask
 
 
-def paged_attention(
+def paged_attention_reference(
     q: jax.Array,
     k_pages: jax.Array,
     v_pages: jax.Array,
@@ -86,8 +86,8 @@ def paged_attention(
     Example:
         >>> import jax.numpy as jnp
         >>> q = jnp.ones((1, 2, 4)); kp = jnp.ones((3, 2, 1, 4))
-        >>> pt = jnp.array([[2, 0]]); out = paged_attention(q, kp, kp, pt, jnp.array([0]),
-        ...                                                 jnp.array([2]))
+        >>> pt = jnp.array([[2, 0]])
+        >>> out = paged_attention_reference(q, kp, kp, pt, jnp.array([0]), jnp.array([2]))
         >>> out.shape
         (1, 2, 4)
     """

@@ -1,9 +1,9 @@
 """Ragged paged attention as a Pallas kernel (Triton on GPU; interpret mode on CPU for tests).
 
-The same math as `jgraph.coserve.paged_attention` (the pure-JAX reference): each row of a packed
-batch attends, causally by absolute position, to the keys of its own request slot, read in place
-from the page pool through the page table. Nothing of size [rows, context] is gathered and no
-S x S score matrix is formed: keys are visited one page at a time with an online softmax.
+The same math as `jgraph.coserve.attention.paged_attention_reference` (pure JAX): each row of
+a packed batch attends, causally by absolute position, to the keys of its own request slot, read
+in place from the page pool through the page table. Nothing of size [rows, context] is gathered
+and no S x S score matrix is formed: keys are visited one page at a time with an online softmax.
 
 Kernel layout. Queries are regrouped by KV head, ``[Hkv, T * Gp, d]`` (GQA: the ``G = Hq / Hkv``
 query heads that share a KV head are adjacent; ``Gp`` is G padded to a power of two), and the
@@ -249,9 +249,9 @@ def paged_attention_pallas(
 ) -> jax.Array:
     """Ragged causal GQA of a packed batch over the page pool, as one Pallas kernel.
 
-    Same contract as `paged_attention` (post-RoPE q [T, Hq, d]; pools [num_pages, page_size,
-    Hkv, d]; page_table [R, max_pages]; per-row slot, `INVALID` for padding, and absolute
-    position). Rows whose slot is outside [0, R) get zeros.
+    Same contract as `paged_attention_reference` (post-RoPE q [T, Hq, d]; pools
+    [num_pages, page_size, Hkv, d]; page_table [R, max_pages]; per-row slot, `INVALID` for
+    padding, and absolute position). Rows whose slot is outside [0, R) get zeros.
 
     Args:
         q: queries [T, Hq, d].

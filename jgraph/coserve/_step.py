@@ -46,10 +46,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
+from jaxtyping import Array, Float, Int
 
 from jgraph.core import MODEL
 from jgraph.core.pallas import device_platform
-from jgraph.coserve._backward import backward_step, check_backward, multi_steps
+from jgraph.coserve._backward import StepSpec, backward_step, check_backward, multi_steps
 from jgraph.coserve._config import CoServeConfig, LlamaConfig, LoraConfig
 from jgraph.coserve._lora import adapter_sel
 from jgraph.coserve._model import attend_segments, decoder_layer, lm_logits
@@ -67,6 +68,9 @@ __all__ = [
 ]
 
 Lora = dict[str, dict[str, jax.Array]]
+BankScales = Float[Array, " n_bank"]  # one scale per bank slot
+RowTokens = Int[Array, " B"]  # one token per batch row
+RowLogits = Float[Array, "B vocab"]
 
 
 @flax.struct.dataclass
@@ -228,7 +232,19 @@ def init_state(
     )
 
 
-def _forward(cfg, lora_cfg, S, params, bank_w, bank_scales, state, batch, axis, attn):
+def _forward(
+    spec: StepSpec,
+    params: dict[str, Any],
+    bank_w: Lora,
+    bank_scales: BankScales,
+    state: CoServeState,
+    batch: StepBatch,
+    axis: str | None,
+    attn: Callable[..., jax.Array] | None,
+) -> tuple[CoServeState, RowTokens, RowLogits]:
+    """The forward of every row (see the module docstring, steps 1-2); returns the new state,
+    the next token per row and the logits."""
+    cfg, lora_cfg, S = spec.cfg, spec.lora_cfg, spec.scfg.ft_max_len
     pos, slots, pt, is_ft = batch.positions, batch.slots, batch.page_table, batch.is_ft
     n_bank = bank_scales.shape[0]
     x = params["embed"][batch.tokens]
@@ -288,7 +304,7 @@ def _forward(cfg, lora_cfg, S, params, bank_w, bank_scales, state, batch, axis, 
     temp = batch.temperature
     sampled = jax.random.categorical(key, logits / jnp.where(temp > 0, temp, 1.0)[:, None])
     next_tokens = jnp.where(temp > 0, sampled, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
-    state = state.replace(
+    state = dataclasses.replace(state,
         k_pages=kp, v_pages=vp, ft_k=fk, ft_v=fv, ft_x=fx, ft_dh=ft_dh,
         loss_acc=state.loss_acc + loss, rng=rng,
     )  # fmt: skip
@@ -346,6 +362,7 @@ def make_coserve_step(
     """
     axis = None if mesh is None else MODEL
     check_backward(cfg, scfg)
+    spec = StepSpec(cfg=cfg, lora_cfg=lora_cfg, scfg=scfg)
     device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
     impl, interpret = resolve_attention_impl(
         scfg.attention_impl,
@@ -362,7 +379,7 @@ def make_coserve_step(
 
     def step(params, bank_w, bank_scales, state: CoServeState, batch: StepBatch):
         state, next_tokens, logits = _forward(
-            cfg, lora_cfg, scfg.ft_max_len, params, bank_w, bank_scales, state, batch, axis, attn
+            spec, params, bank_w, bank_scales, state, batch, axis, attn
         )
         has_bwd = (batch.bwd_chunk >= 0) & (not inference_only)
         state = (
@@ -370,7 +387,7 @@ def make_coserve_step(
             if inference_only
             else jax.lax.cond(
                 has_bwd,
-                lambda st: backward_step(cfg, lora_cfg, scfg, optimizer, params, st, batch, axis),
+                lambda st: backward_step(spec, optimizer, params, st, batch, axis),
                 lambda st: st,
                 state,
             )

@@ -1,6 +1,8 @@
 """The engine: multi-LoRA greedy serving equals dense per-adapter decoding, finetuning in the
 same steps leaves inference outputs unchanged, page/slot accounting, and bad input."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,8 +10,9 @@ import optax
 import pytest
 
 from jgraph.core import ConfigError
-from jgraph.coserve import AdapterBank, CoServeEngine
+from jgraph.coserve import AdapterBank, CoServeEngine, LoraConfig, init_lora
 from jgraph.coserve.model import TRAINABLE, adapter_sel, forward
+from jgraph.testing import assert_no_recompile, assert_trees_close
 
 PAD_LEN = 24
 PROMPTS = [[256, 72, 101, 108], [256, 9], [256, 1, 2, 3, 4, 5, 6, 7, 8], [256, 50, 60]]
@@ -61,9 +64,11 @@ def test_multi_lora_serving_equals_dense_per_adapter_decoding(engine, dense_logi
     # Negative check: adapter "a" changes the greedy continuation of the first prompt.
     assert outs[0] != _dense_greedy(dense_logits, bank, PROMPTS[0], NEW[0], None)
     # Accounting invariants after everything retired.
-    assert sorted(engine._free_pages) == list(range(engine.scfg.num_pages))
-    assert sorted(engine._free_slots) == list(range(engine.scfg.max_requests))
-    assert np.all(engine._page_table == -1)
+    table = engine._table
+    table.check()
+    assert table.pages.n_free == engine.scfg.num_pages
+    assert table.slots.n_free == engine.scfg.max_requests
+    assert np.all(table.page_table == -1)
 
 
 def test_greedy_outputs_identical_with_and_without_finetuning(engine, lora):
@@ -104,3 +109,74 @@ def test_bad_inputs(engine, cfg, params, lora_cfg):
             cfg, params, engine.scfg, lora_cfg, optimizer=optax.sgd(0.1),
             key=jax.random.key(0), bank=AdapterBank.build(cfg, [], capacity=0),
         )  # fmt: skip
+
+
+TIGHT_PROMPTS = [[256, 3, 1], [256, 5, 9], [256, 2, 6]]
+
+
+def _serve_tight(engine, lora):
+    engine.reset(lora=lora, key=jax.random.key(5))
+    rids = [
+        engine.submit(p, max_new_tokens=9, adapter=a)
+        for p, a in zip(TIGHT_PROMPTS, ["a", None, "b"], strict=True)
+    ]
+    reports = engine.run(max_steps=300)
+    assert engine.idle
+    engine._table.check()
+    return [engine.result(r) for r in rids], reports
+
+
+def test_preempted_requests_finish_with_the_same_greedy_output(
+    engine, cfg, params, lora_cfg, bank, lora
+):
+    ample, reports = _serve_tight(engine, lora)  # 3 requests x 3 pages <= 10 pages
+    assert not any(r.preempted for r in reports)
+    # 3 pages of 4 tokens: each request (12 tokens) is admitted with 1 page and needs 3, so
+    # the newest ones are preempted and recomputed.
+    tight = CoServeEngine(
+        cfg, params, dataclasses.replace(engine.scfg, num_pages=3), lora_cfg,
+        optimizer=optax.sgd(0.3, momentum=0.9), key=jax.random.key(0), bank=bank,
+    )  # fmt: skip
+    outs, reports = _serve_tight(tight, lora)
+    preempted = [rid for r in reports for rid in r.preempted]
+    assert preempted
+    assert 0 not in preempted  # the oldest request is never the victim
+    assert outs == ample
+    assert [len(o) for o in outs] == [9, 9, 9]
+    with pytest.raises(ConfigError, match=r"=13: exceeds the 12 tokens the whole KV pool holds"):
+        tight.submit([256] * 4, max_new_tokens=9)
+
+
+def test_set_bank_adapter_swaps_weights_without_recompiling(engine, cfg, lora_cfg, lora, bank):
+    engine.reset(lora=lora, key=jax.random.key(5))
+    prompt = [PROMPTS[0]]
+    before = engine.generate(prompt, max_new_tokens=5, adapter="b")  # also warms the step up
+    new_cfg = LoraConfig(rank=3, alpha=9.0, targets=("q_proj", "down_proj"))
+    new = init_lora(cfg, new_cfg, key=jax.random.key(7), b_std=0.3)
+    full = LoraConfig(rank=4, alpha=8.0, targets=tuple(bank.weights))  # scale 2, as "b"
+    old_b = {t: {k: w[k][1] for k in ("A", "B")} for t, w in bank.weights.items()}
+    try:
+        with assert_no_recompile("bank hot swap"):
+            assert engine.set_bank_adapter("b", new_cfg, new) == 1
+            swapped = engine.generate(prompt, max_new_tokens=5, adapter="b")
+            assert swapped != before
+            with pytest.raises(ConfigError, match="the bank is full"):
+                engine.set_bank_adapter("c", new_cfg, new)
+            engine.remove_bank_adapter("b")
+            with pytest.raises(ConfigError, match=r"adapter='b': is not loaded"):
+                engine.submit([256], max_new_tokens=1, adapter="b")
+            assert engine.set_bank_adapter("c", new_cfg, new) == 1  # the freed slot
+            assert engine.generate(prompt, max_new_tokens=5, adapter="c") == swapped
+            rid = engine.submit([256, 1], max_new_tokens=2, adapter="c")
+            with pytest.raises(ConfigError, match=rf"is used by requests \[{rid}\]"):
+                engine.remove_bank_adapter("c")
+            engine.run()
+            engine.remove_bank_adapter("c")
+        with pytest.raises(ConfigError, match=r"rank=8: exceeds bank rank 4"):
+            engine.set_bank_adapter("x", LoraConfig(rank=8), init_lora(
+                cfg, LoraConfig(rank=8), key=jax.random.key(0)))  # fmt: skip
+    finally:  # the engine is shared: put "b" back exactly
+        engine.set_bank_adapter("b", full, old_b)
+    assert engine.bank.names == ("a", "b")
+    assert_trees_close(engine.bank.weights, bank.weights, kind="exact")
+    assert engine.generate(prompt, max_new_tokens=5, adapter="b") == before

@@ -10,7 +10,12 @@ import pytest
 from jax.experimental import pallas as pl
 
 from jgraph.core import ConfigError
-from jgraph.coserve.attention import INVALID, paged_attention, paged_attention_pallas, write_pages
+from jgraph.coserve.attention import (
+    INVALID,
+    paged_attention_pallas,
+    paged_attention_reference,
+    write_pages,
+)
 from jgraph.testing import assert_trees_close
 
 NPAGES, MAXP = 24, 4
@@ -82,7 +87,7 @@ _FAST_CASES = ("mixed", "prefill_chunks", "gqa_group3")
 def test_kernel_equals_reference_and_dense(name):
     hq, hkv, d, psize, reqs = CASES[name]
     args, dense = _case(hq, hkv, d, psize, reqs, shuffle=name == "mixed")
-    ref = jax.jit(paged_attention)(*args)
+    ref = jax.jit(paged_attention_reference)(*args)
     out = jax.jit(lambda *a: paged_attention_pallas(*a, interpret=True))(*args)
     valid = np.asarray(args[4]) >= 0
     assert_trees_close(np.asarray(out)[valid], np.asarray(ref)[valid], kind="forward")
@@ -112,7 +117,7 @@ def test_block_sizes_and_kv_splits(hq, hkv, block_q, kv_splits, pages_per_step):
     partly past the share and must be masked)."""
     reqs = [(30, 4), (12, 1), (45, 7), (2, 2)]
     args, _ = _case(hq, hkv, 16, 16, reqs, seed=3, shuffle=True)
-    ref = paged_attention(*args)
+    ref = paged_attention_reference(*args)
     out = jax.jit(
         lambda *a: paged_attention_pallas(
             *a,
@@ -129,7 +134,7 @@ def test_block_sizes_and_kv_splits(hq, hkv, block_q, kv_splits, pages_per_step):
 
 def test_bfloat16_kernel_matches_reference():
     args, _ = _case(8, 2, 16, 16, [(20, 1), (31, 12)], dtype=jnp.bfloat16, seed=5)
-    ref = paged_attention(*args)
+    ref = paged_attention_reference(*args)
     out = jax.jit(lambda *a: paged_attention_pallas(*a, interpret=True))(*args)
     assert out.dtype == jnp.bfloat16
     valid = np.asarray(args[4]) >= 0
@@ -148,7 +153,7 @@ def test_corrupted_page_table_changes_the_output():
     # The reference sees the same corruption the same way (the kernel reads through the table).
     assert_trees_close(
         np.asarray(bad)[row0],
-        np.asarray(paged_attention(q, kp, vp, bad_pt, slots, pos))[row0],
+        np.asarray(paged_attention_reference(q, kp, vp, bad_pt, slots, pos))[row0],
         kind="forward",
     )
 
@@ -231,7 +236,7 @@ def test_compiled_triton_kernel_equals_reference(name, kv_splits, pps):
     """On a GPU: the kernel compiled by Triton (not interpreted) against the reference."""
     hq, hkv, d, psize, reqs = CASES[name]
     args, _ = _case(hq, hkv, d, psize, reqs, shuffle=True)
-    ref = jax.jit(paged_attention)(*args)
+    ref = jax.jit(paged_attention_reference)(*args)
     out = jax.jit(lambda *a: paged_attention_pallas(*a, kv_splits=kv_splits, pages_per_step=pps))(
         *args
     )

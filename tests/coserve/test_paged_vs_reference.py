@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jgraph.coserve.attention import INVALID, paged_attention, write_pages
+from jgraph.coserve.attention import INVALID, paged_attention_reference, write_pages
 from jgraph.testing import assert_trees_close
 
 HQ, HKV, D, P, NPAGES, MAXP = 4, 2, 8, 4, 16, 4
@@ -55,7 +55,7 @@ def test_paged_equals_dense_for_mixed_prefill_and_decode():
     assert np.abs(np.asarray(kp)).max() < 1e5, "a padding row was written into the pool"
     assert np.sum(np.any(np.asarray(kp) != before, axis=(2, 3))) == sum(new)
     q = rng.normal(size=(len(slots), HQ, D)).astype(np.float32)
-    out = jax.jit(paged_attention)(
+    out = jax.jit(paged_attention_reference)(
         jnp.asarray(q), kp, vp, page_table, jnp.asarray(slots), jnp.asarray(pos)
     )
     assert np.all(np.isfinite(np.asarray(out)))
