@@ -17,7 +17,7 @@ is one chunk's [C, Hq, S] scores.
   overwrites ``ft_dh``. The state's ``dk_acc/dv_acc`` are empty in this mode.
 
 The sample's LoRA gradient accumulates in ``grad``; when the last backward step of the sample
-runs (``bwd_last``), it goes to the optimizer (`optax.MultiSteps` adds gradient accumulation).
+runs (``bwd_last``), it goes to the optimizer (`accumulate` adds gradient accumulation).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import optax
 from jaxtyping import Array, Float
 
 from jgraph.core import ConfigError
+from jgraph.coserve._accumulate import accumulate
 from jgraph.coserve._config import CoServeConfig, LlamaConfig, LoraConfig
 from jgraph.coserve._model import attend_segments, decoder_layer
 
@@ -59,8 +60,9 @@ class StepSpec:
 def multi_steps(
     optimizer: optax.GradientTransformation, scfg: CoServeConfig
 ) -> optax.GradientTransformation:
-    """The optimizer with gradient accumulation over ``scfg.grad_accum`` samples."""
-    return optax.MultiSteps(optimizer, every_k_schedule=scfg.grad_accum)
+    """The optimizer with gradient accumulation, ``scfg.grad_accum`` samples per update
+    initially (`accumulate`: the setting is in the state, so each finetuning job has its own)."""
+    return accumulate(optimizer, every_k=scfg.grad_accum)
 
 
 def check_backward(cfg: LlamaConfig, scfg: CoServeConfig) -> None:

@@ -35,10 +35,12 @@ from jax.sharding import Mesh
 
 from jgraph.core import ConfigError, check_int, check_number
 from jgraph.coserve import _ft_checkpoint
-from jgraph.coserve._backward import backward_steps
+from jgraph.coserve._accumulate import set_job_settings
+from jgraph.coserve._backward import backward_steps, multi_steps
 from jgraph.coserve._bank import BankSlots
 from jgraph.coserve._config import CoServeConfig, LlamaConfig, LoraConfig
 from jgraph.coserve._finetune import FinetuneCursor
+from jgraph.coserve._ft_jobs import DEFAULT_JOB, FinetuneJob, FinetuneJobs, JobInfo
 from jgraph.coserve._lora import AdapterBank, init_lora
 from jgraph.coserve._parallel import shard_tree
 from jgraph.coserve._requests import Request, RequestTable
@@ -50,6 +52,7 @@ from jgraph.coserve._step import (
     init_state,
     make_coserve_step,
 )
+from jgraph.coserve._validate import check_adapter
 
 __all__ = ["TRAINABLE", "CoServeEngine", "StepReport"]
 
@@ -73,6 +76,7 @@ class StepReport:
         sample_loss: loss of the finetuning sample completed this step, or None.
         updated: the optimizer applied an update this step.
         preempted: requests preempted under KV pressure this step (recomputed later).
+        ft_job: the finetuning job whose sample ran this step (forward or backward), or None.
     """
 
     new_tokens: dict[int, int]
@@ -84,6 +88,7 @@ class StepReport:
     sample_loss: float | None
     updated: bool
     preempted: tuple[int, ...] = ()
+    ft_job: str | None = None
 
 
 class CoServeEngine:
@@ -170,8 +175,9 @@ class CoServeEngine:
         self.reset(lora=lora, key=k_state)
 
     def reset(self, *, lora: dict[str, dict[str, jax.Array]], key: jax.Array) -> None:
-        """Drops all requests and finetuning work and starts from ``lora``; keeps the compiled
-        step (so tests and servers do not pay compilation again)."""
+        """Drops all requests and finetuning work (jobs other than the default one too) and
+        starts the default job from ``lora``; keeps the compiled step (so tests and servers do
+        not pay compilation again)."""
         if set(lora) != set(self.lora_cfg.targets):
             raise ConfigError(
                 "lora targets",
@@ -189,7 +195,10 @@ class CoServeEngine:
             max_pages_per_request=scfg.max_pages_per_request,
         )
         self._next_rid = 0
-        self._ft = FinetuneCursor()
+        self._jobs = FinetuneJobs(
+            FinetuneJob(name=DEFAULT_JOB, grad_accum=scfg.grad_accum, lr_multiplier=1.0)
+        )
+        self._job_key = jax.random.fold_in(key, 1)
         self.steps = 0
 
     # -- requests -------------------------------------------------------------------------
@@ -258,12 +267,17 @@ class CoServeEngine:
         return self._table.results[rid]
 
     # -- finetuning -----------------------------------------------------------------------
-    def add_finetuning(self, samples: Sequence[Sequence[int]], *, epochs: int = 1) -> None:
-        """Queues finetuning samples (token id lists, trained in order, ``epochs`` times).
+    def add_finetuning(
+        self, samples: Sequence[Sequence[int]], *, epochs: int = 1, job: str = DEFAULT_JOB
+    ) -> None:
+        """Queues finetuning samples (token id lists, trained in order, ``epochs`` times) for
+        ``job`` (`add_job` creates others; jobs take turns sample by sample).
 
         Raises:
-            ConfigError: a sample shorter than 2 tokens or longer than ``ft_max_len``.
+            ConfigError: a sample shorter than 2 tokens or longer than ``ft_max_len``, or an
+                unknown job.
         """
+        target = self._jobs.get(job).cursor
         check_int("epochs", epochs, minimum=1)
         S = self.scfg.ft_max_len
         clean = []
@@ -280,26 +294,121 @@ class CoServeEngine:
                 raise ConfigError(f"finetuning sample {i}", s[:5], "has bad ids", "re-tokenize")
             clean.append(s)
         for _ in range(epochs):
-            self._ft.samples.extend(clean)
+            target.samples.extend(clean)
+
+    def add_job(
+        self,
+        name: str,
+        *,
+        lora: dict[str, dict[str, jax.Array]] | None = None,
+        grad_accum: int | None = None,
+        learning_rate_multiplier: float = 1.0,
+    ) -> None:
+        """Adds a finetuning job with its own adapter and optimizer state; it shares the
+        finetuning budget with the other jobs (they take turns sample by sample) and the
+        compiled step (the adapter has the engine's `LoraConfig`; the optimizer is the
+        engine's, its learning rate scaled by ``learning_rate_multiplier``).
+
+        Args:
+            name: the job's name (`add_finetuning`'s ``job``).
+            lora: initial adapter (default: `init_lora`, B = 0, from the engine's key).
+            grad_accum: samples per optimizer update (default: ``CoServeConfig.grad_accum``).
+            learning_rate_multiplier: factor on the optimizer's updates (> 0).
+
+        Raises:
+            ConfigError: an existing name, bad settings, or an adapter with other targets.
+        """
+        if not isinstance(name, str) or not name:
+            raise ConfigError("job name", name, "must be a non-empty string", "name the job")
+        if name in self._jobs:
+            raise ConfigError("job name", name, "exists already", "pick another name")
+        ga = self.scfg.grad_accum if grad_accum is None else grad_accum
+        if lora is None:
+            k = jax.random.fold_in(self._job_key, len(list(self._jobs)))
+            lora = init_lora(self.cfg, self.lora_cfg, key=k)
+        check_adapter(self.cfg, self.lora_cfg, lora, name=f"job {name!r} adapter")
+        lora = jax.tree.map(jnp.copy, lora)  # the state is donated; never alias the caller's
+        opt = multi_steps(self._optimizer, self.scfg).init(lora)
+        opt = set_job_settings(opt, every_k=ga, lr_scale=learning_rate_multiplier)
+        if self.mesh is not None:
+            specs = self._state_specs
+            assert specs is not None, "a mesh engine without state specs (a bug)"
+            lora = shard_tree(lora, specs.lora, self.mesh)
+            opt = shard_tree(opt, specs.opt_state, self.mesh)
+        self._jobs.add(
+            FinetuneJob(
+                name=name,
+                grad_accum=ga,
+                lr_multiplier=float(learning_rate_multiplier),
+                stash=(lora, opt),
+            )
+        )
+
+    def cancel_job(self, name: str = DEFAULT_JOB) -> None:
+        """Drops the job's queued samples and the one in flight (it stops within this step);
+        its adapter and optimizer state stay (`trainable_adapter`)."""
+        job = self._jobs.get(name)
+        c = job.cursor
+        c.samples.clear()
+        if c.sample is not None:
+            c.sample, c.bwd, c.fwd_done, c.bwd_first = None, None, 0, False
+            # the aborted sample's partial loss must not leak into the next one
+            self.state = dataclasses.replace(self.state, loss_acc=self.state.loss_acc * 0)
+
+    def remove_job(self, name: str) -> None:
+        """Forgets an idle job other than the default one (its adapter with it)."""
+        if name == DEFAULT_JOB:
+            raise ConfigError("job name", name, "is the default job", "cancel_job instead")
+        if self._jobs.get(name).cursor.busy:
+            raise ConfigError("job name", name, "still has samples", "cancel_job first")
+        if name == self._jobs.active:
+            self._activate(DEFAULT_JOB)
+        self._jobs.remove(name)
+
+    @property
+    def jobs(self) -> dict[str, JobInfo]:
+        """Progress of every finetuning job, by name."""
+        return {n: self._jobs.info(n) for n in self._jobs}
+
+    @property
+    def _ft(self) -> FinetuneCursor:
+        return self._jobs.current.cursor
+
+    def _activate(self, name: str) -> None:
+        """Swaps job ``name``'s adapter and optimizer state into the step (between samples)."""
+        jobs = self._jobs
+        if name == jobs.active:
+            return
+        cur, new = jobs.current, jobs.get(name)
+        assert cur.cursor.sample is None, "job switch mid-sample (a bug)"
+        assert new.stash is not None, "an inactive job without its state (a bug)"
+        cur.stash = (self.state.lora, self.state.opt_state)
+        lora, opt = new.stash
+        new.stash = None
+        self.state = dataclasses.replace(self.state, lora=lora, opt_state=opt)
+        jobs.active = name
+        log.info("finetuning job %r active", name)
 
     @property
     def losses(self) -> list[float]:
-        """Loss of every finetuning sample completed, in order."""
-        return self._ft.losses
+        """Loss of every sample of the default job completed, in order (other jobs: `jobs`)."""
+        return self._jobs.get(DEFAULT_JOB).cursor.losses
 
     @property
     def samples_done(self) -> int:
-        """Finetuning samples completed (forward and backward)."""
-        return self._ft.samples_done
+        """Samples of the default job completed (forward and backward)."""
+        return self._jobs.get(DEFAULT_JOB).cursor.samples_done
 
     @property
     def idle(self) -> bool:
         """No request queued or running and no finetuning work left."""
-        return not (self._table or self._ft.busy)
+        return not (self._table or self._jobs.busy)
 
-    def trainable_adapter(self) -> dict[str, dict[str, jax.Array]]:
-        """The current trainable adapter weights (save with `save_peft`)."""
-        return jax.tree.map(jnp.copy, self.state.lora)
+    def trainable_adapter(self, job: str | None = None) -> dict[str, dict[str, jax.Array]]:
+        """A finetuning job's adapter weights (default: the active job's; save with
+        `save_peft`)."""
+        lora = self._job_tree(self._jobs.get(job or self._jobs.active))["lora"]
+        return jax.tree.map(jnp.copy, lora)
 
     # -- the step -------------------------------------------------------------------------
     def step(self, *, ft_budget: int | None = None, allow_backward: bool = True) -> StepReport:
@@ -310,7 +419,10 @@ class CoServeEngine:
                 budget); None: ``ft_tokens_per_step``. The leftover token budget caps it too.
             allow_backward: a finetuning backward step may run this step.
         """
-        ft = self._ft
+        if self._ft.sample is None:  # between samples: the jobs take turns
+            self._activate(self._jobs.pick())
+        job = self._jobs.current
+        ft = job.cursor
         ft.load()
         p = self._table.plan(
             token_budget=self.scfg.token_budget,
@@ -333,6 +445,8 @@ class CoServeEngine:
         )
         next_tokens = np.asarray(out.next_tokens)
         self.steps += 1
+        job.forward_tokens += p.ft_tokens
+        job.updates += int(bool(out.updated))
         new, finished = self._table.finish_step(
             p, {rid: int(next_tokens[row]) for rid, row in sample_rows.items()}
         )
@@ -351,6 +465,7 @@ class CoServeEngine:
             sample_loss=sample_loss,
             updated=bool(out.updated),
             preempted=p.preempted,
+            ft_job=job.name if (p.ft_tokens or bwd is not None) else None,
         )
 
     def _batch(self, p: StepPlan) -> tuple[dict[str, Any], dict[int, int]]:
@@ -392,53 +507,68 @@ class CoServeEngine:
         return [results[r] for r in rids]
 
     # -- checkpoints ----------------------------------------------------------------------
-    def save_finetuning(self, directory: str | Path) -> Path:
-        """Checkpoints the finetuning job with Orbax: adapter, optimizer state (including
-        gradients accumulated towards the next update), counters, losses and the samples still
-        queued. Call it between samples (e.g. after a `StepReport` with ``sample_loss``). Give
-        each job its own folder.
+    def save_finetuning(self, directory: str | Path, *, job: str = DEFAULT_JOB) -> Path:
+        """Checkpoints a finetuning job with Orbax: adapter, optimizer state (including
+        gradients accumulated towards the next update and the job's settings), counters,
+        losses and the samples still queued. Call it between the job's samples (e.g. after a
+        `StepReport` with ``sample_loss``). Give each job its own folder.
 
         Raises:
-            ConfigError: a sample is in flight (its buffers are not checkpointed), or the
-                folder already holds this or a later step (another job's folder).
+            ConfigError: a sample of the job is in flight (its buffers are not checkpointed),
+                or the folder already holds this or a later step (another job's folder).
         """
-        if self._ft.sample is not None:
+        j = self._jobs.get(job)
+        if j.cursor.sample is not None:
             raise ConfigError(
                 "save_finetuning",
-                f"sample cursor {self._ft.fwd_done}",
+                f"sample cursor {j.cursor.fwd_done}",
                 "a finetuning sample is in flight",
                 "save after the step that reports the sample's loss (StepReport.sample_loss)",
             )
-        tree = self._ckpt_tree()
-        host = {**self._ft.state(), "engine": self._describe(tree)}
-        return _ft_checkpoint.save(directory, self.samples_done, tree, host)
+        tree = self._job_tree(j)
+        host = {**j.cursor.state(), "engine": self._describe(j, tree)}
+        return _ft_checkpoint.save(directory, j.cursor.samples_done, tree, host)
 
-    def restore_finetuning(self, directory: str | Path) -> int:
-        """Resumes the finetuning job of the latest checkpoint in ``directory`` (requests and
-        the KV cache are untouched). Returns the number of samples already done.
+    def restore_finetuning(self, directory: str | Path, *, job: str = DEFAULT_JOB) -> int:
+        """Resumes finetuning job ``job`` from the latest checkpoint in ``directory``
+        (requests, the KV cache and other jobs are untouched). Returns the number of samples
+        the job already did.
 
         Raises:
             ConfigError: no checkpoint there; a missing, truncated or malformed file (named);
-                an engine whose model, LoRA config, ``grad_accum`` or optimizer state differ
-                from the saved job's.
+                an engine or job whose model, LoRA config, ``grad_accum`` or optimizer state
+                differ from the saved job's.
         """
-        tree = self._ckpt_tree()
-        restored, host = _ft_checkpoint.restore(directory, tree, self._describe(tree))
-        self.state = dataclasses.replace(self.state, **restored)
-        self._ft.load_state(host)
-        return self.samples_done
+        j = self._jobs.get(job)
+        tree = self._job_tree(j)
+        restored, host = _ft_checkpoint.restore(directory, tree, self._describe(j, tree))
+        if job == self._jobs.active:
+            if j.cursor.sample is not None:  # drop the sample in flight with its partial loss
+                self.cancel_job(job)
+            self.state = dataclasses.replace(
+                self.state, lora=restored["lora"], opt_state=restored["opt_state"]
+            )
+        else:
+            j.stash = (restored["lora"], restored["opt_state"])
+        j.cursor.load_state(host)
+        j.updates = int(restored["updates_done"])
+        j.lr_multiplier = float(restored["opt_state"].lr_scale)
+        return j.cursor.samples_done
 
-    def _describe(self, tree: dict[str, Any]) -> dict[str, Any]:
-        return _ft_checkpoint.describe(self.cfg, self.lora_cfg, self.scfg.grad_accum, tree)
+    def _describe(self, job: FinetuneJob, tree: dict[str, Any]) -> dict[str, Any]:
+        return _ft_checkpoint.describe(self.cfg, self.lora_cfg, job.grad_accum, tree)
 
-    def _ckpt_tree(self) -> dict[str, Any]:
-        st = self.state
+    def _job_tree(self, job: FinetuneJob) -> dict[str, Any]:
+        if job.name == self._jobs.active:
+            lora, opt = self.state.lora, self.state.opt_state
+        else:
+            assert job.stash is not None, "an inactive job without its state (a bug)"
+            lora, opt = job.stash
         return {
-            "lora": st.lora,
-            "opt_state": st.opt_state,
-            "samples_done": st.samples_done,
-            "updates_done": st.updates_done,
-            "loss_acc": st.loss_acc,
+            "lora": lora,
+            "opt_state": opt,
+            "samples_done": np.asarray(job.cursor.samples_done, np.int32),
+            "updates_done": np.asarray(job.updates, np.int32),
         }
 
     # -- the adapter bank -----------------------------------------------------------------

@@ -22,8 +22,8 @@ Data flow of `make_coserve_step(...)(params, bank_weights, bank_scales, state, b
    gradient is exact. In "layer" mode a step runs ``bwd_layers`` layers for all tokens instead
    (dK/dV then never leave the step; ``ft_dh`` carries the gradient down between steps).
 4. When the backward step is the sample's last (``bwd_last``), the sample's gradient is handed
-   to the optax optimizer (wrapped in `optax.MultiSteps`, so updates happen every
-   ``grad_accum`` samples).
+   to the optax optimizer (wrapped in `accumulate`, so updates happen every ``grad_accum``
+   samples, a setting each finetuning job keeps in its optimizer state).
 
 Inference rows' paged attention runs the pure-JAX reference or the Pallas kernel
 (``CoServeConfig.attention_impl``); finetuning rows attend to the dense finetuning buffer.
@@ -91,7 +91,8 @@ class CoServeState:
         dv_acc: value-cotangent accumulator, same shape.
         lora: the trainable adapter ``{target: {"A": [L, in, r], "B": [L, r, out]}}``.
         grad: the current sample's accumulated LoRA gradient (float32).
-        opt_state: optax state of `optax.MultiSteps`.
+        opt_state: the `accumulate` state (inner optax state, accumulated gradients, the
+            job's samples per update and learning-rate multiplier).
         loss_acc: the current sample's loss so far.
         samples_done: finetuning samples fully back-propagated.
         updates_done: optimizer updates applied.
@@ -206,7 +207,7 @@ def init_state(
 ) -> CoServeState:
     """A fresh state: empty KV pool and buffers, the trainable adapter and its optimizer state.
 
-    ``optimizer`` must be the one passed to `make_coserve_step` (MultiSteps-wrapped there).
+    ``optimizer`` must be the one passed to `make_coserve_step` (wrapped in `accumulate` there).
     """
     dt = jnp.dtype(cfg.dtype)
     L, S, hk, d = cfg.n_layers, scfg.ft_max_len, cfg.n_kv_heads, cfg.head_dim
@@ -338,7 +339,8 @@ def make_coserve_step(
         cfg: model shape.
         scfg: static capacities.
         lora_cfg: the trainable adapter.
-        optimizer: optax optimizer (wrapped in `optax.MultiSteps` with ``scfg.grad_accum``).
+        optimizer: optax optimizer (wrapped in `accumulate`, ``scfg.grad_accum`` samples per
+            update unless a job's state says otherwise).
         mesh: optional mesh with a ``MODEL`` axis: the step then runs under `jax.shard_map`
             with Megatron tensor parallelism (heads, F, KV pool and finetuning buffers sharded
             by KV head) and LoRA shardings derived from the base weights (`lora_specs`). Only
@@ -395,7 +397,8 @@ def make_coserve_step(
         done = has_bwd & batch.bwd_last
         sample_loss = jnp.where(done, state.loss_acc, jnp.nan)
         samples = state.samples_done + done.astype(jnp.int32)
-        updated = done & (samples % scfg.grad_accum == 0)
+        # the job's accumulation count is in its optimizer state (`accumulate`)
+        updated = done & (state.opt_state.mini_step == 0)
         state = dataclasses.replace(
             state,
             loss_acc=jnp.where(done, 0.0, state.loss_acc),
