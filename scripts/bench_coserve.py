@@ -206,23 +206,40 @@ def tuned_baselines(
     return period, k
 
 
-def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    cfg = LlamaConfig.preset(name)
-    scfg = step_config(args.token_budget)
-    params = init_params(cfg, key=jax.random.key(0))
+def bench_model(
+    name: str,
+    args: argparse.Namespace,
+    *,
+    cfg: LlamaConfig | None = None,
+    scfg: CoServeConfig | None = None,
+    lengths: LengthDistribution = LENGTHS,
+    modes: tuple[str, ...] = MODES,
+    params: Any = None,
+) -> dict[str, Any]:
+    """The whole comparison for one model (see the module docstring). ``args`` holds loads,
+    run_s, peak_s, profile_repeats, ft_samples, tpot_factor, ttft_factor (and token_budget
+    when ``scfg`` is None); scripts/gpu/bench_coserve.py passes its own shapes."""
+    cfg = cfg or LlamaConfig.preset(name)
+    scfg = scfg or step_config(args.token_budget)
+    if params is None:
+        params = init_params(cfg, key=jax.random.key(0))
     engine = CoServeEngine(
         cfg, params, scfg, LORA, optimizer=optax.adamw(1e-4), key=jax.random.key(1)
     )
     lora = engine.trainable_adapter()
     ft_data = synthetic_finetune_dataset(
-        args.ft_samples, min_len=32, max_len=scfg.ft_max_len, seed=3, vocab_size=cfg.vocab_size
+        args.ft_samples,
+        min_len=scfg.ft_max_len // 2,
+        max_len=scfg.ft_max_len,
+        seed=3,
+        vocab_size=cfg.vocab_size,
     )
     assert isinstance(ft_data[0], list)
     ft = [list(s) for s in ft_data if isinstance(s, list)]
     t0 = time.perf_counter()
     # Compile, then the inference-only burst (all requests at t = 0).
     burst = make_trace(WorkloadConfig(rate_per_s=1e6, num_requests=2 * scfg.max_requests,
-                                      lengths=LENGTHS, vocab_size=cfg.vocab_size, seed=100))  # fmt: skip
+                                      lengths=lengths, vocab_size=cfg.vocab_size, seed=100))  # fmt: skip
     inf_only = make_policy("inference_only", token_budget=scfg.token_budget)
     drive(engine, inf_only, burst[:2], ft, lora=lora, max_s=600)  # warm-up (compilation)
     base = drive(engine, inf_only, burst, ft, lora=lora, max_s=600)
@@ -261,10 +278,10 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     for li, load in enumerate(args.loads):
         rate = load * capacity
         n = max(4, round(rate * args.run_s))
-        trace = make_trace(WorkloadConfig(rate_per_s=rate, num_requests=n, lengths=LENGTHS,
+        trace = make_trace(WorkloadConfig(rate_per_s=rate, num_requests=n, lengths=lengths,
                                           vocab_size=cfg.vocab_size, seed=li))  # fmt: skip
         by_mode = {}
-        for mode in MODES:
+        for mode in modes:
             run = drive(engine, policies[mode](), trace, ft, lora=lora,
                         max_s=args.run_s * 4 + 5)  # fmt: skip
             s = summarize(run, tpot_s=slo.tpot_s, ttft_s=slo.ttft_s)
@@ -273,7 +290,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
             if li == len(args.loads) - 1 and mode in ("coserve", "temporal"):
                 timelines[mode] = run.timeline
         temporal_ft = by_mode["temporal"]["ft_tok_s"]
-        for r in rows[-len(MODES) :]:
+        for r in rows[-len(modes) :]:
             r["ft_vs_temporal"] = r["ft_tok_s"] / temporal_ft if temporal_ft else float("nan")
             r["ft_vs_peak"] = r["ft_tok_s"] / peak_ft
         print(f"[{name}] load {load:.2f} ({rate:.2f} req/s, {n} requests) done", flush=True)
@@ -304,7 +321,7 @@ def plot(results: list[dict[str, Any]], prefix: Path) -> list[Path]:
     paths = []
     fig, axes = plt.subplots(2, len(results), figsize=(5 * len(results), 7), squeeze=False)
     for j, res in enumerate(results):
-        for mode in MODES:
+        for mode in [m for m in MODES if any(r["mode"] == m for r in res["rows"])]:
             rs = [r for r in res["rows"] if r["mode"] == mode]
             x = [r["rate_req_s"] for r in rs]
             axes[0, j].plot(x, [100 * r["slo_attainment"] for r in rs], "o-", label=mode)
