@@ -5,17 +5,20 @@
 #             batch 1 and 8 (< 8 min), then the GPU-marked lowering tests (Triton on the GPU)
 #   paged     coserve's paged-attention kernel: variant sweep and whole co-serving step with
 #             attention_impl reference vs pallas, then its GPU tests (~11 min)
+#   coserve   co-serving on an 8B-shaped bf16 model: co-serving vs temporal sharing at two
+#             arrival rates, then the finetuning overhead sweep (decode batch + 0-512
+#             finetuning tokens, 0-4 backward layers) (< 8 min; not yet run on a GPU)
 #   pipeline  the pipeline planner's cost curves (blocks timed vs micro-batch; copy
 #             $OUT/pipeline_profile.json to scripts/gpu/profiles/<card>.json) (2-3 min)
 # Logs and JSON go to $OUT (the device tool's output folder) or ./gpu_out. Each part has its own
 # time limit so a hang in one still leaves the others' results.
 #   PYTHONPATH=. bash scripts/gpu_checks.sh superopt          # one part
-#   PYTHONPATH=. bash scripts/gpu_checks.sh                   # all parts (about 22 minutes)
+#   PYTHONPATH=. bash scripts/gpu_checks.sh                   # all parts (about 30 minutes)
 set -uo pipefail
 out=${OUT:-gpu_out}
 mkdir -p "$out"
 export PYTHONPATH=. PYTHONUNBUFFERED=1 JGRAPH_PROGRESS=0
-parts=${*:-superopt paged pipeline}
+parts=${*:-superopt paged coserve pipeline}
 want() { [[ " $parts " == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 python3 -c "import sys, jax; print(sys.version); print('jax', jax.__version__, jax.devices())" \
@@ -38,6 +41,12 @@ if want paged; then
   XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 120 python3 -m pytest -q -p no:benchmark \
     -p no:cacheprovider tests/coserve/test_step_pallas_vs_reference.py 2>&1 \
     | tee "$out/tests_step.log"
+fi
+if want coserve; then
+  # Not yet run on a GPU; CI runs it with --smoke on the CPU. The script stops starting parts
+  # after 420 s; the timeout is the backstop.
+  timeout 540 python3 scripts/gpu/bench_coserve.py --out "$out/coserve.json" 2>&1 \
+    | tee "$out/coserve.log"
 fi
 if want pipeline; then
   # Expected 2-3 minutes on an H100/H200 (not yet run on one); CI runs it with --smoke on the CPU.

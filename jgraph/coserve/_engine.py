@@ -15,6 +15,14 @@ Data flow: the caller `submit`s inference requests and `add_finetuning` samples,
 3. appends sampled tokens, retires finished requests (freeing slot and pages) and advances the
    finetuning cursors; returns a `StepReport`.
 
+With a budget policy (``policy=``, `jgraph.coserve.slo`), step 1 first asks it for this step's
+`FinetuneBudget`: the scheduler's inference rows are planned once without finetuning, the
+policy sees their count, how long the oldest request still waiting for its first token has
+waited (arrival = `submit` time on the engine's monotonic ``clock``) and whether a backward
+step is pending, and its answer caps finetuning forward tokens, the backward and the
+inference rows of the real plan. After the step the policy observes the measured wall time
+of the whole step (planning to the fetched device result) and what ran.
+
 A preempted request keeps the tokens it generated; its prompt and those tokens are prefilled
 again when it is re-admitted, so greedy outputs do not depend on preemption.
 """
@@ -23,7 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +48,13 @@ from jgraph.coserve._accumulate import set_job_settings
 from jgraph.coserve._backward import backward_steps, multi_steps
 from jgraph.coserve._bank import BankSlots
 from jgraph.coserve._config import CoServeConfig, LlamaConfig, LoraConfig
+from jgraph.coserve._controller import BudgetPolicy, FinetuneBudget
+from jgraph.coserve._cost import StepCostModel
 from jgraph.coserve._finetune import FinetuneCursor
 from jgraph.coserve._ft_jobs import DEFAULT_JOB, FinetuneJob, FinetuneJobs, JobInfo
 from jgraph.coserve._lora import AdapterBank, init_lora
 from jgraph.coserve._parallel import shard_tree
+from jgraph.coserve._profile import profile_engine_step
 from jgraph.coserve._requests import Request, RequestTable
 from jgraph.coserve._scheduler import StepPlan
 from jgraph.coserve._step import (
@@ -77,6 +89,8 @@ class StepReport:
         updated: the optimizer applied an update this step.
         preempted: requests preempted under KV pressure this step (recomputed later).
         ft_job: the finetuning job whose sample ran this step (forward or backward), or None.
+        step_s: wall time of the step on the engine's clock, planning to the fetched result.
+        budget: the budget policy's decision for this step (None without a policy).
     """
 
     new_tokens: dict[int, int]
@@ -89,6 +103,8 @@ class StepReport:
     updated: bool
     preempted: tuple[int, ...] = ()
     ft_job: str | None = None
+    step_s: float = 0.0
+    budget: FinetuneBudget | None = None
 
 
 class CoServeEngine:
@@ -108,6 +124,10 @@ class CoServeEngine:
             the leftover token budget).
         mesh: optional mesh with a ``MODEL`` axis: the step runs tensor-parallel
             (`make_coserve_step`), params, bank and state are placed with `coserve_specs`.
+        policy: finetuning budget policy consulted every step (`jgraph.coserve.slo`:
+            `make_policy` / `BudgetController`); None: ``ft_tokens_per_step`` every step.
+        clock: monotonic seconds, for request arrival times and step wall times (injectable
+            for tests).
 
     Example:
         >>> import jax, optax
@@ -138,8 +158,13 @@ class CoServeEngine:
         lora: dict[str, dict[str, jax.Array]] | None = None,
         ft_tokens_per_step: int | None = None,
         mesh: Mesh | None = None,
+        policy: BudgetPolicy | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.cfg, self.scfg, self.lora_cfg = cfg, scfg, lora_cfg
+        self.policy: BudgetPolicy | None = None
+        self.set_policy(policy)
+        self._clock = clock
         self.params = params
         k_init, k_state = jax.random.split(key)
         if bank is None:
@@ -199,7 +224,23 @@ class CoServeEngine:
             FinetuneJob(name=DEFAULT_JOB, grad_accum=scfg.grad_accum, lr_multiplier=1.0)
         )
         self._job_key = jax.random.fold_in(key, 1)
+        self._arrivals: dict[int, float] = {}  # rid -> submit time, until its first token
         self.steps = 0
+
+    def set_policy(self, policy: BudgetPolicy | None) -> None:
+        """Sets (or, with None, removes) the finetuning budget policy consulted every step.
+
+        Raises:
+            ConfigError: the policy plans for another token budget than the engine's.
+        """
+        if policy is not None and policy.token_budget != self.scfg.token_budget:
+            raise ConfigError(
+                "policy.token_budget",
+                policy.token_budget,
+                f"!= CoServeConfig.token_budget={self.scfg.token_budget}",
+                "build the policy with the engine's token_budget",
+            )
+        self.policy = policy
 
     # -- requests -------------------------------------------------------------------------
     @property
@@ -260,7 +301,19 @@ class CoServeEngine:
         self._next_rid += 1
         req = Request(rid, prompt, len(prompt), max_new_tokens, idx, temperature, eos_id)
         self._table.queue.append(req)
+        self._arrivals[rid] = self._clock()
         return rid
+
+    def oldest_wait_s(self) -> float:
+        """Seconds the oldest request without a first token has waited since `submit`
+        (0 when none waits); a preempted request that already produced tokens does not
+        count."""
+        now, waits = self._clock(), [0.0]
+        for r in self._table.requests():
+            t = self._arrivals.get(r.rid)
+            if t is not None and not r.generated:
+                waits.append(now - t)
+        return max(waits)
 
     def result(self, rid: int) -> list[int]:
         """Generated tokens of a finished request."""
@@ -415,22 +468,33 @@ class CoServeEngine:
         """Runs one co-serving step (see the module docstring).
 
         Args:
-            ft_budget: cap on finetuning forward tokens this step (the SLO controller's
-                budget); None: ``ft_tokens_per_step``. The leftover token budget caps it too.
-            allow_backward: a finetuning backward step may run this step.
+            ft_budget: cap on finetuning forward tokens this step; None:
+                ``ft_tokens_per_step``. The leftover token budget caps it too, and so does the
+                policy's budget when a policy is set.
+            allow_backward: a finetuning backward step may run this step (with a policy:
+                only if the policy allows it too).
         """
+        t0 = self._clock()
         if self._ft.sample is None:  # between samples: the jobs take turns
             self._activate(self._jobs.pick())
         job = self._jobs.current
         ft = job.cursor
         ft.load()
+        ft_cap = self.ft_tokens_per_step if ft_budget is None else ft_budget
+        decision, inference_cap = None, None
+        if self.policy is not None:
+            decision = self._ask_policy()
+            ft_cap = min(ft_cap, decision.ft_tokens)
+            allow_backward = allow_backward and decision.allow_backward
+            inference_cap = decision.inference_cap
         p = self._table.plan(
             token_budget=self.scfg.token_budget,
             page_size=self.scfg.page_size,
             ft_fwd_left=ft.fwd_left,
             ft_active=ft.sample is not None,
-            ft_budget=self.ft_tokens_per_step if ft_budget is None else ft_budget,
+            ft_budget=ft_cap,
             allow_backward=allow_backward,
+            inference_cap=inference_cap,
         )
         self._table.apply(p)
         if p.preempted:
@@ -450,11 +514,21 @@ class CoServeEngine:
         new, finished = self._table.finish_step(
             p, {rid: int(next_tokens[row]) for rid, row in sample_rows.items()}
         )
+        for rid in new:
+            self._arrivals.pop(rid, None)
         sample_loss = None
         if bwd is not None:
             sample_loss = ft.backward_done(float(out.sample_loss) if bwd == 0 else float("nan"))
             if sample_loss is not None:
                 log.info("finetuning sample %d loss %.4f", ft.samples_done, sample_loss)
+        step_s = self._clock() - t0
+        if self.policy is not None:
+            self.policy.observe(
+                step_s,
+                inference_tokens=p.decode_tokens + p.prefill_tokens,
+                ft_tokens=p.ft_tokens,
+                backward=p.backward,
+            )
         return StepReport(
             new_tokens=new,
             finished=tuple(finished),
@@ -466,6 +540,20 @@ class CoServeEngine:
             updated=bool(out.updated),
             preempted=p.preempted,
             ft_job=job.name if (p.ft_tokens or bwd is not None) else None,
+            step_s=step_s,
+            budget=decision,
+        )
+
+    def _ask_policy(self) -> FinetuneBudget:
+        """The policy's budget for the current state (see the module docstring)."""
+        assert self.policy is not None
+        ft = self._ft
+        # Inference is planned first and does not depend on finetuning: plan it alone.
+        dry = self._table.plan(token_budget=self.scfg.token_budget, page_size=self.scfg.page_size)
+        return self.policy.budget(
+            dry.decode_tokens + dry.prefill_tokens,
+            self.oldest_wait_s(),
+            backward_pending=ft.sample is not None and ft.fwd_left == 0,
         )
 
     def _batch(self, p: StepPlan) -> tuple[dict[str, Any], dict[int, int]]:
@@ -505,6 +593,46 @@ class CoServeEngine:
         while any(r not in results for r in rids):
             self.step()
         return [results[r] for r in rids]
+
+    def profile_cost_model(
+        self,
+        *,
+        cache_dir: str | Path | None = None,
+        grid: Sequence[tuple[int, int, bool]] | None = None,
+        repeats: int = 3,
+        warmup: int = 1,
+    ) -> StepCostModel:
+        """Fits the SLO controller's step-time model by timing this engine's compiled step on
+        synthetic batches of each token mix, on a copy of the state (requests, KV cache and
+        the finetuning job are untouched; no recompilation). Cached in ``cache_dir`` per
+        backend, device kind, configs and grid (`jgraph.coserve.slo.load_or_profile`).
+
+        Args:
+            cache_dir: folder of cached fits (None: always profile, cache nothing).
+            grid: (inference tokens, finetuning tokens, backward) mixes (default:
+                `jgraph.coserve.slo.default_profile_grid` of the token budget).
+            repeats: timed steps per mix (the median is fitted).
+            warmup: untimed steps per mix first.
+
+        Then: ``eng.set_policy(make_policy("coserve", token_budget=..., slo=...,
+        cost_model=model))``.
+        """
+        return profile_engine_step(
+            step=self._step,
+            params=self.params,
+            bank=(self._bank.weights, self._bank.scales),
+            state=self.state,
+            cfg=self.cfg,
+            scfg=self.scfg,
+            lora_cfg=self.lora_cfg,
+            trainable_index=self.trainable_index,
+            clock=self._clock,
+            cache_dir=cache_dir,
+            grid=grid,
+            repeats=repeats,
+            warmup=warmup,
+            extra_key={"mesh": None if self.mesh is None else dict(self.mesh.shape)},
+        )
 
     # -- checkpoints ----------------------------------------------------------------------
     def save_finetuning(self, directory: str | Path, *, job: str = DEFAULT_JOB) -> Path:

@@ -80,6 +80,7 @@ class RequestTable:
         ft_active: bool = False,
         ft_budget: int | None = None,
         allow_backward: bool = True,
+        inference_cap: int | None = None,
     ) -> StepPlan:
         """The scheduler's plan for the current state (applies nothing)."""
         running = [
@@ -104,6 +105,7 @@ class RequestTable:
             ft_active=ft_active,
             ft_budget=ft_budget,
             allow_backward=allow_backward,
+            inference_cap=inference_cap,
         )
 
     def apply(self, p: StepPlan) -> None:

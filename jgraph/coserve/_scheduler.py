@@ -16,6 +16,9 @@
    tokens plus the next one (``ceil((n + 1) / page_size)`` pages). A request that does not
    fit blocks the ones behind it (FCFS). Nothing is admitted in a step that preempted.
 3. **Finetuning forward tokens** from the leftover budget, capped by ``ft_budget``.
+   ``inference_cap`` (a budget policy's decision, e.g. temporal sharing's finetuning turn)
+   caps the decode and prefill rows of steps 1-2 (decode rows stay oldest first); the rows
+   it leaves unused go to finetuning.
 4. **Backward**: when the finetuning sample's forward is complete after this step (and
    ``allow_backward``), the step runs one backward step.
 
@@ -141,6 +144,7 @@ def plan(
     ft_active: bool = False,
     ft_budget: int | None = None,
     allow_backward: bool = True,
+    inference_cap: int | None = None,
 ) -> StepPlan:
     """Plans one step (see the module docstring).
 
@@ -156,6 +160,7 @@ def plan(
         ft_active: a finetuning sample is loaded (forward or backward in progress).
         ft_budget: cap on finetuning forward tokens this step (None: the leftover budget).
         allow_backward: a backward step may run this step.
+        inference_cap: cap on decode + prefill rows this step (None: the token budget).
 
     Example:
         >>> r = Running(rid=0, order=0, slot=0, n_tokens=5, cached=4, pages=(0, 1))
@@ -169,7 +174,8 @@ def plan(
     rows: list[Row] = []
     grants: list[tuple[int, int]] = []
     preempted: list[int] = []
-    budget = token_budget
+    # ``budget`` counts the inference rows still allowed; finetuning gets what they leave.
+    budget = token_budget if inference_cap is None else max(0, min(token_budget, inference_cap))
 
     # 1. Decode rows, oldest first; the most recent request is preempted under KV pressure.
     i = 0
@@ -220,7 +226,8 @@ def plan(
     # 3-4. Finetuning forward in the leftover budget, then the backward.
     ft = 0
     if ft_active:
-        ft = max(0, min(ft_fwd_left, budget, token_budget if ft_budget is None else ft_budget))
+        left = token_budget - sum(r.count for r in rows)
+        ft = max(0, min(ft_fwd_left, left, token_budget if ft_budget is None else ft_budget))
     backward = ft_active and allow_backward and ft_fwd_left - ft == 0
     return StepPlan(
         rows=tuple(rows),

@@ -93,6 +93,39 @@ def test_the_newest_request_preempts_itself_and_older_ones_keep_running():
     assert p.grants == ((0, 4),)
 
 
+def test_inference_cap_limits_inference_rows_and_finetuning_takes_the_rest():
+    # Cap 4 of 12: A's decode (1) + 3 of B's 6 prompt tokens; no room to admit C. Finetuning
+    # gets 12 - 4 = 8 of its 20 tokens (forward not complete: no backward).
+    p = _plan([A, B], [C], [5, 6, 7], [2], 12, ft_active=True, ft_fwd_left=20, inference_cap=4)
+    assert p.rows == (
+        Row(rid=0, start=4, count=1, kind="decode", samples=True),
+        Row(rid=1, start=4, count=3, kind="prefill", samples=False),
+    )
+    assert (p.admitted, p.ft_tokens, p.backward, p.tokens) == ((), 8, False, 12)
+    # Without the cap: decode 1 + prefill 6 + C 3 = 10 inference rows, 2 for finetuning.
+    p = _plan([A, B], [C], [5, 6, 7], [2], 12, ft_active=True, ft_fwd_left=20)
+    assert (p.decode_tokens, p.prefill_tokens, p.ft_tokens) == (1, 9, 2)
+    # A cap above the budget changes nothing.
+    big = _plan([A, B], [C], [5, 6, 7], [2], 12, ft_active=True, ft_fwd_left=20, inference_cap=99)
+    assert big == p
+    # Cap 1: only the oldest decode row; ft_budget still caps finetuning (5 of 11 free rows).
+    p = _plan([A, B], [C], [5, 6, 7], [2], 12, ft_active=True, ft_fwd_left=20, inference_cap=1,
+              ft_budget=5)  # fmt: skip
+    assert (p.rows, p.ft_tokens) == (
+        (Row(rid=0, start=4, count=1, kind="decode", samples=True),),
+        5,
+    )
+
+
+def test_inference_cap_zero_runs_finetuning_only_and_preempts_nothing():
+    a = Running(rid=0, order=0, slot=0, n_tokens=9, cached=8, pages=(0, 1))  # needs a page
+    p = _plan([a, B], [C], [], [2], 12, ft_active=True, ft_fwd_left=5, inference_cap=0)
+    assert (p.rows, p.admitted, p.grants, p.preempted) == ((), (), (), ())
+    assert (p.ft_tokens, p.backward) == (5, True)  # the whole forward fits: backward too
+    # Negative check: the same state without the cap preempts the newest request (B).
+    assert _plan([a, B], [C], [], [2], 12).preempted == (1,)
+
+
 # -- random sequences through the request table ----------------------------------------------
 
 
