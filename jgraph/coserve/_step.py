@@ -359,7 +359,10 @@ def make_coserve_step(
     one counts from the end as in numpy, and a label outside is clamped into range, all
     silently wrong. Positions must be each request's real positions, consecutive with what its
     KV pages already hold; slots, page-table entries and adapter indices must name live slots,
-    pages and bank entries (out-of-range page writes are dropped); ``params``, the bank and the
+    pages and bank entries (out-of-range page writes are dropped); ``top_p`` must lie in (0, 1]
+    and ``rng_key`` hold each sampled row's request key data (rows with the same key and
+    ``sample_index`` draw with the same randomness); ``rope_len`` must follow the rule of
+    `StepBatch` (only dynamic-NTK RoPE reads it); ``params``, the bank and the
     state must have the shapes the step was built for (a mismatch fails inside ``lax.scan``).
     `CoServeEngine` validates at its boundary (the checks of `jgraph.coserve.validate`); code
     that drives the raw step must do the same.
