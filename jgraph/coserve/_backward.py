@@ -16,6 +16,11 @@ is one chunk's [C, Hq, S] scores.
   between steps the state carries the gradient w.r.t. the lowest processed layer's input, which
   overwrites ``ft_dh``. The state's ``dk_acc/dv_acc`` are empty in this mode.
 
+S is the buffers' length ``CoServeConfig.ft_buffer_len``: ``ft_max_len`` rounded up to whole
+chunks, so a partial last chunk (``bwd_chunk`` need not divide the sample) is sliced without
+clamping; its rows past the sample's end get zero cotangents and so add nothing. Dynamic-NTK
+RoPE is recomputed for the sample's length (``bwd_len``), as the forward rotated it.
+
 The sample's LoRA gradient accumulates in ``grad``; when the last backward step of the sample
 runs (``bwd_last``), it goes to the optimizer (`accumulate` adds gradient accumulation).
 """
@@ -101,12 +106,15 @@ def _chunk_vjp(
     K: SeqKV,
     V: SeqKV,
     s: jax.Array,
+    n: jax.Array,
     dh: ChunkRows,
     dkc: ChunkKV,
     dvc: ChunkKV,
     axis: str | None,
 ) -> tuple[ChunkRows, SeqKV, SeqKV, Lora]:
-    """vjp of one layer on the query chunk starting at ``s`` (C rows) over all S positions.
+    """vjp of one layer on the query chunk starting at ``s`` (C rows) over all S positions of
+    a sample of ``n`` tokens (``n`` is the length dynamic-NTK RoPE rotates for, as the forward
+    did; rows at positions >= n carry zero cotangents).
 
     Returns (d chunk input [C, D], dK [S, Hkv, d], dV, d LoRA of this layer), float32.
     """
@@ -115,6 +123,7 @@ def _chunk_vjp(
     pos_c = s + jnp.arange(C, dtype=jnp.int32)
     mask = jnp.arange(S, dtype=jnp.int32)[None, :] <= pos_c[:, None]  # [C, S] causal
     sel = jnp.full((C, 1), lora_cfg.scale, jnp.float32)
+    rope_len = jnp.full((C,), n, jnp.int32)
 
     def g(x_c, K, V, tl):
         def attend(q, k, v):
@@ -125,7 +134,9 @@ def _chunk_vjp(
             return attend_segments(q, [(K2, V2, mask)]), (k, v)
 
         ad = ((jax.tree.map(lambda a: a[None], tl), sel),)
-        return decoder_layer(cfg, layer, x_c, pos_c, attend, adapters=ad, axis_name=axis)
+        return decoder_layer(
+            cfg, layer, x_c, pos_c, attend, adapters=ad, axis_name=axis, rope_lengths=rope_len
+        )
 
     (y, (kc, vc)), vjp = jax.vjp(g, x_c, K, V, tl)
     dx, dK, dV, dtl = vjp((dh.astype(y.dtype), (dkc.astype(kc.dtype), dvc.astype(vc.dtype))))
@@ -168,8 +179,9 @@ def _token_backward(
         dkc = jax.lax.dynamic_slice_in_dim(dk[li], s, C, 0)
         dvc = jax.lax.dynamic_slice_in_dim(dv[li], s, C, 0)
         dx, dK, dV, dtl = _chunk_vjp(
-            spec, layer, tl, x_c, state.ft_k[li], state.ft_v[li], s, dh, dkc, dvc, axis
-        )
+            spec, layer, tl, x_c, state.ft_k[li], state.ft_v[li], s, batch.bwd_len, dh, dkc, dvc,
+            axis,
+        )  # fmt: skip
         return dx, dk.at[li].add(dK), dv.at[li].add(dV), _add_layer(grad, li, dtl)
 
     _, dk, dv, grad = jax.lax.fori_loop(0, L, layer_bwd, (dh0, dk0, dv0, grad))
@@ -185,7 +197,7 @@ def _layer_backward(
     axis: str | None,
 ) -> tuple[CoServeState, Lora]:
     scfg = spec.scfg
-    C, S, L, k = scfg.bwd_chunk, scfg.ft_max_len, spec.cfg.n_layers, scfg.bwd_layers
+    C, S, L, k = scfg.bwd_chunk, scfg.ft_buffer_len, spec.cfg.n_layers, scfg.bwd_layers
     groups = math.ceil(L / k)
     hi = L - (groups - 1 - batch.bwd_chunk) * k  # one past this group's top layer
     n_chunks = (batch.bwd_len + C - 1) // C  # chunks past the sample's end are all-zero: skip
@@ -206,7 +218,9 @@ def _layer_backward(
             dh_c = jax.lax.dynamic_slice_in_dim(dh, s, C, 0)
             dkc = jax.lax.dynamic_slice_in_dim(dk, s, C, 0)
             dvc = jax.lax.dynamic_slice_in_dim(dv, s, C, 0)
-            dx, dK, dV, dtl = _chunk_vjp(spec, layer, tl, x_c, K, V, s, dh_c, dkc, dvc, axis)
+            dx, dK, dV, dtl = _chunk_vjp(
+                spec, layer, tl, x_c, K, V, s, batch.bwd_len, dh_c, dkc, dvc, axis
+            )
             dx_all = jax.lax.dynamic_update_slice_in_dim(dx_all, dx, s, 0)
             return dx_all, dk + dK, dv + dV, _add_layer(grad, li, dtl)
 

@@ -283,8 +283,8 @@ class CoServeConfig:
             ``page_size * max_pages_per_request`` tokens.
         max_adapters: inference adapter slots in the bank (the trainable adapter is one more).
         ft_max_len: S, the longest finetuning sample (finetuning K/V and retention buffers).
-        bwd_chunk: tokens per backward chunk (1 <= bwd_chunk <= S); a chunk goes through all
-            layers in one step.
+        bwd_chunk: tokens per backward chunk (1 <= bwd_chunk <= S; need not divide S: the
+            last chunk of a sample may be partial); a chunk goes through all layers in one step.
         grad_accum: finetuning samples per optimizer update.
         backward_mode: "token" (FlexLLM's token-level backward: each step back-propagates one
             chunk of ``bwd_chunk`` tokens through all layers, carrying dK/dV accumulators
@@ -333,13 +333,6 @@ class CoServeConfig:
             maximum=self.ft_max_len,
             fix=f"use 1 <= bwd_chunk <= ft_max_len={self.ft_max_len}",
         )
-        if self.ft_max_len % self.bwd_chunk:
-            raise ConfigError(
-                "CoServeConfig.bwd_chunk",
-                self.bwd_chunk,
-                f"must divide ft_max_len={self.ft_max_len} (backward chunks tile the sample)",
-                "pick a divisor of ft_max_len",
-            )
         check_choice("CoServeConfig.backward_mode", self.backward_mode, ("token", "layer"))
         check_int(
             "CoServeConfig.bwd_layers", self.bwd_layers, minimum=1, fix="use 1 <= k <= n_layers"
@@ -361,4 +354,12 @@ class CoServeConfig:
 
     @property
     def n_bwd_chunks(self) -> int:
-        return self.ft_max_len // self.bwd_chunk
+        """Backward chunks of a sample of ``ft_max_len`` tokens (the last may be partial)."""
+        return -(-self.ft_max_len // self.bwd_chunk)
+
+    @property
+    def ft_buffer_len(self) -> int:
+        """Rows of the finetuning buffers: ``ft_max_len`` rounded up to whole backward chunks,
+        so a partial last chunk is sliced without clamping (the rows past ``ft_max_len`` are
+        never written and are masked out of the loss gradient)."""
+        return self.n_bwd_chunks * self.bwd_chunk

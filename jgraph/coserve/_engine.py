@@ -42,7 +42,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jgraph.core import ConfigError, check_int, check_number
+from jgraph.core import ConfigError, check_int
 from jgraph.coserve import _ft_checkpoint
 from jgraph.coserve._accumulate import set_job_settings
 from jgraph.coserve._backward import backward_steps, multi_steps
@@ -56,6 +56,7 @@ from jgraph.coserve._lora import AdapterBank, init_lora
 from jgraph.coserve._parallel import shard_tree
 from jgraph.coserve._profile import profile_engine_step
 from jgraph.coserve._requests import Request, RequestTable
+from jgraph.coserve._sampling import SamplingParams, seed_key
 from jgraph.coserve._scheduler import StepPlan
 from jgraph.coserve._step import (
     StepBatch,
@@ -64,7 +65,12 @@ from jgraph.coserve._step import (
     init_state,
     make_coserve_step,
 )
-from jgraph.coserve._validate import check_adapter
+from jgraph.coserve._validate import (
+    check_adapter,
+    check_params,
+    check_prompt,
+    check_token_samples,
+)
 
 __all__ = ["TRAINABLE", "CoServeEngine", "StepReport"]
 
@@ -117,7 +123,8 @@ class CoServeEngine:
         lora_cfg: the trainable adapter's rank, alpha and targets.
         optimizer: optax optimizer for the trainable adapter (gradient accumulation over
             ``scfg.grad_accum`` samples is added).
-        key: PRNG key (adapter init when ``lora`` is None, and sampling).
+        key: PRNG key (adapter init when ``lora`` is None, and the seeds of sampled requests
+            submitted without one).
         bank: inference adapters (capacity ``scfg.max_adapters``); None for none.
         lora: initial trainable adapter (default: `init_lora`, B = 0).
         ft_tokens_per_step: cap on finetuning forward tokens per step (default: no cap beyond
@@ -128,6 +135,11 @@ class CoServeEngine:
             `make_policy` / `BudgetController`); None: ``ft_tokens_per_step`` every step.
         clock: monotonic seconds, for request arrival times and step wall times (injectable
             for tests).
+
+    Raises:
+        ConfigError: ``params`` or ``lora`` do not fit ``cfg``/``lora_cfg`` (the message names
+            the leaf; `jgraph.coserve.validate`), or the bank's capacity is not
+            ``scfg.max_adapters``.
 
     Example:
         >>> import jax, optax
@@ -162,6 +174,9 @@ class CoServeEngine:
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.cfg, self.scfg, self.lora_cfg = cfg, scfg, lora_cfg
+        check_params(cfg, params)  # before any tracing: a bad leaf would fail inside lax.scan
+        if lora is not None:
+            check_adapter(cfg, lora_cfg, lora)
         self.policy: BudgetPolicy | None = None
         self.set_policy(policy)
         self._clock = clock
@@ -202,16 +217,16 @@ class CoServeEngine:
     def reset(self, *, lora: dict[str, dict[str, jax.Array]], key: jax.Array) -> None:
         """Drops all requests and finetuning work (jobs other than the default one too) and
         starts the default job from ``lora``; keeps the compiled step (so tests and servers do
-        not pay compilation again)."""
-        if set(lora) != set(self.lora_cfg.targets):
-            raise ConfigError(
-                "lora targets",
-                sorted(lora),
-                f"!= LoraConfig.targets={self.lora_cfg.targets}",
-                "pass an adapter with the configured targets",
-            )
+        not pay compilation again). ``key`` seeds the sampled requests submitted without a seed.
+
+        Raises:
+            ConfigError: ``lora`` does not fit the model or ``LoraConfig`` (targets, shapes, or
+                a rank other than ``LoraConfig.rank``, which would be scaled by the wrong
+                ``alpha / rank``).
+        """
+        check_adapter(self.cfg, self.lora_cfg, lora)
         scfg = self.scfg
-        self.state = init_state(self.cfg, scfg, lora, self._optimizer, key=key)
+        self.state = init_state(self.cfg, scfg, lora, self._optimizer)
         if self.mesh is not None:
             self.state = shard_tree(self.state, self._state_specs, self.mesh)
         self._table = RequestTable(
@@ -220,6 +235,11 @@ class CoServeEngine:
             max_pages_per_request=scfg.max_pages_per_request,
         )
         self._next_rid = 0
+        data = (
+            key if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else jax.random.key_data(key)
+        )
+        # Unseeded sampled requests draw their seeds from here, in submission order.
+        self._seeds = np.random.default_rng(np.asarray(data).astype(np.uint64).ravel().tolist())
         self._jobs = FinetuneJobs(
             FinetuneJob(name=DEFAULT_JOB, grad_accum=scfg.grad_accum, lr_multiplier=1.0)
         )
@@ -251,34 +271,61 @@ class CoServeEngine:
         self,
         prompt: Sequence[int],
         *,
-        max_new_tokens: int,
+        max_new_tokens: int | None = None,
         adapter: str | None = None,
         temperature: float = 0.0,
         eos_id: int | None = None,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        sampling: SamplingParams | None = None,
     ) -> int:
         """Queues an inference request; returns its id.
 
+        Token ``i`` of a sampled request is drawn with the key ``fold_in(seed_key(seed), i)``
+        (`jgraph.coserve.sampling.request_key`), so a seeded request gets the same tokens
+        whatever else runs, whichever batch row it lands in and whether or not it is preempted.
+
         Args:
             prompt: token ids (non-empty).
-            max_new_tokens: tokens to generate (>= 1).
+            max_new_tokens: tokens to generate (>= 1); may be left out with ``sampling``
+                (then ``sampling.max_tokens``).
             adapter: a bank adapter name, `TRAINABLE`, or None for the base model.
-            temperature: 0 for greedy decoding.
+            temperature: 0 for greedy decoding (exactly ``argmax``).
             eos_id: stop early when this token is sampled.
+            top_p: nucleus-sampling mass, in (0, 1].
+            seed: makes sampling reproducible; None draws a seed from the engine's key (in
+                submission order, so a reset engine given the same key repeats itself).
+            sampling: the request's `SamplingParams` instead of ``temperature``/``top_p``/
+                ``seed`` (its ``stop`` strings are text: the caller that detokenizes applies
+                them, e.g. with `StopMatcher`).
 
         Raises:
-            ConfigError: empty prompt, ids outside the vocabulary, a request longer than a
-                slot's pages hold, or an unknown adapter.
+            ConfigError: an empty prompt, ids that are not integers in the vocabulary, bad
+                sampling parameters, both ``sampling`` and one of the fields it replaces, a
+                request longer than a slot's pages hold, or an unknown adapter.
         """
-        prompt = [int(t) for t in prompt]
-        if not prompt:
-            raise ConfigError("prompt", prompt, "is empty", "pass at least one token (BOS)")
-        bad = [t for t in prompt if not 0 <= t < self.cfg.vocab_size]
-        if bad:
-            raise ConfigError(
-                "prompt", bad[:3], f"ids outside [0, {self.cfg.vocab_size})", "re-tokenize"
+        prompt = check_prompt(prompt, vocab_size=self.cfg.vocab_size)
+        if sampling is None:
+            if max_new_tokens is None:
+                raise ConfigError(
+                    "max_new_tokens", None, "is required", "pass max_new_tokens= or sampling="
+                )
+            check_int("max_new_tokens", max_new_tokens, minimum=1)
+            sampling = SamplingParams(
+                temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed
             )
-        check_int("max_new_tokens", max_new_tokens, minimum=1)
-        check_number("temperature", temperature, minimum=0.0)
+        else:
+            if (temperature, top_p, seed) != (0.0, 1.0, None) or max_new_tokens not in (
+                None,
+                sampling.max_tokens,
+            ):
+                raise ConfigError(
+                    "sampling",
+                    sampling,
+                    "given together with temperature/top_p/seed/max_new_tokens",
+                    "pass the sampling parameters one way only",
+                )
+            max_new_tokens = sampling.max_tokens
         total = len(prompt) + max_new_tokens
         if total > self.scfg.max_request_len:
             raise ConfigError(
@@ -299,7 +346,12 @@ class CoServeEngine:
         idx = self.trainable_index if adapter == TRAINABLE else self.bank_index(adapter)
         rid = self._next_rid
         self._next_rid += 1
-        req = Request(rid, prompt, len(prompt), max_new_tokens, idx, temperature, eos_id)
+        key_data = None
+        if not sampling.greedy:
+            s = sampling.seed if sampling.seed is not None else int(self._seeds.integers(2**63))
+            key_data = np.asarray(jax.random.key_data(seed_key(s)), np.uint32)
+        req = Request(rid, prompt, len(prompt), max_new_tokens, idx, sampling.temperature, eos_id,
+                      top_p=sampling.top_p, key_data=key_data)  # fmt: skip
         self._table.queue.append(req)
         self._arrivals[rid] = self._clock()
         return rid
@@ -327,25 +379,20 @@ class CoServeEngine:
         ``job`` (`add_job` creates others; jobs take turns sample by sample).
 
         Raises:
-            ConfigError: a sample shorter than 2 tokens or longer than ``ft_max_len``, or an
-                unknown job.
+            ConfigError: a sample shorter than 2 tokens or longer than ``ft_max_len``, ids
+                outside the vocabulary, float ids (refused, not truncated), text, or one flat
+                list of ids instead of a list of samples (`check_token_samples`), or an unknown
+                job.
         """
         target = self._jobs.get(job).cursor
         check_int("epochs", epochs, minimum=1)
-        S = self.scfg.ft_max_len
-        clean = []
-        for i, s in enumerate(samples):
-            s = [int(t) for t in s]
-            if not 2 <= len(s) <= S:
-                raise ConfigError(
-                    f"finetuning sample {i} length",
-                    len(s),
-                    f"must be between 2 and ft_max_len={S}",
-                    "truncate the sample or raise CoServeConfig.ft_max_len",
-                )
-            if any(not 0 <= t < self.cfg.vocab_size for t in s):
-                raise ConfigError(f"finetuning sample {i}", s[:5], "has bad ids", "re-tokenize")
-            clean.append(s)
+        clean = check_token_samples(
+            samples,
+            vocab_size=self.cfg.vocab_size,
+            min_len=2,
+            max_len=self.scfg.ft_max_len,
+            field="finetuning samples",
+        )
         for _ in range(epochs):
             target.samples.extend(clean)
 
@@ -570,10 +617,22 @@ class CoServeEngine:
             b["slots"][s] = req.slot
             b["adapters"][s] = req.adapter
             b["temperature"][s] = req.temperature
+            b["top_p"][s] = req.top_p
+            if req.key_data is not None:
+                b["rng_key"][s] = req.key_data
+            # The index among the request's generated tokens of the token its last row samples.
+            b["sample_index"][s] = len(req.tokens) - req.prompt_len
+            # Dynamic-NTK RoPE as transformers' cached generation: the prompt rotated for its
+            # whole length, each later token for its own position + 1 (so chunked prefill and
+            # recompute after preemption rotate every token the same way).
+            b["rope_len"][s] = np.maximum(req.prompt_len, b["positions"][s] + 1)
             n += row.count
             if row.samples:  # the last prompt token's (or the decode token's) output
                 sample_rows[row.rid] = n - 1
         self._ft.fill(b, n, p.ft_tokens, self.trainable_index)
+        if p.ft_tokens:  # a finetuning sample is rotated for its full length (forward and bwd)
+            assert self._ft.sample is not None, "finetuning rows without a sample (a bug)"
+            b["rope_len"][n : n + p.ft_tokens] = len(self._ft.sample)
         b["page_table"] = self._table.page_table.copy()
         return b, sample_rows
 

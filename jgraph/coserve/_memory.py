@@ -65,7 +65,7 @@ def coserve_backward_bytes(
     def nbytes(a) -> int:
         return int(np.prod(a.shape)) * jnp.dtype(a.dtype).itemsize
 
-    S, C = scfg.ft_max_len, scfg.bwd_chunk
+    S, C = scfg.ft_buffer_len, scfg.bwd_chunk
     if scfg.backward_mode == "layer":
         in_step = 4 * S * (2 * cfg.kv_dim + cfg.d_model)
     else:

@@ -35,6 +35,9 @@ class Request:
     cached: int = 0  # tokens whose K/V are in the cache
     order: int = -1  # admission sequence number
     preemptions: int = 0
+    top_p: float = 1.0
+    # Raw PRNG key data of the request's seed (`seed_key`); None for greedy requests.
+    key_data: np.ndarray | None = None
 
     @property
     def generated(self) -> list[int]:

@@ -7,7 +7,9 @@ Data flow of `make_coserve_step(...)(params, bank_weights, bank_scales, state, b
    write their K/V into the paged pool; finetuning rows (``is_ft``) write K/V into the
    finetuning buffer ``ft_k/ft_v`` [L, S, Hkv, d] at their absolute positions and attend to it
    (token-level forward, FlexLLM §a.4). Every row selects an adapter: a bank slot, `BASE`, or
-   the trainable adapter (index ``max_adapters``; finetuning rows always use it).
+   the trainable adapter (index ``max_adapters``; finetuning rows always use it). Each row's
+   next token is drawn by `sample_tokens` with the row's temperature, top-p and its request's
+   key folded with the index of the token generated (greedy rows: exactly ``argmax``).
 2. Graph pruning (§a.7-a.8): per layer the forward keeps only the layer input of finetuning
    rows in ``ft_x`` [L, S, D] (indexed by absolute position) beside the K/V it needs anyway,
    and the loss gradient w.r.t. the last hidden state in ``ft_dh`` [S, D] (token-local, so the
@@ -57,6 +59,7 @@ from jgraph.coserve._model import attend_segments, decoder_layer, lm_logits
 from jgraph.coserve._paged import INVALID, paged_context, write_pages
 from jgraph.coserve._paged_pallas import paged_attention_pallas, resolve_attention_impl
 from jgraph.coserve._parallel import check_tp_divisible, lora_specs, param_specs
+from jgraph.coserve._sampling import sample_tokens, step_keys
 
 __all__ = [
     "CoServeState",
@@ -80,7 +83,8 @@ class CoServeState:
     Attributes:
         k_pages: paged key pool [L, num_pages, page_size, Hkv, d].
         v_pages: paged value pool, same shape.
-        ft_k: finetuning-sample keys (post-RoPE) [L, S, Hkv, d].
+        ft_k: finetuning-sample keys (post-RoPE) [L, S, Hkv, d]; here and below S is
+            ``scfg.ft_buffer_len`` (``ft_max_len`` rounded up to whole backward chunks).
         ft_v: finetuning-sample values [L, S, Hkv, d].
         ft_x: retained layer inputs of the finetuning sample [L, S, D].
         ft_dh: loss gradient w.r.t. the last layer's output [S, D] (float32); in "layer"
@@ -96,7 +100,6 @@ class CoServeState:
         loss_acc: the current sample's loss so far.
         samples_done: finetuning samples fully back-propagated.
         updates_done: optimizer updates applied.
-        rng: PRNG key for temperature sampling.
     """
 
     k_pages: jax.Array
@@ -113,7 +116,6 @@ class CoServeState:
     loss_acc: jax.Array
     samples_done: jax.Array
     updates_done: jax.Array
-    rng: jax.Array
 
 
 @flax.struct.dataclass
@@ -127,7 +129,18 @@ class StepBatch:
         adapters: adapter per row [B]: `BASE`, a bank slot, or ``max_adapters`` (trainable).
         is_ft: row is a finetuning forward token [B].
         labels: next-token target of finetuning rows, `INVALID` for none [B].
-        temperature: 0 for greedy, else sampling temperature [B].
+        temperature: 0 for greedy (exactly ``argmax``), else sampling temperature [B].
+        top_p: nucleus-sampling mass per row, in (0, 1] (1 keeps every token) [B].
+        rng_key: per-row base PRNG key data [B, *key_shape] (uint32, `jax.random.key_data` of
+            the request's `seed_key`); the row's key is ``fold_in(base, sample_index)``, so a
+            seeded request's tokens do not depend on its row, the rest of the batch,
+            preemption or step boundaries.
+        sample_index: index of the token a row's output would be among its request's
+            generated tokens (0 for the first) [B].
+        rope_len: sequence length each row's RoPE is computed for [B]; read only by
+            dynamic-NTK RoPE (``LlamaConfig.rope_scaling_type == "dynamic"``): inference rows
+            ``max(prompt_len, position + 1)`` (transformers' cached generation), finetuning
+            rows the sample's length (the backward uses ``bwd_len``).
         page_table: [R, max_pages_per_request] pool page per logical page.
         loss_scale: weight of each finetuning token's loss (1 / (n - 1) for a sample of n).
         bwd_chunk: backward step to run, `INVALID` for none: the token chunk ("token"
@@ -146,6 +159,10 @@ class StepBatch:
     is_ft: jax.Array
     labels: jax.Array
     temperature: jax.Array
+    top_p: jax.Array
+    rng_key: jax.Array
+    sample_index: jax.Array
+    rope_len: jax.Array
     page_table: jax.Array
     loss_scale: jax.Array
     bwd_chunk: jax.Array
@@ -177,6 +194,12 @@ class StepOutput:
     logits: jax.Array
 
 
+@functools.cache
+def key_data_shape() -> tuple[int, ...]:
+    """Shape of one PRNG key's raw data under the default implementation ((2,) for threefry)."""
+    return tuple(jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape)
+
+
 def empty_batch(scfg: CoServeConfig) -> dict[str, Any]:
     """Host-side numpy arrays of an all-padding batch, to fill in and pass to `StepBatch`."""
     B = scfg.token_budget
@@ -188,6 +211,10 @@ def empty_batch(scfg: CoServeConfig) -> dict[str, Any]:
         "is_ft": np.zeros(B, bool),
         "labels": np.full(B, INVALID, np.int32),
         "temperature": np.zeros(B, np.float32),
+        "top_p": np.ones(B, np.float32),
+        "rng_key": np.zeros((B, *key_data_shape()), np.uint32),
+        "sample_index": np.zeros(B, np.int32),
+        "rope_len": np.zeros(B, np.int32),
         "page_table": np.full((scfg.max_requests, scfg.max_pages_per_request), INVALID, np.int32),
         "loss_scale": np.float32(0.0),
         "bwd_chunk": np.int32(INVALID),
@@ -203,14 +230,17 @@ def init_state(
     lora: Lora,
     optimizer: optax.GradientTransformation,
     *,
-    key: jax.Array,
+    key: jax.Array | None = None,
 ) -> CoServeState:
     """A fresh state: empty KV pool and buffers, the trainable adapter and its optimizer state.
 
     ``optimizer`` must be the one passed to `make_coserve_step` (wrapped in `accumulate` there).
+    ``key`` is not used: sampling keys come per request with the batch (`StepBatch.rng_key`);
+    it is accepted so that callers written before per-request keys keep working.
     """
+    del key
     dt = jnp.dtype(cfg.dtype)
-    L, S, hk, d = cfg.n_layers, scfg.ft_max_len, cfg.n_kv_heads, cfg.head_dim
+    L, S, hk, d = cfg.n_layers, scfg.ft_buffer_len, cfg.n_kv_heads, cfg.head_dim
     S_acc = 0 if scfg.backward_mode == "layer" else S  # layer mode keeps dK/dV inside a step
     pool = (L, scfg.num_pages, scfg.page_size, hk, d)
     f32 = jnp.float32
@@ -229,7 +259,6 @@ def init_state(
         loss_acc=jnp.zeros((), f32),
         samples_done=jnp.zeros((), jnp.int32),
         updates_done=jnp.zeros((), jnp.int32),
-        rng=key,
     )
 
 
@@ -245,7 +274,7 @@ def _forward(
 ) -> tuple[CoServeState, RowTokens, RowLogits]:
     """The forward of every row (see the module docstring, steps 1-2); returns the new state,
     the next token per row and the logits."""
-    cfg, lora_cfg, S = spec.cfg, spec.lora_cfg, spec.scfg.ft_max_len
+    cfg, lora_cfg, S = spec.cfg, spec.lora_cfg, spec.scfg.ft_buffer_len
     pos, slots, pt, is_ft = batch.positions, batch.slots, batch.page_table, batch.is_ft
     n_bank = bank_scales.shape[0]
     x = params["embed"][batch.tokens]
@@ -281,7 +310,10 @@ def _forward(
         adapters = [(jax.tree.map(lambda a: a[None], tl), sel_train)]
         if n_bank:
             adapters.insert(0, (bl, sel_bank))
-        y, aux = decoder_layer(cfg, layer, x, pos, attend, adapters=adapters, axis_name=axis)
+        y, aux = decoder_layer(
+            cfg, layer, x, pos, attend, adapters=adapters, axis_name=axis,
+            rope_lengths=batch.rope_len,
+        )  # fmt: skip
         return y, (*aux, fx)
 
     xs = (params["layers"], bank_l, state.lora, state.k_pages, state.v_pages, state.ft_k,
@@ -301,13 +333,11 @@ def _forward(
 
     (loss, logits), dh = jax.value_and_grad(loss_fn, has_aux=True)(x)
     ft_dh = state.ft_dh.at[ft_idx].set(dh.astype(jnp.float32), mode="drop")
-    rng, key = jax.random.split(state.rng)
-    temp = batch.temperature
-    sampled = jax.random.categorical(key, logits / jnp.where(temp > 0, temp, 1.0)[:, None])
-    next_tokens = jnp.where(temp > 0, sampled, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
+    keys = step_keys(batch.rng_key, batch.sample_index)
+    next_tokens = sample_tokens(logits, batch.temperature, batch.top_p, keys)
     state = dataclasses.replace(state,
         k_pages=kp, v_pages=vp, ft_k=fk, ft_v=fv, ft_x=fx, ft_dh=ft_dh,
-        loss_acc=state.loss_acc + loss, rng=rng,
+        loss_acc=state.loss_acc + loss,
     )  # fmt: skip
     return state, next_tokens, logits
 
@@ -330,7 +360,10 @@ def make_coserve_step(
     one counts from the end as in numpy, and a label outside is clamped into range, all
     silently wrong. Positions must be each request's real positions, consecutive with what its
     KV pages already hold; slots, page-table entries and adapter indices must name live slots,
-    pages and bank entries (out-of-range page writes are dropped); ``params``, the bank and the
+    pages and bank entries (out-of-range page writes are dropped); ``top_p`` must lie in (0, 1]
+    and ``rng_key`` hold each sampled row's request key data (rows with the same key and
+    ``sample_index`` draw with the same randomness); ``rope_len`` must follow the rule of
+    `StepBatch` (only dynamic-NTK RoPE reads it); ``params``, the bank and the
     state must have the shapes the step was built for (a mismatch fails inside ``lax.scan``).
     `CoServeEngine` validates at its boundary (the checks of `jgraph.coserve.validate`); code
     that drives the raw step must do the same.
@@ -482,7 +515,6 @@ def coserve_specs(
         loss_acc=P(),
         samples_done=P(),
         updates_done=P(),
-        rng=P(),
     )
     return pspecs, bspecs, sspecs
 

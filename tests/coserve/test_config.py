@@ -36,8 +36,10 @@ def test_llama_config_checks():
 
 
 def test_coserve_config_checks():
-    with pytest.raises(ConfigError, match=r"CoServeConfig.bwd_chunk=3: must divide ft_max_len=16"):
-        CoServeConfig(ft_max_len=16, bwd_chunk=3)
+    # bwd_chunk need not divide ft_max_len: the buffers round up to whole chunks
+    partial = CoServeConfig(ft_max_len=16, bwd_chunk=3)
+    assert (partial.n_bwd_chunks, partial.ft_buffer_len) == (6, 18)
+    assert (CoServeConfig(ft_max_len=16, bwd_chunk=4).ft_buffer_len) == 16
     with pytest.raises(ConfigError, match=r"CoServeConfig.bwd_chunk=32: must be <= 16"):
         CoServeConfig(ft_max_len=16, bwd_chunk=32)
     with pytest.raises(ConfigError, match=r"CoServeConfig.token_budget=0"):

@@ -10,8 +10,16 @@ import optax
 import pytest
 
 from jgraph.core import ConfigError
-from jgraph.coserve import AdapterBank, CoServeEngine, LoraConfig, init_lora
+from jgraph.coserve import (
+    AdapterBank,
+    CoServeEngine,
+    LlamaConfig,
+    LoraConfig,
+    init_lora,
+    init_params,
+)
 from jgraph.coserve.model import TRAINABLE, adapter_sel, forward
+from jgraph.coserve.sampling import SamplingParams, request_key, sample_tokens
 from jgraph.testing import assert_no_recompile, assert_trees_close
 
 PAD_LEN = 24
@@ -95,14 +103,14 @@ def test_bad_inputs(engine, cfg, params, lora_cfg):
     with pytest.raises(ConfigError, match=r"adapter='nope': is not loaded in the bank"):
         engine.submit([256, 1], max_new_tokens=2, adapter="nope")
     with pytest.raises(
-        ConfigError, match=r"finetuning sample 1 length=17: must be between 2 and ft_max_len=16"
+        ConfigError, match=r"finetuning samples\[1\] length=17: must be between 2 and 16"
     ):
         engine.add_finetuning([[1, 2, 3], list(range(17))])
     with pytest.raises(ConfigError, match=r"prompt \+ max_new_tokens=20: exceeds the 16 tokens"):
         engine.submit(list(range(10)), max_new_tokens=10)
-    with pytest.raises(ConfigError, match=r"prompt=\[\]: is empty"):
+    with pytest.raises(ConfigError, match=r"prompt length=0: must be >= 1"):
         engine.submit([], max_new_tokens=1)
-    with pytest.raises(ConfigError, match=r"prompt=\[999\]: ids outside \[0, 260\)"):
+    with pytest.raises(ConfigError, match=r"prompt\[0\]=999: is outside the vocabulary \[0, 260\)"):
         engine.submit([999], max_new_tokens=1)
     with pytest.raises(ConfigError, match=r"bank capacity=0: != CoServeConfig.max_adapters=2"):
         CoServeEngine(
@@ -126,17 +134,19 @@ def _serve_tight(engine, lora):
     return [engine.result(r) for r in rids], reports
 
 
-def test_preempted_requests_finish_with_the_same_greedy_output(
-    engine, cfg, params, lora_cfg, bank, lora
-):
-    ample, reports = _serve_tight(engine, lora)  # 3 requests x 3 pages <= 10 pages
-    assert not any(r.preempted for r in reports)
-    # 3 pages of 4 tokens: each request (12 tokens) is admitted with 1 page and needs 3, so
-    # the newest ones are preempted and recomputed.
-    tight = CoServeEngine(
+@pytest.fixture(scope="module")
+def tight(engine, cfg, params, lora_cfg, bank):
+    """The shared engine with 3 KV pages of 4 tokens: each request of 12 tokens is admitted
+    with 1 page and needs 3, so the newest ones are preempted and recomputed."""
+    return CoServeEngine(
         cfg, params, dataclasses.replace(engine.scfg, num_pages=3), lora_cfg,
         optimizer=optax.sgd(0.3, momentum=0.9), key=jax.random.key(0), bank=bank,
     )  # fmt: skip
+
+
+def test_preempted_requests_finish_with_the_same_greedy_output(engine, tight, lora):
+    ample, reports = _serve_tight(engine, lora)  # 3 requests x 3 pages <= 10 pages
+    assert not any(r.preempted for r in reports)
     outs, reports = _serve_tight(tight, lora)
     preempted = [rid for r in reports for rid in r.preempted]
     assert preempted
@@ -180,3 +190,141 @@ def test_set_bank_adapter_swaps_weights_without_recompiling(engine, cfg, lora_cf
     assert engine.bank.names == ("a", "b")
     assert_trees_close(engine.bank.weights, bank.weights, kind="exact")
     assert engine.generate(prompt, max_new_tokens=5, adapter="b") == before
+
+
+# -- per-request sampling -------------------------------------------------------------------
+SEEDED = {"temperature": 0.8, "top_p": 0.9, "seed": 123}
+
+
+def _run_requests(engine, reqs, *, key=5, lora=None):
+    """Resets the engine (``lora``: the adapter) and runs ``reqs`` [(prompt, submit kwargs)]."""
+    engine.reset(lora=lora, key=jax.random.key(key))
+    rids = [engine.submit(p, **kw) for p, kw in reqs]
+    reports = engine.run(max_steps=300)
+    assert engine.idle
+    return [engine.result(r) for r in rids], reports
+
+
+def test_seeded_sampling_does_not_depend_on_the_batch(engine, dense_logits, bank, lora):
+    x = (PROMPTS[0], {"max_new_tokens": 6, "adapter": "a", **SEEDED})
+    [alone], _ = _run_requests(engine, [x], lora=lora)
+    # Other rows around it (an unseeded sampled request, a greedy one, finetuning), another
+    # engine key, and it arrives third, so it lands in other rows and steps.
+    engine.reset(lora=lora, key=jax.random.key(6))
+    engine.add_finetuning([[256, *range(30, 40)]])
+    others = [(PROMPTS[2], {"max_new_tokens": 4, "temperature": 1.0}),
+              (PROMPTS[1], {"max_new_tokens": 6})]  # fmt: skip
+    rids = [engine.submit(p, **kw) for p, kw in [*others, x]]
+    engine.run(max_steps=300)
+    assert engine.result(rids[2]) == alone
+    # The key of generated token i is fold_in(seed_key(seed), i): dense logits + request_key.
+    seq, idx = list(PROMPTS[0]), jnp.int32(bank.index("a"))
+    for i in range(6):
+        toks = jnp.asarray(seq + [0] * (PAD_LEN - len(seq)), jnp.int32)
+        row = dense_logits(toks, idx, bank.weights, bank.scales)[len(seq) - 1][None]
+        key = request_key(123, i)[None]
+        seq.append(int(sample_tokens(row, jnp.full(1, 0.8), jnp.full(1, 0.9), key)[0]))
+    assert alone == seq[len(PROMPTS[0]) :]
+    # Negative checks: sampling really samples, and another seed gives other tokens.
+    greedy, _ = _run_requests(engine, [(PROMPTS[0], {"max_new_tokens": 6, "adapter": "a"})],
+                              lora=lora)  # fmt: skip
+    x2 = (PROMPTS[0], {"max_new_tokens": 6, "adapter": "a", **SEEDED, "seed": 124})
+    [other_seed], _ = _run_requests(engine, [x2], lora=lora)
+    assert alone != greedy[0]
+    assert other_seed != alone
+
+
+def test_unseeded_sampling_follows_the_engine_key(engine, lora):
+    reqs = [(p, {"max_new_tokens": 5, "temperature": 1.0}) for p in PROMPTS[:2]]
+    a, _ = _run_requests(engine, reqs, key=8, lora=lora)
+    b, _ = _run_requests(engine, reqs, key=8, lora=lora)
+    c, _ = _run_requests(engine, reqs, key=9, lora=lora)
+    assert a == b
+    assert a != c  # negative check: the key matters
+    assert a[0] != a[1]
+
+
+def test_tiny_top_p_is_greedy(engine, lora):
+    greedy, _ = _run_requests(engine, [(p, {"max_new_tokens": 5}) for p in PROMPTS], lora=lora)
+    nucleus = [(p, {"max_new_tokens": 5, "temperature": 1.5, "top_p": 1e-6, "seed": i})
+               for i, p in enumerate(PROMPTS)]  # fmt: skip
+    outs, _ = _run_requests(engine, nucleus, lora=lora)
+    assert outs == greedy
+    # Negative check: the full distribution at that temperature does not give greedy tokens.
+    full = [(p, {**kw, "top_p": 1.0}) for p, kw in nucleus]
+    assert _run_requests(engine, full, lora=lora)[0] != greedy
+
+
+def test_seeded_sampling_survives_preemption(engine, tight, lora):
+    reqs = [(p, {"max_new_tokens": 9, "adapter": a, "temperature": 1.0, "top_p": 0.95,
+                 "seed": 40 + i})
+            for i, (p, a) in enumerate(zip(TIGHT_PROMPTS, ["a", None, "b"], strict=True))]  # fmt: skip
+    ample, reports = _run_requests(engine, reqs, lora=lora)
+    assert not any(r.preempted for r in reports)
+    outs, reports = _run_requests(tight, reqs, key=3, lora=lora)
+    assert any(r.preempted for r in reports)
+    assert outs == ample
+    greedy, _ = _run_requests(tight, [(p, {**kw, "temperature": 0.0}) for p, kw in reqs],
+                              lora=lora)  # fmt: skip
+    assert outs != greedy  # negative check: these are sampled tokens
+
+
+def test_sampling_mixes_do_not_recompile(engine, lora):
+    engine.reset(lora=lora, key=jax.random.key(0))
+    engine.generate([[256, 5]], max_new_tokens=2)  # warm-up
+    with assert_no_recompile("sampled co-serving step"):
+        engine.submit([256, 1, 2], max_new_tokens=4, temperature=0.7, top_p=0.5, seed=1)
+        engine.submit([256, 3], max_new_tokens=3)
+        engine.submit([256, 4], sampling=SamplingParams(temperature=1.2, max_tokens=3))
+        engine.run(max_steps=100)
+    assert engine.idle
+
+
+def test_sampling_parameters_are_checked(engine):
+    with pytest.raises(ConfigError, match=r"SamplingParams.top_p=0"):
+        engine.submit([256], max_new_tokens=1, temperature=1.0, top_p=0.0)
+    with pytest.raises(ConfigError, match=r"SamplingParams.temperature=-1"):
+        engine.submit([256], max_new_tokens=1, temperature=-1.0)
+    with pytest.raises(ConfigError, match=r"sampling=.*given together with"):
+        engine.submit([256], sampling=SamplingParams(max_tokens=2), temperature=1.0)
+    with pytest.raises(ConfigError, match=r"max_new_tokens=None: is required"):
+        engine.submit([256])
+
+
+# -- inputs validated at the engine boundary, before anything is traced ------------------------
+def test_engine_refuses_mismatched_params_and_adapters(engine, cfg, params, lora_cfg, lora):
+    def build(**kw):
+        args = {"cfg": cfg, "params": params, "lora": None, **kw}
+        return CoServeEngine(
+            args["cfg"], args["params"], engine.scfg, lora_cfg, optimizer=optax.sgd(0.1),
+            key=jax.random.key(0), lora=args["lora"],
+        )  # fmt: skip
+
+    other = init_params(LlamaConfig.tiny(vocab_size=300), key=jax.random.key(0))
+    with pytest.raises(ConfigError, match=r"params.embed=\(300, 64\): shape != \(260, 64\)"):
+        build(params=other)
+    wide = init_lora(cfg, dataclasses.replace(lora_cfg, rank=8), key=jax.random.key(0))
+    with pytest.raises(ConfigError, match=r"lora.\w+.A rank=8: != LoraConfig.rank=4"):
+        build(lora=wide)
+    with pytest.raises(ConfigError, match=r"lora.\w+.A rank=8: != LoraConfig.rank=4"):
+        engine.reset(lora=wide, key=jax.random.key(0))
+    few = {t: lora[t] for t in ("q_proj", "v_proj")}
+    with pytest.raises(ConfigError, match=r"lora targets=.*!= LoraConfig.targets"):
+        engine.reset(lora=few, key=jax.random.key(0))
+    engine.reset(lora=lora, key=jax.random.key(0))  # the right adapter is accepted
+
+
+def test_engine_refuses_bad_token_ids(engine, lora):
+    engine.reset(lora=lora, key=jax.random.key(0))
+    with pytest.raises(ConfigError, match=r"samples\[0\]\[1\]=2.0: .*float ids are refused"):
+        engine.add_finetuning([[1, 2.0, 3]])
+    with pytest.raises(ConfigError, match=r"samples\[0\]='abc': a sample must be token ids"):
+        engine.add_finetuning(["abc"])
+    with pytest.raises(ConfigError, match=r"is one flat list of ids, not a list of samples"):
+        engine.add_finetuning([1, 2, 3])
+    with pytest.raises(ConfigError, match=r"prompt\[1\]=1.5: is a float"):
+        engine.submit([256, 1.5], max_new_tokens=1)
+    with pytest.raises(ConfigError, match=r"prompt='hi': a prompt must be token ids"):
+        engine.submit("hi", max_new_tokens=1)
+    assert not engine._ft.busy  # nothing half-queued
+    assert engine.idle

@@ -13,9 +13,21 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jgraph.core import ConfigError
+from jgraph.coserve import (
+    AdapterBank,
+    CoServeConfig,
+    CoServeEngine,
+    LoraConfig,
+    StepBatch,
+    empty_batch,
+    init_lora,
+    init_state,
+    make_coserve_step,
+)
 from jgraph.coserve.checkpoint import load_hf_checkpoint, load_peft
 from jgraph.coserve.model import forward
 from jgraph.testing import assert_trees_close
@@ -110,3 +122,55 @@ def test_wrong_rope_would_be_caught():
     got = np.asarray(forward(wrong, params, jnp.asarray(exp["ids"])))
     with pytest.raises(AssertionError):
         assert_trees_close(got, np.asarray(exp["logits"], np.float32), kind="forward")
+
+
+def _dynamic_engine_parts(budget):
+    cfg, params = load_hf_checkpoint(FIXTURES / "llama_rope_dynamic")
+    scfg = CoServeConfig(
+        token_budget=budget, max_requests=1, page_size=4, num_pages=6, max_pages_per_request=6,
+        max_adapters=0, ft_max_len=8, bwd_chunk=4,
+    )  # fmt: skip
+    return cfg, params, scfg
+
+
+# The prompt (12 tokens) is longer than max_position_embeddings=8, so dynamic-NTK RoPE scales:
+# HF's cached generation rotates the prompt for its length and each new token for its position
+# + 1. A budget of 4 prefills the prompt in 3 chunks, which must rotate it the same way.
+@pytest.mark.parametrize("budget", [16, 4])
+def test_engine_greedy_equals_hf_cached_generation_with_dynamic_rope(budget):
+    exp = _expected("llama_rope_dynamic")
+    cfg, params, scfg = _dynamic_engine_parts(budget)
+    eng = CoServeEngine(cfg, params, scfg, LoraConfig(rank=2), optimizer=optax.sgd(0.0),
+                        key=jax.random.key(0))  # fmt: skip
+    rid = eng.submit(exp["ids"], max_new_tokens=len(exp["greedy"]))
+    reports = eng.run(max_steps=100)
+    assert eng.result(rid) == exp["greedy"]
+    assert sum(r.prefill_tokens > 0 for r in reports) == (3 if budget == 4 else 1)
+
+
+def test_packed_step_logits_need_the_prompt_length_for_dynamic_rope():
+    # The step's logits of the prompt rows equal HF's (prompt rotated for its whole length);
+    # negative check: rotating each row for its own position + 1 (rope_len ignored) misses.
+    exp = _expected("llama_rope_dynamic")
+    cfg, params, scfg = _dynamic_engine_parts(16)
+    lora_cfg = LoraConfig(rank=2)
+    opt = optax.sgd(0.0)
+    step = make_coserve_step(cfg, scfg, lora_cfg, opt, inference_only=True, return_logits=True)
+    n = len(exp["ids"])
+    want = np.asarray(exp["logits"], np.float32)
+    bank = AdapterBank.build(cfg, [], capacity=0)
+
+    def logits(rope_len):
+        b = empty_batch(scfg)
+        b["tokens"][:n] = exp["ids"]
+        b["positions"][:n] = np.arange(n)
+        b["rope_len"][:n] = rope_len
+        b["slots"][:n] = 0
+        b["page_table"][0, :3] = [0, 1, 2]
+        state = init_state(cfg, scfg, init_lora(cfg, lora_cfg, key=jax.random.key(0)), opt)
+        _, out = step(params, bank.weights, bank.scales, state, StepBatch(**b))
+        return np.asarray(out.logits)[:n]
+
+    assert_trees_close(logits(n), want, kind="forward")
+    with pytest.raises(AssertionError):
+        assert_trees_close(logits(np.arange(n) + 1), want, kind="forward")

@@ -32,9 +32,10 @@ def _padded(sample):
     return jnp.asarray(np.pad(sample, (0, S - len(sample)))), jnp.int32(len(sample))
 
 
-def _run_sample(cfg, params, scfg, step, state, sample, fwd_chunk):
+def _run_sample(cfg, params, scfg, step, state, sample, fwd_chunk, rope_len=None):
     """Forward the sample in chunks of ``fwd_chunk`` rows, each packed after 3 inference rows
-    of an unrelated request (co-served), then its backward chunks last to first."""
+    of an unrelated request (co-served), then its backward chunks last to first. Finetuning
+    rows are rotated for the sample's length (``rope_len(positions)`` instead, if given)."""
     n = len(sample)
     bank = AdapterBank.build(cfg, [], capacity=scfg.max_adapters)
     cur, ipos = 0, 0
@@ -49,6 +50,8 @@ def _run_sample(cfg, params, scfg, step, state, sample, fwd_chunk):
         rows = slice(3, 3 + m)
         b["tokens"][rows] = sample[cur : cur + m]
         b["positions"][rows] = np.arange(cur, cur + m)
+        b["rope_len"][rows] = n if rope_len is None else rope_len(b["positions"][rows])
+        b["rope_len"][:3] = b["positions"][:3] + 1
         b["is_ft"][rows] = True
         b["adapters"][rows] = scfg.max_adapters
         nxt = np.arange(cur + 1, cur + m + 1)
@@ -207,3 +210,66 @@ def test_finetuning_checkpoint_resumes_exactly(engine, cfg, lora_cfg, tmp_path):
     assert engine.samples_done == 3
     assert_trees_close(np.float32(engine.losses), np.float32(straight_losses), kind="forward")
     assert_trees_close(engine.trainable_adapter(), straight, kind="forward")
+
+
+DYNAMIC = {"rope_scaling_factor": 2.0, "rope_scaling_type": "dynamic", "rope_original_max_len": 8}
+
+
+# A partial last backward chunk (5 does not divide ft_max_len=12; samples of 12 and 11 end in
+# chunks of 2 and 1 rows), in token and layer mode; and dynamic-NTK RoPE with a sample longer
+# than rope_original_max_len, whose rotation depends on the sample's length (forward rows and
+# the backward's recompute must both use it).
+@pytest.mark.parametrize(
+    ("rope", "mode", "n"),
+    [("dynamic", "token", 11), ("plain", "layer", 12), pytest.param("plain", "token", 12,
+                                                                   marks=pytest.mark.slow)],
+)  # fmt: skip
+def test_partial_chunks_and_dynamic_rope_gradients_equal_full_sequence_grad(
+    lora_cfg, lora, rope, mode, n
+):
+    cfg = LlamaConfig.tiny(**(DYNAMIC if rope == "dynamic" else {}))
+    params = init_params(cfg, key=jax.random.key(0))
+    if rope == "dynamic":  # sharper attention, so that the rotation visibly matters
+        lay = params["layers"]
+        params = {**params, "layers": {**lay, "q_proj": 10 * lay["q_proj"],
+                                       "k_proj": 10 * lay["k_proj"]}}  # fmt: skip
+    S12 = 12
+    scfg = CoServeConfig(
+        token_budget=8, max_requests=2, ft_max_len=S12, bwd_chunk=5, page_size=4,
+        backward_mode=mode,
+    )  # fmt: skip
+    assert scfg.ft_buffer_len == 15
+    assert scfg.n_bwd_chunks == 3
+    opt = optax.sgd(0.0)
+    step = make_coserve_step(cfg, scfg, lora_cfg, opt)
+    state0 = init_state(cfg, scfg, lora, opt)
+    stale = np.asarray(jax.random.randint(jax.random.key(97), (S12,), 0, 256), np.int32)
+    state0, _, _ = _run_sample(cfg, params, scfg, step, state0, stale, fwd_chunk=5)
+    sample = np.asarray(jax.random.randint(jax.random.key(n), (n,), 0, 256), np.int32)
+    state, out, fwd_loss = _run_sample(cfg, params, scfg, step, state0, sample, fwd_chunk=5)
+    # The reference runs the unpadded sample: dynamic RoPE rotates for the whole length.
+    ref_loss, ref_grad = jax.value_and_grad(sample_loss_reference, argnums=2)(
+        cfg, params, lora, lora_cfg, jnp.asarray(sample)
+    )
+    assert bool(out.sample_done)
+    assert_trees_close(np.float32(fwd_loss), ref_loss, kind="forward")
+    assert_trees_close(state.grad, ref_grad, kind="gradient")
+    assert float(jnp.max(jnp.abs(ref_grad["k_proj"]["A"]))) > 1e-4
+    if rope == "dynamic":
+        # Negative checks: the reference differs from plain RoPE's, and rotating each
+        # finetuning row for its own position + 1 (the per-row rule of generated tokens,
+        # wrong for a full sample) misses it.
+        def far(g):  # q_proj's LoRA gradient off by more than 3% of its largest entry
+            d = jnp.max(jnp.abs(g["q_proj"]["A"] - ref_grad["q_proj"]["A"]))
+            return float(d) > 0.03 * float(jnp.max(jnp.abs(ref_grad["q_proj"]["A"])))
+
+        plain = jax.grad(sample_loss_reference, argnums=2)(
+            LlamaConfig.tiny(), params, lora, lora_cfg, jnp.asarray(sample)
+        )
+        assert far(plain)
+        state2 = init_state(cfg, scfg, lora, opt)
+        state2, _, _ = _run_sample(
+            cfg, params, scfg, step, state2, sample, fwd_chunk=5, rope_len=lambda p: p + 1
+        )
+        assert far(state2.grad)
+        assert not far(state.grad)
