@@ -35,13 +35,13 @@ from jax.sharding import Mesh
 
 from jgraph.core import ConfigError, check_int, check_number
 from jgraph.coserve import _ft_checkpoint
-from jgraph.coserve._backward import backward_steps
+from jgraph.coserve._backward import backward_steps, multi_steps
 from jgraph.coserve._bank import BankSlots
 from jgraph.coserve._config import CoServeConfig, LlamaConfig, LoraConfig
 from jgraph.coserve._finetune import FinetuneCursor
 from jgraph.coserve._lora import AdapterBank, init_lora
 from jgraph.coserve._parallel import shard_tree
-from jgraph.coserve._requests import Request, RequestTable
+from jgraph.coserve._requests import EngineStats, Request, RequestTable
 from jgraph.coserve._scheduler import StepPlan
 from jgraph.coserve._step import (
     StepBatch,
@@ -482,3 +482,81 @@ class CoServeEngine:
                 "remove_bank_adapter", name, f"is used by requests {users}", "let them finish"
             )
         self._bank.remove(name)
+
+    # -- serving hooks (a server's request and job lifecycle) -----------------------------
+    def abort(self, rid: int) -> bool:
+        """Drops request ``rid`` between steps: a queued one leaves the queue, a running one
+        frees its slot and KV pages at once (for stop strings and disconnected clients), a
+        finished one's result is forgotten. Returns whether the id was known."""
+        return self._table.abort(rid)
+
+    def pop_result(self, rid: int) -> list[int] | None:
+        """Returns and forgets the generated tokens of a finished request (None when it has not
+        finished or was forgotten); a long-running server calls it so results do not pile up."""
+        return self._table.results.pop(rid, None)
+
+    def stats(self) -> EngineStats:
+        """A snapshot of queue length, running requests, free KV pages and slots, steps and
+        finetuning progress (read-only; cheap enough to call after every step)."""
+        t, ft = self._table, self._ft
+        return EngineStats(
+            waiting=len(t.queue),
+            running=len(t.running),
+            free_pages=t.pages.n_free,
+            num_pages=t.pages.total,
+            free_slots=t.slots.n_free,
+            steps=self.steps,
+            ft_samples_left=len(ft.samples) + (ft.sample is not None),
+            ft_samples_done=ft.samples_done,
+        )
+
+    def cancel_finetuning(self) -> int:
+        """Drops the queued finetuning samples and the one in flight (its partial gradient is
+        discarded: the next sample's backward starts from zero); the trainable adapter, the
+        optimizer state and the inference requests are kept. Takes effect at the next step.
+        Returns the number of samples dropped."""
+        ft = self._ft
+        dropped = len(ft.samples) + (ft.sample is not None)
+        ft.samples.clear()
+        ft.sample, ft.bwd, ft.fwd_done, ft.bwd_first = None, None, 0, False
+        return dropped
+
+    def reset_finetuning(self, *, lora: dict[str, dict[str, jax.Array]]) -> None:
+        """Starts finetuning afresh from ``lora`` without touching inference: drops the queued
+        and in-flight samples (`cancel_finetuning`), zeroes the gradient, re-initializes the
+        optimizer state and clears `losses` and `samples_done`. Queued and running requests,
+        the KV cache and the bank are kept (unlike `reset`), and the step is not recompiled.
+        Requests on `TRAINABLE` see ``lora`` from the next step on.
+
+        Raises:
+            ConfigError: ``lora`` has other targets or shapes than the trainable adapter.
+        """
+        cur = self.state.lora
+        if set(lora) != set(cur):
+            raise ConfigError(
+                "lora targets", sorted(lora), f"!= LoraConfig.targets={self.lora_cfg.targets}",
+                "pass an adapter with the configured targets",
+            )  # fmt: skip
+        for t, ab in cur.items():
+            for k in ("A", "B"):
+                got = tuple(np.shape(lora[t][k]))
+                if got != tuple(ab[k].shape):
+                    raise ConfigError(
+                        f"lora[{t!r}][{k!r}] shape", got, f"!= the trainable adapter's "
+                        f"{tuple(ab[k].shape)}", "build it with this engine's LoraConfig and model",
+                    )  # fmt: skip
+        self.cancel_finetuning()
+        f32 = jnp.float32
+        lora = jax.tree.map(lambda a, c: jnp.asarray(a, c.dtype), lora, cur)
+        self.state = dataclasses.replace(
+            self.state,
+            lora=jax.tree.map(jnp.copy, lora),  # the state is donated; never alias the caller's
+            grad=jax.tree.map(lambda a: jnp.zeros(a.shape, f32), lora),
+            opt_state=multi_steps(self._optimizer, self.scfg).init(lora),
+            loss_acc=jnp.zeros((), f32),
+            samples_done=jnp.zeros((), jnp.int32),
+            updates_done=jnp.zeros((), jnp.int32),
+        )
+        if self.mesh is not None:
+            self.state = shard_tree(self.state, self._state_specs, self.mesh)
+        self._ft = FinetuneCursor()
