@@ -1,5 +1,6 @@
 """`jgraph demo`: runs every part, reports unbuilt and failed parts honestly."""
 
+import json
 import os
 import subprocess
 import sys
@@ -28,6 +29,16 @@ def test_demo_command_tours_every_part(tmp_path):
     for part in _demo.PARTS:
         assert part.title in proc.stdout
     assert f"artifacts under {tmp_path}" in proc.stdout
+    # The coserve part's serving stop ran: the openai client streamed through the HTTP server
+    # while a finetuning job trained, and the job finished with loss events.
+    serving = json.loads((tmp_path / "coserve" / "summary.json").read_text())["serving"]
+    assert serving["streams"] == 8
+    assert 0 < serving["ttft_s_median"] <= serving["ttft_s_max"]
+    assert serving["tpot_s_median"] > 0
+    assert serving["job_status"] == "succeeded"
+    assert len(serving["job_losses"]) == 24  # 4 examples x 6 epochs
+    assert serving["fine_tuned_model"] == "ft:tiny:demo"
+    assert "openai-client streams" in proc.stdout
 
 
 @pytest.fixture

@@ -1,11 +1,13 @@
 """`jgraph demo` part: a tiny Llama serves greedy requests while a LoRA adapter trains in the
-same jitted steps; the inference outputs are checked against an inference-only run."""
+same jitted steps; the inference outputs are checked against an inference-only run. Then the
+same runs behind the OpenAI-compatible server (`jgraph.coserve._demo_serve`)."""
 
 from __future__ import annotations
 
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import optax
@@ -38,10 +40,47 @@ def _serve(engine: CoServeEngine, prompts: list[list[int]], new: int) -> tuple[l
     return [engine.result(r) for r in rids], seconds, reports
 
 
-def demo(out_dir: Path) -> DemoReport:
-    """Co-serves 6 greedy requests with LoRA finetuning on one phrase (tiny model, CPU).
+def _serving(out_dir: Path) -> dict[str, Any]:
+    try:
+        from jgraph.coserve._demo_serve import serve_demo
 
-    Writes ``loss.png``, ``summary.json`` and the trained adapter (PEFT layout) to ``out_dir``.
+        return serve_demo(out_dir)
+    except ImportError as exc:  # the serve extra and openai are optional for the library
+        log.info("server demo skipped: %s", exc)
+        return {"skipped": f"{exc} (install jgraph[all])"}
+
+
+def _serving_rows(s: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    if "skipped" in s:
+        return (("server (jgraph serve)", f"skipped: {s['skipped']}"),)
+    losses = s["job_losses"]
+    tpot = s["tpot_s_median"]
+    return (
+        ("server", f"{s['url']} (tiny model, API key), ready in {s['startup_s']:.1f}s"),
+        (
+            f"{s['streams']} openai-client streams x {s['max_tokens']} tokens",
+            f"TTFT median {s['ttft_s_median'] * 1e3:.0f} ms (max {s['ttft_s_max'] * 1e3:.0f}), "
+            f"TPOT median {'n/a' if tpot is None else f'{tpot * 1e3:.1f} ms'} (client side)",
+        ),
+        (
+            f"finetuning job {s['job_id']} ({s['job_status']})",
+            f"{len(losses)} loss events, {losses[0]:.3f} -> {losses[-1]:.3f}; "
+            f"{s['ft_samples_while_streaming']} samples trained while the streams ran"
+            if losses
+            else "no loss events",
+        ),
+        (f"{s['fine_tuned_model']} continues 'jgraph co-'", repr(s["fine_tuned_answer"])),
+    )
+
+
+def demo(out_dir: Path) -> DemoReport:
+    """Co-serves 6 greedy requests with LoRA finetuning on one phrase (tiny model, CPU), then
+    runs the HTTP server with a finetuning job and streamed requests from the ``openai`` client
+    (TTFT/TPOT and the job's losses under ``summary.json``'s ``serving``; skipped without the
+    ``serve`` extra and ``openai``).
+
+    Writes ``loss.png``, ``summary.json``, the trained adapter (PEFT layout) and the server's
+    state directory (``serve-state``) to ``out_dir``.
 
     Example:
         >>> import tempfile, pathlib
@@ -115,6 +154,10 @@ def demo(out_dir: Path) -> DemoReport:
         "steps": len(reports),
         "trained_adapter_continuation": continuation,
     }
+    serving = _serving(out_dir)
+    summary["serving"] = serving
+    if "skipped" not in serving:
+        artifacts.append(out_dir / "serve-state")
     atomic_write_json(out_dir / "summary.json", summary)
     headline = (
         f"{len(prompts)} greedy requests co-served with {len(losses)} LoRA finetuning samples in "
@@ -128,5 +171,6 @@ def demo(out_dir: Path) -> DemoReport:
         ("finetuning loss first -> last", f"{losses[0]:.3f} -> {losses[-1]:.3f}"),
         ("outputs identical to inference-only", str(identical)),
         ("trained adapter continues 'jgraph co-'", repr(continuation)),
+        *_serving_rows(serving),
     )
     return DemoReport(headline=headline, rows=rows, artifacts=tuple(artifacts))

@@ -55,7 +55,7 @@ from jgraph.coserve._ft_jobs import DEFAULT_JOB, FinetuneJob, FinetuneJobs, JobI
 from jgraph.coserve._lora import AdapterBank, init_lora
 from jgraph.coserve._parallel import shard_tree
 from jgraph.coserve._profile import profile_engine_step
-from jgraph.coserve._requests import Request, RequestTable
+from jgraph.coserve._requests import EngineStats, Request, RequestTable
 from jgraph.coserve._sampling import SamplingParams, seed_key
 from jgraph.coserve._scheduler import StepPlan
 from jgraph.coserve._step import (
@@ -444,16 +444,18 @@ class CoServeEngine:
             )
         )
 
-    def cancel_job(self, name: str = DEFAULT_JOB) -> None:
+    def cancel_job(self, name: str = DEFAULT_JOB) -> int:
         """Drops the job's queued samples and the one in flight (it stops within this step);
-        its adapter and optimizer state stay (`trainable_adapter`)."""
-        job = self._jobs.get(name)
-        c = job.cursor
+        its adapter and optimizer state stay (`trainable_adapter`). Returns the number of
+        samples dropped."""
+        c = self._jobs.get(name).cursor
+        dropped = len(c.samples) + (c.sample is not None)
         c.samples.clear()
         if c.sample is not None:
             c.sample, c.bwd, c.fwd_done, c.bwd_first = None, None, 0, False
             # the aborted sample's partial loss must not leak into the next one
             self.state = dataclasses.replace(self.state, loss_acc=self.state.loss_acc * 0)
+        return dropped
 
     def remove_job(self, name: str) -> None:
         """Forgets an idle job other than the default one (its adapter with it)."""
@@ -799,3 +801,90 @@ class CoServeEngine:
                 "remove_bank_adapter", name, f"is used by requests {users}", "let them finish"
             )
         self._bank.remove(name)
+
+    # -- serving hooks (a server's request and job lifecycle) -----------------------------
+    def abort(self, rid: int) -> bool:
+        """Drops request ``rid`` between steps: a queued one leaves the queue, a running one
+        frees its slot and KV pages at once (for stop strings and disconnected clients), a
+        finished one's result is forgotten. Returns whether the id was known."""
+        return self._table.abort(rid)
+
+    def pop_result(self, rid: int) -> list[int] | None:
+        """Returns and forgets the generated tokens of a finished request (None when it has not
+        finished or was forgotten); a long-running server calls it so results do not pile up."""
+        return self._table.results.pop(rid, None)
+
+    def stats(self) -> EngineStats:
+        """A snapshot of queue length, running requests, free KV pages and slots, steps and
+        finetuning progress over all jobs (read-only; cheap enough to call after every
+        step)."""
+        t = self._table
+        cursors = [self._jobs.get(n).cursor for n in self._jobs]
+        return EngineStats(
+            waiting=len(t.queue),
+            running=len(t.running),
+            free_pages=t.pages.n_free,
+            num_pages=t.pages.total,
+            free_slots=t.slots.n_free,
+            steps=self.steps,
+            ft_samples_left=sum(len(c.samples) + (c.sample is not None) for c in cursors),
+            ft_samples_done=sum(c.samples_done for c in cursors),
+        )
+
+    def cancel_finetuning(self) -> int:
+        """Drops the default job's queued samples and the one in flight (`cancel_job`; its
+        partial gradient is discarded: the next sample's backward starts from zero); the
+        trainable adapter, the optimizer state and the inference requests are kept. Takes
+        effect at the next step. Returns the number of samples dropped."""
+        return self.cancel_job(DEFAULT_JOB)
+
+    def reset_finetuning(self, *, lora: dict[str, dict[str, jax.Array]]) -> None:
+        """Starts finetuning afresh from ``lora`` without touching inference: drops the queued
+        and in-flight samples (`cancel_finetuning`), zeroes the gradient, re-initializes the
+        optimizer state and clears `losses` and `samples_done`. Queued and running requests,
+        the KV cache and the bank are kept (unlike `reset`), and the step is not recompiled.
+        Requests on `TRAINABLE` see ``lora`` from the next step on.
+
+        Raises:
+            ConfigError: ``lora`` has other targets or shapes than the trainable adapter.
+        """
+        cur = self.state.lora
+        if set(lora) != set(cur):
+            raise ConfigError(
+                "lora targets", sorted(lora), f"!= LoraConfig.targets={self.lora_cfg.targets}",
+                "pass an adapter with the configured targets",
+            )  # fmt: skip
+        for t, ab in cur.items():
+            for k in ("A", "B"):
+                got = tuple(np.shape(lora[t][k]))
+                if got != tuple(ab[k].shape):
+                    raise ConfigError(
+                        f"lora[{t!r}][{k!r}] shape", got, f"!= the trainable adapter's "
+                        f"{tuple(ab[k].shape)}", "build it with this engine's LoraConfig and model",
+                    )  # fmt: skip
+        self.cancel_finetuning()
+        f32 = jnp.float32
+        job = self._jobs.get(DEFAULT_JOB)
+        lora = jax.tree.map(lambda a, c: jnp.array(a, c.dtype), lora, cur)  # a copy: donated
+        opt = multi_steps(self._optimizer, self.scfg).init(lora)
+        opt = set_job_settings(opt, every_k=job.grad_accum, lr_scale=job.lr_multiplier)
+        if job.name == self._jobs.active:
+            self.state = dataclasses.replace(
+                self.state,
+                lora=lora,
+                grad=jax.tree.map(lambda a: jnp.zeros(a.shape, f32), lora),
+                opt_state=opt,
+                loss_acc=jnp.zeros((), f32),
+                samples_done=jnp.zeros((), jnp.int32),
+                updates_done=jnp.zeros((), jnp.int32),
+            )
+            if self.mesh is not None:
+                self.state = shard_tree(self.state, self._state_specs, self.mesh)
+        else:
+            if self.mesh is not None:
+                specs = self._state_specs
+                assert specs is not None, "a mesh engine without state specs (a bug)"
+                lora = shard_tree(lora, specs.lora, self.mesh)
+                opt = shard_tree(opt, specs.opt_state, self.mesh)
+            job.stash = (lora, opt)
+        job.cursor, job.updates, job.forward_tokens = FinetuneCursor(), 0, 0

@@ -130,7 +130,7 @@ class JobManager:
         epochs = 1 if hp is None or hp.n_epochs == "auto" else hp.n_epochs
         if not isinstance(epochs, int) or not 1 <= epochs <= 1000:
             raise APIError(400, "n_epochs must be 1..1000", param="hyperparameters.n_epochs")
-        accum = svc.backend.engine.scfg.grad_accum
+        accum = svc.backend.grad_accum
         if hp is not None and hp.batch_size not in ("auto", accum):
             raise APIError(
                 400, f"batch_size is fixed at {accum} (CoServeConfig.grad_accum) for now",

@@ -16,7 +16,37 @@ from jgraph.coserve._alloc import AllocError, IdPool
 from jgraph.coserve._paged import INVALID
 from jgraph.coserve._scheduler import Queued, Running, StepPlan, plan
 
-__all__ = ["Request", "RequestTable"]
+__all__ = ["EngineStats", "Request", "RequestTable"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EngineStats:
+    """A snapshot of the engine's load (`CoServeEngine.stats`), for metrics and admission.
+
+    Attributes:
+        waiting: inference requests queued (not admitted, or preempted).
+        running: inference requests holding a slot.
+        free_pages: KV pages free.
+        num_pages: KV pages in the pool.
+        free_slots: request slots free.
+        steps: steps run since the last `CoServeEngine.reset`.
+        ft_samples_left: finetuning samples queued or in flight.
+        ft_samples_done: finetuning samples completed.
+    """
+
+    waiting: int
+    running: int
+    free_pages: int
+    num_pages: int
+    free_slots: int
+    steps: int
+    ft_samples_left: int
+    ft_samples_done: int
+
+    @property
+    def kv_utilization(self) -> float:
+        """Fraction of KV pages held by running requests (0..1)."""
+        return 1.0 - self.free_pages / self.num_pages if self.num_pages else 0.0
 
 
 @dataclasses.dataclass
@@ -155,6 +185,20 @@ class RequestTable:
                 del self.running[req.rid]
                 self._release(req)
         return new, finished
+
+    def abort(self, rid: int) -> bool:
+        """Drops request ``rid`` wherever it is: a queued one leaves the queue, a running one
+        frees its slot and pages, a finished one's result is forgotten. Returns whether the
+        request was known. Call it between steps (a plan refers to running requests)."""
+        for req in self.queue:
+            if req.rid == rid:
+                self.queue.remove(req)
+                return True
+        req_ = self.running.pop(rid, None)
+        if req_ is not None:
+            self._release(req_)
+            return True
+        return self.results.pop(rid, None) is not None
 
     def _release(self, req: Request) -> None:
         self.pages.free(req.pages)

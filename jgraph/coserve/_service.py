@@ -373,10 +373,10 @@ class CoServeService:
         m = self.metrics
         m.steps.inc()
         m.record_ft_tokens(rep.ft_forward_tokens, now=now)
-        waiting, running, kv = self.backend.load()
-        m.waiting.set(waiting)
-        m.running.set(running)
-        m.kv_util.set(kv)
+        st = self.backend.stats()
+        m.waiting.set(st.waiting)
+        m.running.set(st.running)
+        m.kv_util.set(st.kv_utilization)
         if rep.sample_loss is not None:
             m.ft_samples.inc()
             if math.isfinite(rep.sample_loss):

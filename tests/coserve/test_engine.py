@@ -20,7 +20,7 @@ from jgraph.coserve import (
 )
 from jgraph.coserve.model import TRAINABLE, adapter_sel, forward
 from jgraph.coserve.sampling import SamplingParams, request_key, sample_tokens
-from jgraph.testing import assert_no_recompile, assert_trees_close
+from jgraph.testing import assert_no_recompile, assert_trees_close, tolerance
 
 PAD_LEN = 24
 PROMPTS = [[256, 72, 101, 108], [256, 9], [256, 1, 2, 3, 4, 5, 6, 7, 8], [256, 50, 60]]
@@ -328,3 +328,103 @@ def test_engine_refuses_bad_token_ids(engine, lora):
         engine.submit("hi", max_new_tokens=1)
     assert not engine._ft.busy  # nothing half-queued
     assert engine.idle
+
+
+def test_abort_frees_pages_and_slot_of_queued_running_and_finished_requests(engine, lora):
+    engine.reset(lora=lora, key=jax.random.key(5))
+    first = engine.submit([256, 1, 2, 3, 4], max_new_tokens=6)  # 11 tokens: 3 pages of 4
+    done = engine.submit([256, 9], max_new_tokens=1)
+    engine.step()  # budget 8: first (5 prefill) and done (2 prefill) admitted
+    queued = engine.submit([256, 7], max_new_tokens=2)
+    st = engine.stats()
+    assert (st.waiting, st.running, st.steps) == (1, 1, 1)  # "done" finished in its prefill
+    assert st.free_pages == 10 - 2  # first holds ceil(5 / 4) = 2 pages
+    assert st.free_slots == 3 - 1
+    assert st.kv_utilization == pytest.approx(2 / 10)
+    assert engine.abort(queued)
+    assert engine.abort(first)
+    st = engine.stats()
+    assert (st.waiting, st.running, st.free_pages, st.free_slots) == (0, 0, 10, 3)
+    engine._table.check()
+    assert engine.idle
+    assert len(engine.result(done)) == 1
+    assert engine.abort(done)  # forgets the finished result
+    assert engine.pop_result(done) is None
+    assert not engine.abort(first)  # unknown now
+    assert not engine.abort(12345)
+    # The freed slot and pages serve a new request normally.
+    rid = engine.submit([256, 1, 2, 3, 4], max_new_tokens=6)
+    engine.run(max_steps=50)
+    assert len(engine.pop_result(rid)) == 6
+    assert engine.pop_result(rid) is None
+
+
+FT_SAMPLES = [[256, *range(10, 24)], [256, 7, 7, 7, 8, 8, 8, 9]]
+
+
+def test_reset_finetuning_restarts_the_job_and_keeps_requests(engine, cfg, lora_cfg, lora):
+    engine.reset(lora=lora, key=jax.random.key(5))
+    engine.add_finetuning(FT_SAMPLES, epochs=2)  # 4 samples, 2 updates (grad_accum=2)
+    engine.run(max_steps=300)
+    fresh = list(engine.losses)  # also warms the step up
+    assert len(fresh) == 4
+    # A job trains (one update done, a sample in flight) while a request runs; then restart.
+    engine.reset(lora=lora, key=jax.random.key(5))
+    engine.add_finetuning([[256, *range(30, 45)]] * 3)
+    while engine.samples_done < 2:
+        engine.step()
+    rid = engine.submit([256, 72, 101, 108], max_new_tokens=12)
+    engine.step()
+    engine.step()
+    assert int(engine.state.updates_done) == 1
+    assert engine.stats().running == 1
+    assert engine.stats().ft_samples_left == 1
+    other = init_lora(cfg, lora_cfg, key=jax.random.key(9))
+    engine.reset_finetuning(lora=other)
+    assert_trees_close(engine.trainable_adapter(), other, kind="exact")
+    engine.reset_finetuning(lora=lora)
+    st = engine.stats()
+    assert (st.ft_samples_left, st.ft_samples_done, st.running) == (0, 0, 1)
+    assert engine.losses == []
+    with assert_no_recompile("steps after reset_finetuning"):
+        engine.add_finetuning(FT_SAMPLES, epochs=2)
+        engine.run(max_steps=300)
+    assert len(engine.result(rid)) == 12  # the request survived the restart
+    tol = tolerance("forward", np.float32)
+    # Same losses as the fresh job: adapter, gradient and optimizer state (momentum and the
+    # accumulation counter) were all reset.
+    np.testing.assert_allclose(engine.losses, fresh, rtol=tol.rtol, atol=tol.atol)
+    assert int(engine.state.updates_done) == 2
+    # Negative check: without a reset the trained adapter carries over; a rerun differs.
+    engine.add_finetuning(FT_SAMPLES, epochs=2)
+    engine.run(max_steps=300)
+    assert not np.allclose(engine.losses[4:], fresh)
+    with pytest.raises(ConfigError, match=r"lora targets=\['q_proj'\]"):
+        engine.reset_finetuning(lora={"q_proj": lora["q_proj"]})
+    small = init_lora(cfg, LoraConfig(rank=2, targets=lora_cfg.targets), key=jax.random.key(0))
+    with pytest.raises(ConfigError, match=r"lora\['\w+'\]\['A'\] shape=.*!= the trainable"):
+        engine.reset_finetuning(lora=small)
+
+
+def test_cancel_finetuning_drops_samples_and_keeps_the_adapter(engine, lora):
+    engine.reset(lora=lora, key=jax.random.key(5))
+    engine.add_finetuning(FT_SAMPLES, epochs=3)
+    rid = engine.submit([256, 5, 6], max_new_tokens=10)
+    while engine.samples_done < 2:
+        engine.step()
+    engine.step()  # the third sample is in flight now (6 forward tokens per step)
+    trained = engine.trainable_adapter()
+    assert engine.cancel_finetuning() == 4  # 1 in flight + 3 queued
+    assert engine.stats().ft_samples_left == 0
+    reports = engine.run(max_steps=50)
+    assert all(r.ft_forward_tokens == 0 and r.bwd_chunk is None for r in reports)
+    assert len(engine.result(rid)) == 10
+    assert engine.samples_done == 2
+    assert len(engine.losses) == 2
+    assert_trees_close(engine.trainable_adapter(), trained, kind="exact")
+    assert engine.cancel_finetuning() == 0
+    # Finetuning resumes normally after a cancel (a fresh sample's backward starts at zero).
+    engine.add_finetuning(FT_SAMPLES[:1])
+    engine.run(max_steps=100)
+    assert engine.samples_done == 3
+    assert np.isfinite(engine.losses[-1])
