@@ -6,9 +6,11 @@ and the co-serving step (`make_coserve_step`, `init_state`, `empty_batch` -> `St
 `StepOutput`) that runs decode, chunked-prefill and finetuning-forward tokens plus one
 finetuning backward step per call, with exact LoRA gradients and pruned activation retention
 (the backward split by token chunks or by layers: ``CoServeConfig.backward_mode``,
-`backward_steps`). `CoServeEngine` is a simple host loop around it (FCFS admission, chunked
-prefill, finetuning in the leftover budget, Orbax checkpoints of the finetuning job); the
-request manager, SLO controller and HTTP server are a later issue.
+`backward_steps`). `CoServeEngine` runs it (issue #16): a pure scheduler plans each step
+(continuous batching with chunked prefill, admission by free KV pages, preemption of the
+newest request under KV pressure, per-request sampling), several finetuning jobs share the
+finetuning budget that an optional SLO policy (`jgraph.coserve.slo`) grants per step, and
+each job checkpoints with Orbax.
 
 Public submodules:
 
@@ -25,6 +27,11 @@ Public submodules:
   keys and stop strings.
 * `jgraph.coserve.validate`: the checks of weights, adapters, samples and prompts that run
   before any tracing.
+* `jgraph.coserve.slo`: the step-time cost model, the SLO-aware finetuning budget controller
+  and the baseline policies (inference-only, finetuning-only, temporal sharing, static split).
+* `jgraph.coserve.workload`: Poisson/bursty arrivals, ShareGPT-shaped synthetic lengths,
+  JSONL traces and an open-loop load client.
+* `jgraph.coserve.serve`: the OpenAI-compatible server behind `jgraph serve`.
 
 References:
     Oliaro et al., "FlexLLM: Token-Level Co-Serving of LLM Inference and Finetuning with SLO
@@ -37,11 +44,11 @@ from jgraph.coserve._config import LlamaConfig as LlamaConfig
 from jgraph.coserve._config import LoraConfig as LoraConfig
 from jgraph.coserve._demo import demo as demo
 from jgraph.coserve._engine import CoServeEngine as CoServeEngine
-from jgraph.coserve._engine import StepReport as StepReport
 from jgraph.coserve._lora import AdapterBank as AdapterBank
 from jgraph.coserve._lora import init_lora as init_lora
 from jgraph.coserve._lora import merge_lora as merge_lora
 from jgraph.coserve._model import init_params as init_params
+from jgraph.coserve._report import StepReport as StepReport
 from jgraph.coserve._step import CoServeState as CoServeState
 from jgraph.coserve._step import StepBatch as StepBatch
 from jgraph.coserve._step import StepOutput as StepOutput

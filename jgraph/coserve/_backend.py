@@ -2,7 +2,8 @@
 
 The server's engine thread is the only caller, and it uses the engine's public API only
 (`CoServeEngine.submit`, `abort`, `pop_result`, `stats`, `set_bank_adapter`,
-`remove_bank_adapter`, `reset_finetuning`, `cancel_finetuning`).
+`remove_bank_adapter`, and per finetuning job `add_job`, `add_finetuning`, `cancel_job`,
+`trainable_adapter`, `remove_job`).
 
 Adapter slots: the engine's bank has ``CoServeConfig.max_adapters`` fixed slots (fixed shapes:
 no recompilation). A slot holds one *version* of one model under the bank name ``name@vN``;
@@ -171,19 +172,31 @@ class EngineBackend:
         return self.engine.stats()
 
     # -- finetuning -----------------------------------------------------------------------
-    def start_training(self, samples: list[list[int]], *, epochs: int) -> None:
-        """Starts a job on a fresh trainable adapter while requests keep running."""
-        self.engine.reset_finetuning(lora=self._init_adapter())
-        self.engine.add_finetuning(samples, epochs=epochs)
+    def start_training(
+        self,
+        job: str,
+        samples: list[list[int]],
+        *,
+        epochs: int,
+        grad_accum: int,
+        learning_rate_multiplier: float,
+    ) -> None:
+        """Starts engine finetuning job ``job`` on a fresh adapter while requests keep running
+        (it shares the finetuning budget with the other running jobs)."""
+        self.engine.add_job(
+            job, lora=self._init_adapter(), grad_accum=grad_accum,
+            learning_rate_multiplier=learning_rate_multiplier,
+        )  # fmt: skip
+        self.engine.add_finetuning(samples, epochs=epochs, job=job)
 
-    def stop_training(self) -> None:
-        """Drops the queued samples and the one in flight (takes effect at the next step)."""
-        self.engine.cancel_finetuning()
+    def stop_training(self, job: str) -> None:
+        """Drops the job's samples (the one in flight too) and forgets it."""
+        if job in self.engine.jobs:
+            self.engine.cancel_job(job)
+            self.engine.remove_job(job)
 
-    @property
-    def training_done(self) -> bool:
-        """The started job has no sample left (queued or in flight)."""
-        return self.engine.stats().ft_samples_left == 0
-
-    def trainable_adapter(self) -> Lora:
-        return self.engine.trainable_adapter()
+    def finish_training(self, job: str) -> Lora:
+        """The finished job's adapter; the engine forgets the job."""
+        lora = self.engine.trainable_adapter(job)
+        self.engine.remove_job(job)
+        return lora

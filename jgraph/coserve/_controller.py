@@ -13,7 +13,9 @@ Modes (`PolicyMode`; B = the step's token budget, n = ``min(inference_tokens, B)
   whose predicted step time (a `StepCostModel` plus a feedback bias) stays under
   ``tpot_s * (1 - margin)``, a backward step when it fits too (decided first: it unblocks the
   next sample), and never more than an AIMD allowance; nothing at all while the oldest
-  waiting prompt has waited more than ``ttft_guard * ttft_s``. Inference is never capped.
+  waiting prompt has waited more than ``ttft_guard * ttft_s``; everything (B tokens and the
+  backward step) in a step without inference tokens, where no TPOT is at stake (such steps
+  are not fed back either). Inference is never capped.
 * ``"inference_only"``: finetuning gets nothing.
 * ``"finetune_only"``: inference gets nothing (cap 0); finetuning gets all B tokens and every
   backward step (the peak-finetuning reference; run it without inference load).
@@ -264,6 +266,10 @@ class BudgetController:
         b = self.token_budget
         if oldest_wait_s > self.slo.ttft_guard * self.slo.ttft_s:
             return FinetuneBudget(0, False, b)
+        if inference_tokens == 0:
+            # No request decodes or prefills this step: no TPOT to protect (a prompt arriving
+            # meanwhile waits at most one step, and the TTFT guard above covers waiting).
+            return FinetuneBudget(b, backward_pending, b)
         n_inf = min(inference_tokens, b)
         base = self.model.predict(n_inf, 0, False) + self.bias_s
         headroom = min(self.slo.target_s - base, self.allowance_s)
@@ -288,6 +294,8 @@ class BudgetController:
         check_int("ft_tokens", ft_tokens, minimum=0)
         slo, m = self.slo, self.model
         self.steps += 1
+        if inference_tokens == 0:
+            return  # a finetuning-only step: no target, and not the model's inference regime
         residual = measured_step_s - m.predict(inference_tokens, ft_tokens, backward)
         self.bias_s += slo.bias_ewma * (residual - self.bias_s)
         ft_time = m.per_ft_token * ft_tokens + m.backward * float(backward)

@@ -1,12 +1,14 @@
 """Finetuning jobs of the server: records, the queue, and their run on the engine thread.
 
-Jobs run one at a time on the engine's single trainable adapter (further jobs wait, FIFO);
-several jobs sharing the finetuning budget come with the request manager. A job:
+Up to `MAX_RUNNING_JOBS` jobs run at once, each as its own engine finetuning job (own
+adapter, optimizer state, ``batch_size`` = gradient accumulation and
+``learning_rate_multiplier``; `CoServeEngine.add_job`): they take turns sample by sample in
+the finetuning budget the engine grants; further jobs wait, FIFO. A job:
 
 1. is created (HTTP handler) from an uploaded JSONL file, parsed and checked then
    (`parse_dataset`: a bad line is a 400 that names it), and recorded as ``queued``;
-2. starts on the engine thread when no job runs: a fresh trainable adapter, the samples
-   queued ``n_epochs`` times (``running``);
+2. starts on the engine thread when fewer than `MAX_RUNNING_JOBS` run: a fresh adapter, the
+   samples queued ``n_epochs`` times (``running``);
 3. gets a ``metrics`` event per finetuning sample with its loss;
 4. on its last sample, saves the adapter (PEFT layout, a new version folder renamed into
    place), hot-swaps it into the inference bank under ``fine_tuned_model`` and is recorded
@@ -40,6 +42,15 @@ __all__ = ["JobManager"]
 log = logging.getLogger(__name__)
 
 ACTIVE = ("validating_files", "queued", "running")
+MAX_RUNNING_JOBS = 4
+"""Jobs trained at once (each keeps an adapter and its optimizer state on the device)."""
+
+
+class _Run:
+    """Progress of a running job (engine thread)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.tokens = total, 0, 0
 
 
 class JobManager:
@@ -50,11 +61,8 @@ class JobManager:
         self.state = service.state
         self.jobs: dict[str, dict[str, Any]] = {}
         self.queue: collections.deque[str] = collections.deque()
-        self.active: str | None = None
+        self.running: dict[str, _Run] = {}  # job id -> progress (engine thread)
         self._samples: dict[str, list[list[int]]] = {}
-        self._done = 0
-        self._total = 0
-        self._trained_tokens = 0
         adapters = self.state.adapters()
         by_job = {m.get("job_id"): name for name, m in adapters.items()}
         for job in self.state.jobs():
@@ -130,16 +138,21 @@ class JobManager:
         epochs = 1 if hp is None or hp.n_epochs == "auto" else hp.n_epochs
         if not isinstance(epochs, int) or not 1 <= epochs <= 1000:
             raise APIError(400, "n_epochs must be 1..1000", param="hyperparameters.n_epochs")
-        accum = svc.backend.grad_accum
-        if hp is not None and hp.batch_size not in ("auto", accum):
+        accum = svc.backend.grad_accum if hp is None or hp.batch_size == "auto" else hp.batch_size
+        if isinstance(accum, bool) or not isinstance(accum, int) or not 1 <= accum <= 256:
             raise APIError(
-                400, f"batch_size is fixed at {accum} (CoServeConfig.grad_accum) for now",
+                400, "batch_size (samples per optimizer update) must be 1..256 or 'auto'",
                 param="hyperparameters.batch_size",
             )  # fmt: skip
-        if hp is not None and hp.learning_rate_multiplier not in ("auto", 1, 1.0):
+        lr_mult = 1.0 if hp is None else hp.learning_rate_multiplier
+        lr_mult = 1.0 if lr_mult == "auto" else lr_mult
+        if isinstance(lr_mult, bool) or not isinstance(lr_mult, int | float):
+            lr_mult = -1.0
+        if not 0 < lr_mult <= 100 or not math.isfinite(lr_mult):
             raise APIError(
-                400, f"the learning rate is fixed at {svc.config.learning_rate} "
-                "(ServeConfig.learning_rate) for now", param="hyperparameters.learning_rate_multiplier",
+                400, "learning_rate_multiplier must be in (0, 100] or 'auto' (it scales "
+                f"ServeConfig.learning_rate={svc.config.learning_rate})",
+                param="hyperparameters.learning_rate_multiplier",
             )  # fmt: skip
         data = self.state.file_bytes(req.training_file)
         if data is None:
@@ -173,7 +186,7 @@ class JobManager:
             "hyperparameters": {
                 "n_epochs": epochs,
                 "batch_size": accum,
-                "learning_rate_multiplier": 1.0,
+                "learning_rate_multiplier": float(lr_mult),
             },
             "trained_tokens": None,
             "error": None,
@@ -216,14 +229,14 @@ class JobManager:
 
     # -- engine thread --------------------------------------------------------------------
     def _stop_cancelled(self) -> None:
-        if self.active is not None and self.jobs[self.active]["status"] == "cancelled":
-            self.svc.backend.stop_training()
-            self.active = None
+        for job_id in [j for j in self.running if self.jobs[j]["status"] == "cancelled"]:
+            self.svc.backend.stop_training(job_id)
+            del self.running[job_id]
 
     def tick(self) -> None:
-        """Starts the next queued job when none runs (engine thread)."""
+        """Starts queued jobs while fewer than `MAX_RUNNING_JOBS` run (engine thread)."""
         self._stop_cancelled()
-        while self.active is None and self.queue:
+        while len(self.running) < MAX_RUNNING_JOBS and self.queue:
             with self.svc.lock:
                 job_id = self.queue.popleft()
                 job = self.jobs[job_id]
@@ -231,19 +244,21 @@ class JobManager:
                     continue
             try:
                 samples = self._samples.pop(job_id, None) or self._load_samples(job)
-                epochs = int(job["hyperparameters"]["n_epochs"])
-                self.svc.backend.start_training(samples, epochs=epochs)
+                hp = job["hyperparameters"]
+                epochs = int(hp["n_epochs"])
+                self.svc.backend.start_training(
+                    job_id, samples, epochs=epochs, grad_accum=int(hp["batch_size"]),
+                    learning_rate_multiplier=float(hp["learning_rate_multiplier"]),
+                )  # fmt: skip
             except (ConfigError, APIError, OSError) as exc:
                 with self.svc.lock:
                     self._fail(job, str(getattr(exc, "message", exc)), "invalid_training_file")
                 continue
-            self.active, self._done = job_id, 0
-            self._total = len(samples) * epochs
-            self._trained_tokens = 0
+            self.running[job_id] = run = _Run(len(samples) * epochs)
             with self.svc.lock:
                 job["status"] = "running"
                 self._save(job)
-                self._event(job, f"Fine-tuning job started: {self._total} samples")
+                self._event(job, f"Fine-tuning job started: {run.total} samples")
 
     def _load_samples(self, job: dict[str, Any]) -> list[list[int]]:
         data = self.state.file_bytes(job["training_file"])
@@ -255,33 +270,35 @@ class JobManager:
         )
 
     def after_step(self, rep: StepReport) -> None:
-        """Records a finished sample's loss; completes the job after its last (engine thread)."""
+        """Records a finished sample's loss; completes a job after its last (engine thread)."""
         self._stop_cancelled()  # a cancel that arrived during the step
-        if self.active is None:
+        job_id = rep.ft_job
+        run = self.running.get(job_id) if job_id is not None else None
+        if job_id is None or run is None:
             return
-        job = self.jobs[self.active]
-        self._trained_tokens += rep.ft_forward_tokens
+        job = self.jobs[job_id]
+        run.tokens += rep.ft_forward_tokens
         if rep.sample_loss is not None:
-            self._done += 1
+            run.done += 1
             loss = rep.sample_loss
             with self.svc.lock:
                 self._event(
-                    job, f"Step {self._done}/{self._total}: training loss={loss:.4f}",
-                    data={"step": self._done, "total_steps": self._total, "train_loss": loss},
+                    job, f"Step {run.done}/{run.total}: training loss={loss:.4f}",
+                    data={"step": run.done, "total_steps": run.total, "train_loss": loss},
                 )  # fmt: skip
             if not math.isfinite(loss):
-                self.svc.backend.stop_training()
+                self.svc.backend.stop_training(job_id)
+                del self.running[job_id]
                 with self.svc.lock:
                     self._fail(job, f"the training loss became {loss}", "non_finite_loss")
-                self.active = None
                 return
-        if self.svc.backend.training_done:
+        if run.done == run.total:
             self._complete(job)
 
     def _complete(self, job: dict[str, Any]) -> None:
-        svc, self.active = self.svc, None
+        svc, run = self.svc, self.running.pop(job["id"])
         name = job["jgraph_model_name"]
-        lora = svc.backend.trainable_adapter()
+        lora = svc.backend.finish_training(job["id"])
         try:
             path, version = svc.state.save_adapter(
                 name,
@@ -295,13 +312,14 @@ class JobManager:
                 self._fail(job, f"saving the adapter failed: {exc}", "save_failed")
             return
         with svc.lock:
-            job["trained_tokens"] = self._trained_tokens
+            job["trained_tokens"] = run.tokens
             if job["status"] == "running":
                 self._finish_record(job, name)
         log.info("finetuning job %s done: %s v%d", job["id"], name, version)
 
     def fail_active(self, message: str) -> None:
-        if self.active is not None:
+        for job_id in list(self.running):
             with self.svc.lock:
-                self._fail(self.jobs[self.active], message, "engine_error")
-            self.active = None
+                self._fail(self.jobs[job_id], message, "engine_error")
+            self.svc.backend.stop_training(job_id)
+            del self.running[job_id]

@@ -256,6 +256,21 @@ def test_a_step_with_inference_over_target_gives_finetuning_nothing():
     assert ctl.budget(10, 0.0, backward_pending=True) == FinetuneBudget(54, True, 64)
 
 
+def test_a_step_without_inference_gives_finetuning_everything_and_is_not_fed_back():
+    # a backward step that never fits the TPOT target next to inference (0.010 + 0.012 > 0.018)
+    m = StepCostModel(intercept=0.010, per_inference_token=1e-4, per_ft_token=1e-4, backward=0.012)
+    ctl = BudgetController(SLOConfig(tpot_s=0.02, ttft_s=1.0), m, token_budget=64)
+    assert not ctl.budget(1, 0.0, backward_pending=True).allow_backward
+    assert ctl.budget(0, 0.0, backward_pending=True) == FinetuneBudget(64, True, 64)
+    assert ctl.budget(0, 0.0) == FinetuneBudget(64, False, 64)
+    assert ctl.budget(0, 0.6, backward_pending=True) == FinetuneBudget(0, False, 64)  # TTFT guard
+    before = (ctl.allowance_s, ctl.bias_s, ctl.violations)
+    ctl.observe(0.5, inference_tokens=0, ft_tokens=64, backward=True)  # slow, but no TPOT at stake
+    assert (ctl.allowance_s, ctl.bias_s, ctl.violations) == before
+    ctl.observe(0.5, inference_tokens=4, ft_tokens=8, backward=False)  # negative: this one counts
+    assert ctl.violations == before[2] + 1
+
+
 # --- baselines ------------------------------------------------------------------------------
 
 
