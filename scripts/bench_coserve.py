@@ -395,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         print("(CPU: decoding is compute-bound, so these numbers understate co-serving)")
     if args.out:
         out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)  # the plots are written before the JSON
         plots = plot(results, out.with_suffix(""))
         print("plots:", ", ".join(str(p) for p in plots))
         write_results(

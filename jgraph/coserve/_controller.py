@@ -78,6 +78,11 @@ class SLOConfig:
             fraction of ``tpot_s``.
         aimd_decrease: multiplicative decrease factor applied on a violation (0 <= f < 1).
         bias_ewma: weight of the newest measurement in the EWMA of the prediction error.
+        slack_steps: TPOT is a per-request average (the time between a request's first and
+            last token over its tokens), so time saved by steps under the target may be spent
+            by a later, longer step (e.g. one with a backward step that alone would not fit):
+            the controller banks ``target - measured`` per step, within ``+-slack_steps *
+            target``. 0: every step must fit on its own.
     """
 
     tpot_s: float
@@ -87,6 +92,7 @@ class SLOConfig:
     aimd_increase: float = 0.02
     aimd_decrease: float = 0.5
     bias_ewma: float = 0.1
+    slack_steps: float = 2.0
 
     def __post_init__(self) -> None:
         check_number("SLOConfig.tpot_s", self.tpot_s, minimum=0.0, strict_minimum=True)
@@ -106,6 +112,7 @@ class SLOConfig:
         check_number(
             "SLOConfig.bias_ewma", self.bias_ewma, minimum=0.0, maximum=1.0, strict_minimum=True
         )
+        check_number("SLOConfig.slack_steps", self.slack_steps, minimum=0.0, maximum=100.0)
 
     @property
     def target_s(self) -> float:
@@ -256,6 +263,7 @@ class BudgetController:
         self.token_budget = check_int("token_budget", token_budget, minimum=1)
         self.bias_s = 0.0  # EWMA of measured - predicted step time
         self.allowance_s = slo.target_s  # AIMD allowance of finetuning time per step
+        self.slack_s = 0.0  # banked time: target - measured, summed (SLOConfig.slack_steps)
         self.steps = 0
         self.violations = 0
 
@@ -272,7 +280,7 @@ class BudgetController:
             return FinetuneBudget(b, backward_pending, b)
         n_inf = min(inference_tokens, b)
         base = self.model.predict(n_inf, 0, False) + self.bias_s
-        headroom = min(self.slo.target_s - base, self.allowance_s)
+        headroom = min(self.slo.target_s - base + self.slack_s, self.allowance_s)
         allow_bwd = backward_pending and self.model.backward <= headroom
         if allow_bwd:
             headroom -= self.model.backward
@@ -299,7 +307,9 @@ class BudgetController:
         residual = measured_step_s - m.predict(inference_tokens, ft_tokens, backward)
         self.bias_s += slo.bias_ewma * (residual - self.bias_s)
         ft_time = m.per_ft_token * ft_tokens + m.backward * float(backward)
-        if measured_step_s <= slo.tpot_s:
+        banked, cap = self.slack_s, slo.slack_steps * slo.target_s
+        self.slack_s = min(max(banked + slo.target_s - measured_step_s, -cap), cap)
+        if measured_step_s <= slo.tpot_s + max(banked, 0.0):
             self.allowance_s = min(self.allowance_s + slo.aimd_increase * slo.tpot_s, slo.target_s)
             return
         self.violations += 1

@@ -276,6 +276,7 @@ def forward(
     *,
     lora: Params | None = None,
     sel: jax.Array | None = None,
+    length: jax.Array | int | None = None,
 ) -> jax.Array:
     """Dense causal forward of one sequence: the reference for every fast path.
 
@@ -285,6 +286,9 @@ def forward(
         tokens: token ids [S].
         lora: stacked adapters ``{target: {"A": [n, L, in, r], "B": [n, L, r, out]}}`` or None.
         sel: per-token adapter weights [S, n] (see `decoder_layer`).
+        length: the sequence's real length when ``tokens`` ends in padding (dynamic-NTK RoPE
+            rotates for the sequence's length; causal attention keeps padding out of the real
+            tokens' logits anyway); default: all of ``tokens``.
 
     Returns:
         Logits [S, vocab], float32.
@@ -298,6 +302,8 @@ def forward(
         (5, 260)
     """
     positions = jnp.arange(tokens.shape[0], dtype=jnp.int32)
+    n = tokens.shape[0] if length is None else length
+    rope_len = jnp.broadcast_to(jnp.asarray(n, jnp.int32), positions.shape)
     x = params["embed"][tokens]
     lora_l = {} if lora is None else jax.tree.map(lambda a: jnp.moveaxis(a, 1, 0), lora)
     if lora is not None and sel is None:
@@ -306,7 +312,9 @@ def forward(
     def body(x: jax.Array, xs: tuple[Params, Params]) -> tuple[jax.Array, None]:
         layer, lo = xs
         ad = ((lo, sel),) if lora is not None and sel is not None else ()
-        y, _ = decoder_layer(cfg, layer, x, positions, dense_causal_attend, adapters=ad)
+        y, _ = decoder_layer(
+            cfg, layer, x, positions, dense_causal_attend, adapters=ad, rope_lengths=rope_len
+        )
         return y, None
 
     x, _ = jax.lax.scan(body, x, (params["layers"], lora_l))

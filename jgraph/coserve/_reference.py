@@ -56,7 +56,7 @@ def sample_loss_reference(
     _check_sample(cfg, tokens, length)
     one = jax.tree.map(lambda a: a[None], lora)
     sel = jnp.full((tokens.shape[0], 1), lora_cfg.scale, jnp.float32)
-    logits = forward(cfg, params, tokens, lora=one, sel=sel)[:-1]
+    logits = forward(cfg, params, tokens, lora=one, sel=sel, length=length)[:-1]
     tgt = tokens[1:]
     ce = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, tgt[:, None], -1)[:, 0]
     n = tokens.shape[0] if length is None else length

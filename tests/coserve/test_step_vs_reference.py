@@ -247,10 +247,14 @@ def test_partial_chunks_and_dynamic_rope_gradients_equal_full_sequence_grad(
     state0, _, _ = _run_sample(cfg, params, scfg, step, state0, stale, fwd_chunk=5)
     sample = np.asarray(jax.random.randint(jax.random.key(n), (n,), 0, 256), np.int32)
     state, out, fwd_loss = _run_sample(cfg, params, scfg, step, state0, sample, fwd_chunk=5)
-    # The reference runs the unpadded sample: dynamic RoPE rotates for the whole length.
     ref_loss, ref_grad = jax.value_and_grad(sample_loss_reference, argnums=2)(
         cfg, params, lora, lora_cfg, jnp.asarray(sample)
     )
+    # padded to a longer buffer, the reference still rotates for the sample's own length
+    pad_loss, pad_grad = jax.value_and_grad(sample_loss_reference, argnums=2)(
+        cfg, params, lora, lora_cfg, jnp.asarray(np.pad(sample, (0, 16 - n))), jnp.int32(n)
+    )
+    assert_trees_close((pad_loss, pad_grad), (ref_loss, ref_grad), kind="forward")
     assert bool(out.sample_done)
     assert_trees_close(np.float32(fwd_loss), ref_loss, kind="forward")
     assert_trees_close(state.grad, ref_grad, kind="gradient")
