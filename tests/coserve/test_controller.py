@@ -256,7 +256,7 @@ def test_banked_slack_lets_a_backward_that_never_fits_alone_run_within_average_t
             bwd.append(b.allow_backward)
         return np.array(times), np.array(bwd)
 
-    strict_t, strict_b = run(0.0)
+    _, strict_b = run(0.0)
     assert not strict_b.any()  # negative: per-step targets starve the backward
     t, b = run(2.0)
     assert b.mean() > 0.3  # the backward runs regularly
