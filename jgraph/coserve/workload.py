@@ -1,7 +1,8 @@
 """Co-serving workloads and a load client: Poisson and bursty (Gamma) arrivals, ShareGPT-shaped
 synthetic request lengths, a learnable synthetic finetuning set, JSONL traces (bring your own
 with `read_trace`), and `run_load`, which replays a trace against any send function and
-records TTFT/TPOT per request (`slo_attainment`, `load_summary`).
+records TTFT/TPOT per request (`slo_attainment`, `load_summary`); `http_sender` is the send
+function that drives an OpenAI-compatible server (``jgraph serve``) over HTTP.
 
 Example:
     >>> from jgraph.coserve.workload import WorkloadConfig, make_trace
@@ -10,6 +11,7 @@ Example:
     (4, True)
 """
 
+from jgraph.coserve._http_load import http_sender as http_sender
 from jgraph.coserve._load import RequestRecord as RequestRecord
 from jgraph.coserve._load import load_summary as load_summary
 from jgraph.coserve._load import run_load as run_load
@@ -32,6 +34,7 @@ __all__ = [
     "TraceRequest",
     "WorkloadConfig",
     "arrival_times",
+    "http_sender",
     "load_summary",
     "make_trace",
     "read_trace",

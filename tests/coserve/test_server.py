@@ -20,6 +20,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from jgraph.core import ConfigError
 from jgraph.coserve import CoServeConfig, LlamaConfig, LoraConfig, init_lora
 from jgraph.coserve._state import _slug
 from jgraph.coserve.checkpoint import ByteTokenizer, save_peft
@@ -254,6 +255,26 @@ def test_concurrent_jobs_share_the_engine_with_their_own_settings(server, client
     assert losses[0][:1] == pytest.approx(losses[1][:1])  # same start
     assert losses[0][2:] != pytest.approx(losses[1][2:], rel=1e-3)
     assert not server.service.jobs.running
+
+
+def test_load_client_drives_the_server_over_http(server):
+    from jgraph.coserve.workload import TraceRequest, http_sender, load_summary, run_load
+
+    # spaced out: this server admits MAX_QUEUE = 3 requests at once (more would get a 429)
+    trace = [
+        TraceRequest(arrival_s=0.0, prompt="The cat ", max_tokens=6),
+        TraceRequest(arrival_s=0.4, prompt="The dog ", max_tokens=6),
+        TraceRequest(arrival_s=0.8, prompt=[256, 1, 2], max_tokens=3),  # token ids
+        TraceRequest(arrival_s=0.8, prompt="x", max_tokens=3, model="no-such-model"),
+    ]
+    records = run_load(trace, http_sender(server.url, model="tiny", api_key=KEY))
+    assert [r.error for r in records[:3]] == [None] * 3
+    assert all(r.output_tokens >= 1 and r.ttft_s is not None for r in records[:3])
+    assert records[0].output_tokens + records[1].output_tokens >= 2 * 3  # streamed in chunks
+    assert "404" in records[3].error  # negative: an unknown model is an error, not a result
+    assert load_summary(records)["requests"] == 4
+    with pytest.raises(ConfigError, match="base_url"):
+        http_sender("127.0.0.1:8000", model="tiny")
 
 
 def test_bad_jsonl_is_400_naming_the_line(client):
