@@ -264,22 +264,11 @@ class FinetuneMixin:
         Requests on `TRAINABLE` see ``lora`` from the next step on.
 
         Raises:
-            ConfigError: ``lora`` has other targets or shapes than the trainable adapter.
+            ConfigError: ``lora`` does not fit the model or ``LoraConfig`` (`check_adapter`:
+                targets, shapes, rank).
         """
+        check_adapter(self.cfg, self.lora_cfg, lora)
         cur = self.state.lora
-        if set(lora) != set(cur):
-            raise ConfigError(
-                "lora targets", sorted(lora), f"!= LoraConfig.targets={self.lora_cfg.targets}",
-                "pass an adapter with the configured targets",
-            )  # fmt: skip
-        for t, ab in cur.items():
-            for k in ("A", "B"):
-                got = tuple(np.shape(lora[t][k]))
-                if got != tuple(ab[k].shape):
-                    raise ConfigError(
-                        f"lora[{t!r}][{k!r}] shape", got, f"!= the trainable adapter's "
-                        f"{tuple(ab[k].shape)}", "build it with this engine's LoraConfig and model",
-                    )  # fmt: skip
         self.cancel_finetuning()
         f32 = jnp.float32
         job = self._jobs.get(DEFAULT_JOB)

@@ -36,6 +36,8 @@ def test_arrival_rate_and_cv_match(rate, cv):
     t = arrival_times(rate, 20_000, cv=cv, seed=3)
     gaps = np.diff(np.concatenate([[0.0], t]))
     assert np.all(gaps >= 0)
+    # sampling error, not float error: 20,000 seeded draws put the mean within cv / sqrt(n)
+    # (<= 2.1% for cv <= 3) of 1/rate and the spread within a few percent of cv
     assert gaps.mean() == pytest.approx(1 / rate, rel=0.05)
     assert gaps.std() / gaps.mean() == pytest.approx(cv, rel=0.07)
 
@@ -55,6 +57,7 @@ def test_lengths_are_clipped_and_shaped_like_the_documented_distribution():
     assert p.max() <= 2048
     assert r.min() >= 1
     assert r.max() <= 2048
+    # sampling error of the median of 20,000 seeded log-normal draws: well under 5%
     assert np.median(p) == pytest.approx(80, rel=0.05)
     assert np.median(r) == pytest.approx(200, rel=0.05)
     assert 140 < p.mean() < 190  # about 165: the long right tail
