@@ -35,12 +35,15 @@ def test_bench_coserve_smoke_compares_every_mode_and_plots(tmp_path):
     rows = res["rows"]
     assert {r["mode"] for r in rows} == MODES
     assert {r["load"] for r in rows} == {0.4, 0.9}
+    setup = res["setup"][0]
+    # The static split's K comes from the step time profiled in this run: on a busy machine
+    # the profile can leave it no tokens (K = 0), and then it rightly trains nothing.
+    trains = {"inference_only": False, "static": setup["static_ft_tokens"] > 0}
     for r in rows:
         assert 0.0 <= r["slo_attainment"] <= 1.0
         assert r["inf_tok_s"] > 0
-        # Finetuning ran in every mode but inference-only.
-        assert (r["ft_tok_s"] > 0) == (r["mode"] != "inference_only")
-    setup = res["setup"][0]
+        # Finetuning ran in every mode but inference-only (and a static split of 0 tokens).
+        assert (r["ft_tok_s"] > 0) == trains.get(r["mode"], True)
     assert setup["tpot_target_ms"] == pytest.approx(1.5 * setup["inference_only_tpot_ms"])
     assert setup["peak_ft_tok_s"] > 0
     assert all(Path(p).stat().st_size > 0 for p in res["plots"])
