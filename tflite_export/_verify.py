@@ -1,0 +1,136 @@
+"""Running a .tflite model in the LiteRT interpreter and comparing it with JAX."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ParityError", "ParityReport", "TFLiteRunner", "compare"]
+
+
+class ParityError(AssertionError):
+    """A float export's outputs differ from the JAX function's beyond the tolerance."""
+
+
+class TFLiteRunner:
+    """Calls one signature of a .tflite model with numpy inputs, in LiteRT.
+
+    Args:
+        data: the .tflite bytes.
+        signature: the signature to run.
+        num_threads: interpreter threads (1 gives repeatable timings).
+
+    Example:
+        >>> TFLiteRunner  # doctest: +ELLIPSIS
+        <class '...TFLiteRunner'>
+    """
+
+    def __init__(self, data: bytes, signature: str, *, num_threads: int = 1):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_content=bytes(data), num_threads=num_threads)
+        self.runner = self.interpreter.get_signature_runner(signature)
+        self.input_names = tuple(self.runner.get_input_details())
+        self.output_names = tuple(self.runner.get_output_details())
+
+    def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        feed = dict(zip(self.input_names, inputs, strict=True))
+        out = self.runner(**feed)
+        return [np.asarray(out[n]) for n in self.output_names]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ParityReport:
+    """How the .tflite model's outputs compare with the JAX function's.
+
+    Attributes:
+        kind: ``allclose`` (float export: every output within ``rtol``/``atol``)
+            or ``quantized`` (int8 modes: errors and agreement reported).
+        samples: input sets compared.
+        max_abs_error: largest ``|tflite - jax|`` over all outputs.
+        max_rel_error: largest ``|tflite - jax| / |jax|`` where ``|jax| > atol``.
+        rtol: the relative tolerance (``allclose``).
+        atol: the absolute tolerance (``allclose``).
+        passed: ``allclose``: all within tolerance; ``quantized``: always True
+            (judge the errors and the agreement).
+        top1_agreement: share of rows whose argmax over the last axis of the
+            first output agrees (when that output has a class axis).
+        tflite_accuracy: top-1 accuracy of the .tflite model (labels given).
+        jax_accuracy: top-1 accuracy of the JAX function (labels given).
+    """
+
+    kind: str
+    samples: int
+    max_abs_error: float
+    max_rel_error: float
+    rtol: float
+    atol: float
+    passed: bool
+    top1_agreement: float | None = None
+    tflite_accuracy: float | None = None
+    jax_accuracy: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def compare(
+    runner: TFLiteRunner,
+    reference: Callable[..., list[np.ndarray]],
+    batches: Sequence[Sequence[np.ndarray]],
+    *,
+    kind: str,
+    rtol: float,
+    atol: float,
+    labels: Sequence[np.ndarray] | None = None,
+) -> ParityReport:
+    """Runs both on every input set and reports the differences.
+
+    Args:
+        runner: the .tflite model.
+        reference: the JAX function (flat inputs -> flat list of outputs).
+        batches: input sets, each matching the signature's inputs.
+        kind: ``allclose`` or ``quantized``.
+        rtol: relative tolerance.
+        atol: absolute tolerance.
+        labels: optional int labels per batch (top-1 accuracy).
+    """
+    max_abs = max_rel = 0.0
+    within = True
+    agree = rows = correct_t = correct_j = 0
+    for b, batch in enumerate(batches):
+        got = runner(batch)
+        want = [np.asarray(o, np.float32) for o in reference(*batch)]
+        for g, w in zip(got, want, strict=True):
+            g32 = g.astype(np.float32)
+            diff = np.abs(g32 - w)
+            max_abs = max(max_abs, float(diff.max(initial=0.0)))
+            big = np.abs(w) > atol
+            if big.any():
+                max_rel = max(max_rel, float((diff[big] / np.abs(w[big])).max()))
+            within = within and bool(np.all(diff <= atol + rtol * np.abs(w)))
+        first_t, first_j = got[0], want[0]
+        if first_j.ndim >= 1 and first_j.shape[-1] > 1:
+            pt = np.argmax(first_t, -1).reshape(-1)
+            pj = np.argmax(first_j, -1).reshape(-1)
+            agree += int(np.sum(pt == pj))
+            rows += pt.size
+            if labels is not None:
+                y = np.asarray(labels[b]).reshape(-1)
+                correct_t += int(np.sum(pt == y))
+                correct_j += int(np.sum(pj == y))
+    return ParityReport(
+        kind=kind,
+        samples=len(batches),
+        max_abs_error=max_abs,
+        max_rel_error=max_rel,
+        rtol=rtol,
+        atol=atol,
+        passed=within if kind == "allclose" else True,
+        top1_agreement=agree / rows if rows else None,
+        tflite_accuracy=correct_t / rows if rows and labels is not None else None,
+        jax_accuracy=correct_j / rows if rows and labels is not None else None,
+    )
