@@ -50,28 +50,35 @@ class UnsupportedOpsError(ConfigError):
         self.detail = detail
 
 
-# "path.py:12:5: error: 'vhlo.sort_v1' op is not part of the vhlo support yet."
-_LOC_OP = re.compile(r"^(?P<loc>[^\s:][^:\n]*:\d+:\d+): error: '(?P<op>[\w.]+)' op")
-_ANY_OP = re.compile(r"error: '(?P<op>[\w.]+)' op")
+# "path.py:12:5: error: 'vhlo.sort_v1' op is not part of the vhlo support yet." (the
+# converter may glue its own message in front of the path, so the path is searched for).
+_OP = re.compile(r"error: '(?P<op>[\w.]+)' op")
+_ABS_LOC = re.compile(r"(?P<loc>(?:[A-Za-z]:)?[/\\][^\s:\"]+:\d+:\d+): error: '")
+_REL_LOC = re.compile(r"(?P<loc>[\w\-/\\]+\.py:\d+:\d+): error: '")
 _CUSTOM = re.compile(r"(?:Custom|Flex) ops: (?P<ops>[\w, ]+)")
 
 
+def _clean(op: str) -> str:
+    return re.sub(r"^vhlo\.|_v\d+$", "", op)
+
+
 def _parse_failure(message: str) -> list[tuple[str, str]]:
+    """``(op, "file.py:line:col")`` pairs from a converter error message."""
     found: list[tuple[str, str]] = []
     for line in message.splitlines():
-        m = _LOC_OP.search(line)
-        if m:
-            op = re.sub(r"^vhlo\.|_v\d+$", "", m.group("op"))
-            found.append((op, m.group("loc")))
-    if not found:
-        for m in _ANY_OP.finditer(message):
-            found.append((re.sub(r"^vhlo\.|_v\d+$", "", m.group("op")), ""))
-        for m in _CUSTOM.finditer(message):
-            found += [(op.strip(), "") for op in m.group("ops").split(",") if op.strip()]
+        op = _OP.search(line)
+        if not op:
+            continue
+        loc = _ABS_LOC.search(line) or _REL_LOC.search(line)
+        found.append((_clean(op.group("op")), loc.group("loc") if loc else ""))
+    for m in _CUSTOM.finditer(message):
+        found += [(o.strip(), "") for o in m.group("ops").split(",") if o.strip()]
+    # An op reported with a location makes its location-less duplicates redundant.
+    located = {op for op, loc in found if loc}
     unique: list[tuple[str, str]] = []
-    for item in found:
-        if item not in unique:
-            unique.append(item)
+    for op, loc in found:
+        if (op, loc) not in unique and (loc or op not in located):
+            unique.append((op, loc))
     return unique
 
 

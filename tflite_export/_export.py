@@ -76,6 +76,16 @@ class ExportResult:
     parity: ParityReport | None
     codebooks: tuple[CodebookLayer, ...] = ()
 
+    def runner(self, *, num_threads: int = 1) -> TFLiteRunner:
+        """A LiteRT runner taking and returning tensors in the exported order."""
+        return TFLiteRunner(
+            self.data,
+            self.config.signature,
+            input_names=self.input_names,
+            output_names=self.output_names,
+            num_threads=num_threads,
+        )
+
     @property
     def ops(self) -> tuple[str, ...]:
         """Operator names in execution order."""
@@ -186,7 +196,7 @@ def export(
             "is not a jgraph.quant.Hardened",
             "pass the result of jgraph.quant.harden / harden_nnx",
         )
-    _, specs, in_tree = check_example_args(example_args)
+    in_paths, specs, in_tree = check_example_args(example_args)
     fn, book = as_function(
         fn_or_model,
         variables=variables,
@@ -195,10 +205,8 @@ def export(
         apply_kwargs=apply_kwargs,
     )
     out_paths, out_tree = check_outputs(fn, jax.tree.unflatten(in_tree, specs))
-    in_names = default_names(config.input_names, len(specs), "input", "ExportConfig.input_names")
-    out_names = default_names(
-        config.output_names, len(out_paths), "output", "ExportConfig.output_names"
-    )
+    in_names = default_names(config.input_names, in_paths, "input", "ExportConfig.input_names")
+    out_names = default_names(config.output_names, out_paths, "output", "ExportConfig.output_names")
     calibration = None
     if config.mode == "full_int8":
         if representative_data is None:
@@ -275,7 +283,10 @@ def export(
         if info.non_builtin_ops:
             log.warning("not running the parity check: the model has %s", info.non_builtin_ops)
         else:
-            parity = _verify(out_bytes, flat_fn, specs, config, check_batches, label_batches)
+            runner = TFLiteRunner(
+                out_bytes, config.signature, input_names=in_names, output_names=out_names
+            )
+            parity = _verify(runner, flat_fn, specs, config, check_batches, label_batches)
     written = atomic_write_bytes(path, out_bytes) if path is not None else None
     result = ExportResult(
         data=out_bytes,
@@ -293,14 +304,13 @@ def export(
 
 
 def _verify(
-    out_bytes: bytes,
+    runner: TFLiteRunner,
     flat_fn: Any,
     specs: list[jax.ShapeDtypeStruct],
     config: ExportConfig,
     check_batches: list[list[np.ndarray]] | None,
     label_batches: list[np.ndarray] | None,
 ) -> ParityReport:
-    runner = TFLiteRunner(out_bytes, config.signature)
     jitted = jax.jit(flat_fn)
 
     def reference(*xs: np.ndarray) -> list[np.ndarray]:

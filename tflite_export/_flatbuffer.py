@@ -13,7 +13,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ModelInfo", "TensorInfo", "load_model_t", "pack_model_t", "read_model"]
+__all__ = [
+    "ModelInfo",
+    "TensorInfo",
+    "load_model_t",
+    "pack_model_t",
+    "read_model",
+    "read_signatures",
+]
 
 _NUMPY = {
     "FLOAT32": np.float32,
@@ -79,7 +86,8 @@ class ModelInfo:
     Attributes:
         ops: operator names in execution order (builtin names such as
             ``CONV_2D``; ``FLEX:<TFOp>`` or ``CUSTOM:<code>`` otherwise).
-        signatures: signature name -> (input names, output names).
+        signatures: signature name -> (input names, output names), as stored
+            (SavedModel sorts them by name; `ExportResult` keeps the argument order).
         tensors: every constant tensor with a buffer.
     """
 
@@ -181,11 +189,19 @@ def read_model(data: bytes) -> ModelInfo:
                     quantized_dimension=int(q.quantizedDimension) if q is not None else 0,
                 )
             )
-    signatures = {
+    return ModelInfo(ops=tuple(ops), signatures=_signatures(model), tensors=tuple(tensors))
+
+
+def _signatures(model: Any) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    return {
         _decode(s.signatureKey): (
             tuple(_decode(i.name) for i in s.inputs or []),
             tuple(_decode(o.name) for o in s.outputs or []),
         )
         for s in model.signatureDefs or []
     }
-    return ModelInfo(ops=tuple(ops), signatures=signatures, tensors=tuple(tensors))
+
+
+def read_signatures(data: bytes) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Signature name -> (input names, output names), in argument order."""
+    return _signatures(load_model_t(data))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -45,7 +46,7 @@ def _leaf_spec(path: str, leaf: Any) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(tuple(shape), dtype)
 
 
-def check_example_args(example_args: Any) -> tuple[list[str], list[jax.ShapeDtypeStruct], Any]:
+def check_example_args(example_args: Any) -> tuple[list[Any], list[jax.ShapeDtypeStruct], Any]:
     """Flattens ``example_args`` (a tuple of the function's positional arguments).
 
     Returns:
@@ -61,12 +62,12 @@ def check_example_args(example_args: Any) -> tuple[list[str], list[jax.ShapeDtyp
     leaves, treedef = jax.tree_util.tree_flatten_with_path(tuple(example_args))
     if not leaves:
         raise ConfigError("example_args", example_args, "has no arrays", "pass at least one input")
-    paths = [jax.tree_util.keystr(p) for p, _ in leaves]
-    specs = [_leaf_spec(p, leaf) for p, (_, leaf) in zip(paths, leaves, strict=True)]
+    paths = [p for p, _ in leaves]
+    specs = [_leaf_spec(jax.tree_util.keystr(p), leaf) for p, leaf in leaves]
     return paths, specs, treedef
 
 
-def check_outputs(fn: Callable[..., Any], args: Sequence[Any]) -> tuple[list[str], Any]:
+def check_outputs(fn: Callable[..., Any], args: Sequence[Any]) -> tuple[list[Any], Any]:
     """Traces ``fn`` abstractly; its outputs must be arrays. Returns (paths, treedef)."""
     try:
         out = jax.eval_shape(fn, *args)
@@ -85,19 +86,32 @@ def check_outputs(fn: Callable[..., Any], args: Sequence[Any]) -> tuple[list[str
             raise ConfigError(
                 f"output{jax.tree_util.keystr(p)}", leaf, "is not an array", "return arrays only"
             )
-    return [jax.tree_util.keystr(p) for p, _ in leaves], treedef
+    return [p for p, _ in leaves], treedef
+
+
+_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
 def default_names(
-    given: tuple[str, ...] | None, count: int, stem: str, field: str
+    given: tuple[str, ...] | None, paths: Sequence[Any], stem: str, field: str
 ) -> tuple[str, ...]:
-    if given is None:
-        return (stem,) if count == 1 else tuple(f"{stem}_{i}" for i in range(count))
-    if len(given) != count:
-        raise ConfigError(
-            field, given, f"has {len(given)} names for {count} tensors", f"give {count} names"
-        )
-    return given
+    """Signature names: ``given``, else dict keys / attribute names, else ``stem_i``."""
+    count = len(paths)
+    if given is not None:
+        if len(given) != count:
+            raise ConfigError(
+                field, given, f"has {len(given)} names for {count} tensors", f"give {count} names"
+            )
+        return given
+    keyed = []
+    for path in paths:
+        last = path[-1] if path else None
+        key = getattr(last, "key", None) if last is not None else None
+        key = getattr(last, "name", key) if last is not None else key
+        keyed.append(key if isinstance(key, str) and _IDENT.match(key) else None)
+    if all(keyed) and len(set(keyed)) == count:
+        return tuple(str(k) for k in keyed)
+    return (stem,) if count == 1 else tuple(f"{stem}_{i}" for i in range(count))
 
 
 def as_batches(

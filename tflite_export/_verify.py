@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,23 +21,50 @@ class TFLiteRunner:
     Args:
         data: the .tflite bytes.
         signature: the signature to run.
+        input_names: the order positional inputs are given in (default: the
+            signature's stored order, which SavedModel sorts by name;
+            `ExportResult.runner` passes the exported argument order).
+        output_names: the order outputs are returned in (same default).
         num_threads: interpreter threads (1 gives repeatable timings).
 
     Example:
-        >>> TFLiteRunner  # doctest: +ELLIPSIS
-        <class '...TFLiteRunner'>
+        >>> import numpy as np, tflite_export
+        >>> res = tflite_export.export(lambda a, b: a * b, (np.ones(2, np.float32),) * 2)
+        >>> res.runner()([np.array([1.0, 2.0], np.float32), np.array([3.0, 4.0], np.float32)])
+        [array([3., 8.], dtype=float32)]
     """
 
-    def __init__(self, data: bytes, signature: str, *, num_threads: int = 1):
+    def __init__(
+        self,
+        data: bytes,
+        signature: str,
+        *,
+        input_names: Sequence[str] | None = None,
+        output_names: Sequence[str] | None = None,
+        num_threads: int = 1,
+    ):
         from ai_edge_litert.interpreter import Interpreter
+
+        from tflite_export._flatbuffer import read_signatures
 
         self.interpreter = Interpreter(model_content=bytes(data), num_threads=num_threads)
         self.runner = self.interpreter.get_signature_runner(signature)
-        self.input_names = tuple(self.runner.get_input_details())
-        self.output_names = tuple(self.runner.get_output_details())
+        stored_in, stored_out = read_signatures(data)[signature]
+        self.input_names = tuple(input_names) if input_names is not None else stored_in
+        self.output_names = tuple(output_names) if output_names is not None else stored_out
+        if sorted(self.input_names) != sorted(stored_in):
+            raise ValueError(f"input_names {self.input_names} are not the model's {stored_in}")
+        if sorted(self.output_names) != sorted(stored_out):
+            raise ValueError(f"output_names {self.output_names} are not the model's {stored_out}")
 
-    def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        feed = dict(zip(self.input_names, inputs, strict=True))
+    def __call__(self, inputs: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Runs the model: inputs by name, or positionally in ``input_names`` order."""
+        if isinstance(inputs, Mapping):
+            feed = dict(inputs)
+        else:
+            if len(inputs) != len(self.input_names):
+                raise ValueError(f"expected {len(self.input_names)} inputs {self.input_names}")
+            feed = dict(zip(self.input_names, inputs, strict=True))
         out = self.runner(**feed)
         return [np.asarray(out[n]) for n in self.output_names]
 
