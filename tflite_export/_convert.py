@@ -74,11 +74,11 @@ def _parse_failure(message: str) -> list[tuple[str, str]]:
     for m in _CUSTOM.finditer(message):
         found += [(o.strip(), "") for o in m.group("ops").split(",") if o.strip()]
     # An op reported with a location makes its location-less duplicates redundant.
-    located = {op for op, loc in found if loc}
+    located = {name for name, where in found if where}
     unique: list[tuple[str, str]] = []
-    for op, loc in found:
-        if (op, loc) not in unique and (loc or op not in located):
-            unique.append((op, loc))
+    for name, where in found:
+        if (name, where) not in unique and (where or name not in located):
+            unique.append((name, where))
     return unique
 
 

@@ -72,6 +72,13 @@ def check_outputs(fn: Callable[..., Any], args: Sequence[Any]) -> tuple[list[Any
     try:
         out = jax.eval_shape(fn, *args)
     except Exception as err:  # the user's function failed on the example arguments
+        if "not a valid JAX type" in str(err):
+            raise ConfigError(
+                "output",
+                str(err).splitlines()[0][:300],
+                "the model returns something that is not an array",
+                "return arrays (or a pytree of arrays) only",
+            ) from err
         raise ConfigError(
             "example_args",
             [f"{a.shape}:{a.dtype}" for a in jax.tree.leaves(args)],
