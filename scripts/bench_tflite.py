@@ -10,35 +10,41 @@ file in the LiteRT interpreter on the test set:
 * ``dynamic_int8``, ``full_int8``: the converter's standard post-training
   quantization (full_int8 calibrated on the training images) as baselines.
 
-It reports the raw, ``gzip -9`` and DGMS-packed sizes with ratios against the
-fp32 file, the max error, top-1 agreement and accuracy against the JAX
-hard-quantized model, the distinct stored values of every DGMS tensor, the op
-lists, and the interpreter latency: 1 thread, the timing thread pinned to one
-core (``os.sched_setaffinity``, where the OS has it), warm-up, then the median of
-``--invocations`` single-image ``invoke()`` calls per model, in interleaved
-rounds so that load from other processes hits every model alike. Latency is
-measured with the default interpreter (XNNPACK delegate for what it takes) and
-with builtin kernels only, and labelled with ``platform.machine()`` and the CPU
-model. Numbers from an x86 machine are x86 numbers, never ARM numbers.
+It reports the raw, ``gzip -9`` and DGMS-packed sizes (b-bit indices + codebooks +
+float32 for the rest: theoretical) with ratios against the fp32 file, the max
+error, top-1 agreement and accuracy against the JAX hard-quantized model, the
+distinct stored values of every DGMS tensor, the op lists, and the interpreter
+latency: 1 thread, the timing thread pinned to one core (``os.sched_setaffinity``,
+where the OS has it), warm-up, then the median of ``--invocations`` single-image
+``invoke()`` calls per model, in interleaved rounds so that load from other
+processes hits every model alike. Latency is measured with the default
+interpreter (XNNPACK delegate for what it takes) and with builtin kernels only,
+and labelled with ``platform.machine()`` and the CPU model: numbers from an x86
+machine are x86 numbers, never ARM numbers.
 
-    python scripts/bench_tflite.py                       # full run (~12 min on 2 busy cores)
+    python scripts/bench_tflite.py                       # full run (~6 min on 2 busy cores)
     python scripts/bench_tflite.py --smoke --out r.json  # CI: small CNN, 50 invocations
     python scripts/bench_tflite.py --save-dir models/    # also keep the .tflite files
 
-ARM (an aarch64 board or phone). The script runs unchanged there; two ways:
+ARM (an aarch64 board or phone). The script runs unchanged there:
 
-* Time the files this run saved: copy ``--save-dir`` and the repository, then
+* Time the files a run saved: copy ``--save-dir`` and the repository, then
   ``pip install numpy ai-edge-litert`` (LiteRT ships aarch64 Linux wheels; jax and
-  TensorFlow are not needed) and run
+  TensorFlow are not needed for this) and run
   ``PYTHONPATH=. python scripts/bench_tflite.py --time-dir models/ --out arm.json``.
   Pick the core with ``--core`` (on big.LITTLE SoCs the big cores are usually the
   highest-numbered). The whole benchmark (training, export) also runs on an
-  aarch64 Linux machine where jax and TensorFlow install.
-* Android, or anywhere without Python: LiteRT's benchmark binary, e.g.
-  ``adb push models/ /data/local/tmp/`` then
-  ``adb shell /data/local/tmp/benchmark_model --graph=/data/local/tmp/models/<file>.tflite
-  --num_threads=1 --num_runs=1000 --warmup_runs=50`` (add ``--use_xnnpack=false``
-  for builtin kernels only), and compare each int8 file's average with the fp32 file's.
+  aarch64 Linux machine where jax and TensorFlow install. The wheel also carries
+  LiteRT's Python benchmark tool (CompiledModel API, milliseconds to 2 decimals):
+  ``python -m ai_edge_litert.tools.benchmark_litert_model --model=<file>.tflite
+  --num_threads=1 --num_runs=1000 --warmup_runs=100``.
+* Android, or anywhere without Python: LiteRT's ``benchmark_model`` binary.
+  ``adb push models/ /data/local/tmp/``, then for each file
+  ``adb shell taskset f0 /data/local/tmp/benchmark_model
+  --graph=/data/local/tmp/models/<file>.tflite --num_threads=1 --num_runs=1000
+  --warmup_runs=50`` (``taskset f0``: cores 4-7, the big cores of many SoCs;
+  ``--use_xnnpack=false`` for builtin kernels only), and compare each int8
+  file's average with the fp32 file's.
 
 Targets (issue #17), printed as met or missed, never adjusted: the K = 16 model
 >= 5x smaller than FP32 after gzip (gzip vs gzip; float and codebook_int8 each);
@@ -103,6 +109,8 @@ def cpu_label() -> dict[str, Any]:
     )
     machine = platform.machine()
     return {
+        # Other processes share the cores on a busy machine: say how busy it was.
+        "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "machine": machine,
         "arch_label": "x86" if machine.lower() in ("x86_64", "amd64", "i686", "x86") else machine,
         "cpu_model": model,
@@ -152,7 +160,7 @@ def time_models(
         (rows, the core the timing thread was pinned to, or None).
     """
     pinned, before = _pin(core)
-    rows = []
+    rows: list[dict[str, Any]] = []
     try:
         for resolver in RESOLVERS:
             its = {name: _interpreter(data, resolver, x) for name, data in models.items()}
@@ -185,11 +193,10 @@ def time_models(
     finally:
         if before is not None:
             os.sched_setaffinity(0, before)
-    base = {r["resolver"]: r["median_us"] for r in rows if r["model"] == _baseline(models)}
-    for r in rows:
-        r["speedup_vs_fp32"] = (
-            base[r["resolver"]] / r["median_us"] if r["resolver"] in base else None
-        )
+    fp32 = _baseline(models)
+    base = {row["resolver"]: row["median_us"] for row in rows if row["model"] == fp32}
+    for row in rows:
+        row["speedup_vs_fp32"] = base[row["resolver"]] / row["median_us"] if base else None
     return rows, pinned
 
 
@@ -389,6 +396,7 @@ def size_rows(exports: Sequence[Exported]) -> list[dict[str, Any]]:
                 "gzip_B": s.gzip,
                 "packed_B": s.packed if s.packed is not None else "",
                 "raw_x": base.raw / s.raw,
+                "packed_x": base.raw / s.packed if s.packed else "",
                 "gzip_x": base.gzip / s.gzip,
                 "gzip_vs_fp32_raw_x": base.raw / s.gzip,
             }
@@ -499,7 +507,6 @@ def time_dir(args: argparse.Namespace) -> int:
     models = {f.stem: f.read_bytes() for f in files}
     if not _baseline(models):
         print(f"note: no *fp32.tflite in {args.time_dir}; no speed-ups", file=sys.stderr)
-    machine = cpu_label()
     rows, pinned = time_models(
         models,
         None,
@@ -508,6 +515,7 @@ def time_dir(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         core=args.core,
     )
+    machine = cpu_label()
     print(f"LiteRT latency on {machine['arch_label']} ({machine['cpu_model']}), core {pinned}")
     print(format_table(rows))
     if args.out:
