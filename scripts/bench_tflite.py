@@ -684,6 +684,8 @@ def full_run(args: argparse.Namespace) -> int:
     )
     print(format_table(latency))
     print("\n== targets ==")
+    if args.smoke:
+        print("(smoke run: a small CNN after 1 DGMS epoch; the targets are for the full run)")
     for name, t in targets.items():
         print(f"target {name}: {'MET' if t['met'] else 'MISSED'} ({t})")
     total = time.perf_counter() - start
