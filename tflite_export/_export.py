@@ -20,7 +20,7 @@ from tflite_export._convert import convert
 from tflite_export._flatbuffer import ModelInfo, read_model
 from tflite_export._inputs import as_batches, check_example_args, check_outputs, default_names
 from tflite_export._model import as_function
-from tflite_export._verify import ParityError, ParityReport, TFLiteRunner, compare
+from tflite_export._verify import ParityError, ParityReport, TFLiteRunner, compare, merge_reports
 
 __all__ = ["ExportResult", "SizeReport", "export"]
 
@@ -62,7 +62,11 @@ class ExportResult:
         output_names: the signature's outputs, in output order.
         model: the file's ops, signatures and stored tensors (`ModelInfo`).
         size: a `SizeReport`.
-        parity: a `ParityReport` (None with ``verify="skip"``).
+        parity: a `ParityReport` against the exported function (None with
+            ``verify="skip"``).
+        trained_parity: ``codebook_int8`` only: the same against the model
+            with the trained (unsnapped) codebooks, the hard-quantized model
+            the user trained.
         codebooks: one `CodebookLayer` per DGMS layer (when codebooks were given).
     """
 
@@ -74,6 +78,7 @@ class ExportResult:
     model: ModelInfo = dataclasses.field(repr=False)
     size: SizeReport
     parity: ParityReport | None
+    trained_parity: ParityReport | None = None
     codebooks: tuple[CodebookLayer, ...] = ()
 
     def runner(self, *, num_threads: int = 1) -> TFLiteRunner:
@@ -102,6 +107,7 @@ class ExportResult:
             "op_counts": self.model.op_counts,
             "size": self.size.as_dict(),
             "parity": self.parity.as_dict() if self.parity else None,
+            "trained_parity": self.trained_parity.as_dict() if self.trained_parity else None,
             "codebooks": [dataclasses.asdict(c) for c in self.codebooks],
             "weights": [t.as_dict() for t in self.model.weights],
         }
@@ -278,7 +284,7 @@ def export(
         packed=compression_report(book).packed_bytes if book is not None else None,
         fp32_params=compression_report(book).fp32_bytes if book is not None else None,
     )
-    parity = None
+    parity = trained_parity = None
     if config.verify != "skip":
         if info.non_builtin_ops:
             log.warning("not running the parity check: the model has %s", info.non_builtin_ops)
@@ -287,6 +293,25 @@ def export(
                 out_bytes, config.signature, input_names=in_names, output_names=out_names
             )
             parity = _verify(runner, flat_fn, specs, config, check_batches, label_batches)
+            if config.mode == "codebook_int8":
+                # What the user trained is the unsnapped hard model: report against it too.
+                trained, _ = as_function(
+                    fn_or_model,
+                    variables=variables,
+                    hardened=hardened,
+                    snap=False,
+                    apply_kwargs=apply_kwargs,
+                )
+                trained_parity = _verify(
+                    runner,
+                    lambda *leaves: jax.tree.leaves(
+                        trained(*jax.tree.unflatten(in_tree, list(leaves)))
+                    ),
+                    specs,
+                    config,
+                    check_batches,
+                    label_batches,
+                )
     written = atomic_write_bytes(path, out_bytes) if path is not None else None
     result = ExportResult(
         data=out_bytes,
@@ -297,6 +322,7 @@ def export(
         model=info,
         size=size,
         parity=parity,
+        trained_parity=trained_parity,
         codebooks=tuple(layers),
     )
     del out_tree  # outputs are flat in the signature, in jax.tree.leaves order
@@ -311,27 +337,34 @@ def _verify(
     check_batches: list[list[np.ndarray]] | None,
     label_batches: list[np.ndarray] | None,
 ) -> ParityReport:
+    """Compares the .tflite with ``flat_fn`` on random inputs and on ``data`` if given."""
     jitted = jax.jit(flat_fn)
 
     def reference(*xs: np.ndarray) -> list[np.ndarray]:
         return [np.asarray(o) for o in jitted(*xs)]
 
     rng = np.random.default_rng(config.seed)
-    batches = check_batches or [_random_inputs(specs, rng) for _ in range(config.parity_samples)]
     kind = "allclose" if config.mode == "float" else "quantized"
-    # A float export is held to the tolerance on fresh random inputs as well as on any data.
-    if kind == "allclose" and check_batches is not None:
-        batches = [_random_inputs(specs, rng) for _ in range(config.parity_samples)] + batches
-        label_batches = None
-    report = compare(
-        runner,
-        reference,
-        batches,
-        kind=kind,
-        rtol=config.rtol,
-        atol=config.atol,
-        labels=label_batches,
-    )
+    reports = []
+    # A float export is held to the tolerance on fresh random inputs, and on the data too.
+    if kind == "allclose" or check_batches is None:
+        randoms = [_random_inputs(specs, rng) for _ in range(config.parity_samples)]
+        reports.append(
+            compare(runner, reference, randoms, kind=kind, rtol=config.rtol, atol=config.atol)
+        )
+    if check_batches is not None:
+        reports.append(
+            compare(
+                runner,
+                reference,
+                check_batches,
+                kind=kind,
+                rtol=config.rtol,
+                atol=config.atol,
+                labels=label_batches,
+            )
+        )
+    report = merge_reports(reports)
     if kind == "allclose" and not report.passed and config.verify == "raise":
         raise ParityError(
             f"the .tflite model differs from the JAX function: max abs error "

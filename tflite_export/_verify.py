@@ -8,7 +8,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ParityError", "ParityReport", "TFLiteRunner", "compare"]
+__all__ = [
+    "ParityError",
+    "ParityReport",
+    "TFLiteRunner",
+    "compare",
+    "merge_reports",
+]
 
 
 class ParityError(AssertionError):
@@ -26,6 +32,8 @@ class TFLiteRunner:
             `ExportResult.runner` passes the exported argument order).
         output_names: the order outputs are returned in (same default).
         num_threads: interpreter threads (1 gives repeatable timings).
+        delegate: ``xnnpack`` (LiteRT's default CPU delegate) or ``none``
+            (the builtin reference kernels only).
 
     Example:
         >>> import numpy as np, tflite_export
@@ -42,12 +50,24 @@ class TFLiteRunner:
         input_names: Sequence[str] | None = None,
         output_names: Sequence[str] | None = None,
         num_threads: int = 1,
+        delegate: str = "xnnpack",
     ):
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
         from tflite_export._flatbuffer import read_signatures
 
-        self.interpreter = Interpreter(model_content=bytes(data), num_threads=num_threads)
+        if delegate not in ("xnnpack", "none"):
+            raise ValueError(f"delegate must be 'xnnpack' or 'none', not {delegate!r}")
+        resolver = (
+            OpResolverType.AUTO
+            if delegate == "xnnpack"
+            else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        )
+        self.interpreter = Interpreter(
+            model_content=bytes(data),
+            num_threads=num_threads,
+            experimental_op_resolver_type=resolver,
+        )
         self.runner = self.interpreter.get_signature_runner(signature)
         stored_in, stored_out = read_signatures(data)[signature]
         self.input_names = tuple(input_names) if input_names is not None else stored_in
@@ -78,13 +98,16 @@ class ParityReport:
             or ``quantized`` (int8 modes: errors and agreement reported).
         samples: input sets compared.
         max_abs_error: largest ``|tflite - jax|`` over all outputs.
-        max_rel_error: largest ``|tflite - jax| / |jax|`` where ``|jax| > atol``.
+        max_rel_error: largest ``|tflite - jax| / |jax|`` where ``|jax| > atol``
+            (large for int8 modes wherever an output is near zero; judge those
+            by ``max_abs_error`` and the agreement).
         rtol: the relative tolerance (``allclose``).
         atol: the absolute tolerance (``allclose``).
         passed: ``allclose``: all within tolerance; ``quantized``: always True
             (judge the errors and the agreement).
         top1_agreement: share of rows whose argmax over the last axis of the
-            first output agrees (when that output has a class axis).
+            first output agrees (when that output has a class axis); over the
+            ``data`` when given, else over the random inputs.
         tflite_accuracy: top-1 accuracy of the .tflite model (labels given).
         jax_accuracy: top-1 accuracy of the JAX function (labels given).
     """
@@ -160,4 +183,27 @@ def compare(
         top1_agreement=agree / rows if rows else None,
         tflite_accuracy=correct_t / rows if rows and labels is not None else None,
         jax_accuracy=correct_j / rows if rows and labels is not None else None,
+    )
+
+
+def merge_reports(reports: Sequence[ParityReport]) -> ParityReport:
+    """One report over several comparisons: worst errors, all must pass.
+
+    Agreement and accuracies come from the last report that has them (the data
+    comparison, when there is one).
+    """
+    last = reports[-1]
+    with_rows = [r for r in reports if r.top1_agreement is not None]
+    pick = with_rows[-1] if with_rows else last
+    return ParityReport(
+        kind=last.kind,
+        samples=sum(r.samples for r in reports),
+        max_abs_error=max(r.max_abs_error for r in reports),
+        max_rel_error=max(r.max_rel_error for r in reports),
+        rtol=last.rtol,
+        atol=last.atol,
+        passed=all(r.passed for r in reports),
+        top1_agreement=pick.top1_agreement,
+        tflite_accuracy=pick.tflite_accuracy,
+        jax_accuracy=pick.jax_accuracy,
     )

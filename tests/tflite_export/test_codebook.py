@@ -117,6 +117,14 @@ def test_codebook_int8_stores_at_most_k_codes_and_the_exact_weights(cnn_hardened
     assert cb.parity.max_abs_error <= dyn.parity.max_abs_error
     assert cb.parity.top1_agreement is not None
     assert cb.parity.top1_agreement >= 0.95
+    # Also compared with the model the user trained (unsnapped codebooks), on the same data.
+    trained = cb.trained_parity
+    assert trained is not None
+    assert trained.samples == cb.parity.samples
+    assert trained.max_abs_error != cb.parity.max_abs_error  # a different reference
+    assert trained.top1_agreement is not None
+    assert trained.top1_agreement >= 0.95
+    assert dyn.trained_parity is None
 
 
 def test_codebook_int8_with_negative_batchnorm_scale(cnn_hardened) -> None:

@@ -168,3 +168,17 @@ def test_int8_modes_report_agreement_on_data() -> None:
         assert any(t.dtype == "INT8" for t in res.model.weights)
     assert res.ops[0] == "QUANTIZE"
     assert res.ops[-1] == "DEQUANTIZE"
+
+
+def test_float_export_reports_accuracy_on_labelled_data() -> None:
+    w = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal((8, 4)).astype(np.float32)
+    y = np.argmax(x @ w, -1)
+    y[:2] = (y[:2] + 1) % 3  # two wrong labels: accuracy 6/8 for both models
+    res = te.export(lambda a: a @ w, (x[:2],), data=x, labels=y)
+    p = res.parity
+    assert p is not None
+    assert p.passed
+    assert p.samples == 4 + 4  # parity_samples random sets, then the data's 4 batches
+    assert p.tflite_accuracy == p.jax_accuracy == 0.75
+    assert p.top1_agreement == 1.0
