@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jgraph import cli
@@ -87,6 +88,10 @@ CASES = [
     ([*Q, "--data", "{file}"], "--data"),
     ([*Q, "--data", "{fake_npz}"], "--data"),
     ([*Q, "--data", ""], "--data"),
+    ([*Q, "--data", "{object_npz}"], "--data"),
+    ([*Q, "--data", "{mismatch_npz}"], "--data"),
+    ([*Q, "--data", "{empty_npz}"], "--data"),
+    ([*Q, "--data", "{nan_npz}"], "--data"),
     ([*Q, "--bits", "-1"], "--bits"),
     ([*Q, "--epochs", str(10**9)], "--epochs"),
     ([*Q, "--fp-epochs", "0"], "--fp-epochs"),
@@ -117,7 +122,47 @@ def paths(tmp_path):
         "under": str(file / "sub"),
         "fake_npz": str(fake_npz),
         "long": str(tmp_path / ("a" * 300)),
+        **{f"{name}_npz": str(_bad_npz(tmp_path, name)) for name in BAD_NPZ},
     }
+
+
+# Data files the loader refuses before any training: (arrays, text the message must hold)
+BAD_NPZ = {
+    "object": (
+        {"x": np.array([{"pixels": 1}] * 4, dtype=object), "y": np.zeros(4)},
+        "object.npz:x='an array of Python objects': is not a plain numeric array",
+    ),
+    "mismatch": (
+        {"x": np.zeros((6, 4, 4)), "y": np.zeros(5, np.int64)},
+        "mismatch.npz:y='5 labels for 6 images",
+    ),
+    "empty": (
+        {"x": np.zeros((0, 4, 4)), "y": np.zeros(0, np.int64)},
+        "empty.npz:x='array of shape (0, 4, 4, 1)': holds no images",
+    ),
+    "nan": (
+        {"x": np.full((6, 4, 4), np.nan), "y": np.arange(6) % 2},
+        "nan.npz:x='6 of 6 images with NaN or inf values (first: image 0)'",
+    ),
+}
+
+
+def _bad_npz(folder, name):
+    path = folder / f"{name}.npz"
+    np.savez(path, **BAD_NPZ[name][0])
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(BAD_NPZ))
+def test_bad_data_file_names_file_field_value_and_fix(name, tmp_path, capsys):
+    path = _bad_npz(tmp_path, name)
+    code = cli.main([*Q, "--data", str(path), "--out", str(tmp_path / "run")])
+    captured = capsys.readouterr()
+    _assert_one_line_usage_error(code, captured, "--data")
+    err = captured.err.strip()
+    assert str(tmp_path / BAD_NPZ[name][1]) in err, err
+    assert "; fix: " in err, err
+    assert not (tmp_path / "run" / "fp").exists()  # refused before any training
 
 
 def _assert_one_line_usage_error(code, captured, flag):

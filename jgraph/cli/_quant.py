@@ -168,5 +168,17 @@ def run(args: argparse.Namespace) -> int:
     ):
         table.add_row(label, value)
     console.print(table)
-    console.print(f"artifacts under {args.out} (result.json, hardened.npz, hist/*.png, fp/, dgms/)")
+    console.print(artifacts_line(args.out, result.artifacts))
     return EXIT_OK
+
+
+def artifacts_line(out: Path, files: tuple[Path, ...]) -> str:
+    """What the run left under ``out``: only files and checkpoint folders that exist."""
+    present = [p for p in files if p.exists()]
+    plots = [p for p in present if p.suffix == ".png"]
+    names = [str(p.relative_to(out)) for p in present if p.suffix != ".png"]
+    for folder in sorted({p.parent for p in plots}):
+        count = sum(p.parent == folder for p in plots)
+        names.append(f"{folder.relative_to(out)}/*.png ({count} histogram{'s' * (count != 1)})")
+    names += [f"{d}/ (checkpoints)" for d in ("fp", "dgms") if (out / d).is_dir()]
+    return f"artifacts under {out}: {', '.join(names) if names else 'none'}"

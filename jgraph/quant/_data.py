@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from jgraph.core import ConfigError
 
-__all__ = ["BUNDLED_DATASETS", "Dataset", "load_dataset"]
+__all__ = ["BUNDLED_DATASETS", "Dataset", "check_examples", "load_dataset"]
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -68,6 +69,13 @@ def _stratified_split(
 
 def _as_images(x: np.ndarray, field: str) -> np.ndarray:
     x = np.asarray(x)
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise ConfigError(
+            field,
+            f"array of dtype {x.dtype}",
+            "holds no numbers",
+            "store the images as a uint8 or float array",
+        )
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4:
@@ -79,30 +87,142 @@ def _as_images(x: np.ndarray, field: str) -> np.ndarray:
     return x.astype(np.float32)
 
 
+def _as_labels(y: np.ndarray, field: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    numeric = np.issubdtype(y.dtype, np.number) and not np.issubdtype(y.dtype, np.complexfloating)
+    if y.ndim != 1 or not numeric:
+        raise ConfigError(
+            field,
+            f"array of shape {y.shape} and dtype {y.dtype}",
+            "must be [n] integer class labels",
+            "store one int label per image (one-hot labels: take argmax over the class axis)",
+        )
+    if y.size and not np.issubdtype(y.dtype, np.integer):
+        bad = ~(np.isfinite(y) & (np.round(y) == y))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ConfigError(
+                field,
+                f"label {y[i].item()!r} at index {i}",
+                "is not a whole number",
+                "store integer class labels 0..classes-1",
+            )
+    return y.astype(np.int64)
+
+
+def check_examples(
+    x: np.ndarray, y: np.ndarray, *, x_field: str, y_field: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Refuses images and labels that a training run cannot use.
+
+    Catches what otherwise fails late or silently: a count mismatch (an
+    IndexError mid-epoch), an empty split (a division by zero), NaN or inf
+    pixels (training runs to a NaN loss and still "succeeds") and negative
+    labels (cross-entropy of a class that does not exist).
+
+    Args:
+        x: images [n, ...], numeric.
+        y: labels [n], integer-valued.
+        x_field: how the error names ``x`` (e.g. ``"data.npz:x_train"``).
+        y_field: how the error names ``y``.
+
+    Returns:
+        ``(x, y)`` as numpy arrays, ``y`` as int32.
+
+    Raises:
+        ConfigError: naming the field, the offending value and the fix.
+    """
+    x, y = np.asarray(x), _as_labels(y, y_field)
+    if x.ndim == 0 or len(x) == 0:
+        raise ConfigError(
+            x_field, f"array of shape {x.shape}", "holds no images", "give it at least one image"
+        )
+    if len(x) != len(y):
+        raise ConfigError(
+            y_field,
+            f"{len(y)} labels for {len(x)} images in {x_field}",
+            "the image and label counts differ",
+            "give every image exactly one label",
+        )
+    if np.issubdtype(x.dtype, np.inexact):
+        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        if bad.any():
+            raise ConfigError(
+                x_field,
+                f"{int(bad.sum())} of {len(x)} images with NaN or inf values "
+                f"(first: image {int(np.flatnonzero(bad)[0])})",
+                "images must be finite (a NaN trains every weight to NaN)",
+                "drop or repair those images",
+            )
+    if y.min() < 0:
+        raise ConfigError(
+            y_field,
+            f"label {int(y.min())} at index {int(np.argmin(y))}",
+            "is negative",
+            "use class labels 0..classes-1",
+        )
+    if y.max() >= 2**31:
+        raise ConfigError(
+            y_field, f"label {int(y.max())}", "does not fit in int32", "use labels 0..classes-1"
+        )
+    return x, y.astype(np.int32)
+
+
 def _finish(
     name: str,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_test: np.ndarray,
-    y_test: np.ndarray,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    fields: tuple[str, str, str, str],
     classes: tuple[str, ...] | None = None,
 ) -> Dataset:
+    """Validates both splits (`check_examples`), then standardizes with the train statistics."""
+    x_train, y_train = check_examples(*train, x_field=fields[0], y_field=fields[1])
+    x_test, y_test = check_examples(*test, x_field=fields[2], y_field=fields[3])
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise ConfigError(
+            fields[2],
+            f"images of shape {x_test.shape[1:]}",
+            f"differ from the training images' {x_train.shape[1:]}",
+            "store both splits at the same [h, w, c]",
+        )
     mean = x_train.mean(axis=(0, 1, 2), keepdims=True)
     std = x_train.std(axis=(0, 1, 2), keepdims=True) + 1e-6
     n = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
     return Dataset(
         name=name,
         x_train=((x_train - mean) / std).astype(np.float32),
-        y_train=y_train.astype(np.int32),
+        y_train=y_train,
         x_test=((x_test - mean) / std).astype(np.float32),
-        y_test=y_test.astype(np.int32),
+        y_test=y_test,
         classes=classes or tuple(str(i) for i in range(n)),
     )
 
 
-def _split(name: str, x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int, classes=None):
+def _split(
+    name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    test_fraction: float,
+    seed: int,
+    fields: tuple[str, str],
+    classes: tuple[str, ...] | None = None,
+) -> Dataset:
+    x, y = check_examples(x, y, x_field=fields[0], y_field=fields[1])
+    if len(x) < 2:
+        raise ConfigError(
+            fields[0], f"{len(x)} image", "cannot be split into train and test", "add images"
+        )
     tr, te = _stratified_split(y, test_fraction, seed)
-    return _finish(name, x[tr], y[tr], x[te], y[te], classes)
+    fx, fy = fields
+    return _finish(
+        name,
+        (x[tr], y[tr]),
+        (x[te], y[te]),
+        (f"{fx} (train split)", f"{fy} (train split)", f"{fx} (test split)", f"{fy} (test split)"),
+        classes,
+    )
 
 
 def _digits(test_fraction: float, seed: int) -> Dataset:
@@ -110,7 +230,7 @@ def _digits(test_fraction: float, seed: int) -> Dataset:
 
     d = load_digits()
     x = (d.images / 16.0).astype(np.float32)[..., None]  # pixel values are 0..16
-    return _split("digits", x, d.target.astype(np.int32), test_fraction, seed)
+    return _split("digits", x, d.target, test_fraction, seed, ("digits:x", "digits:y"))
 
 
 _BUNDLED = {"digits": _digits}
@@ -136,28 +256,35 @@ def _npz(path: Path, test_fraction: float, seed: int) -> Dataset:
         ) from None
 
 
+def _member(f: Any, path: Path, key: str) -> np.ndarray:
+    try:
+        return f[key]
+    except ValueError:  # allow_pickle=False refuses object arrays
+        raise ConfigError(
+            f"{path}:{key}",
+            "an array of Python objects",
+            "is not a plain numeric array (numpy stores objects pickled, which is not loaded)",
+            "save numbers: numpy.savez(path, x=images.astype('float32'), y=labels.astype('int64'))",
+        ) from None
+
+
 def _npz_arrays(path: Path, test_fraction: float, seed: int) -> Dataset:
     with np.load(path, allow_pickle=False) as f:
         keys = set(f.files)
         if {"x_train", "y_train", "x_test", "y_test"} <= keys:
+            names = ("x_train", "y_train", "x_test", "y_test")
+            fields = tuple(f"{path}:{k}" for k in names)
+            x_tr, y_tr, x_te, y_te = (_member(f, path, k) for k in names)
             return _finish(
                 path.name,
-                _as_images(f["x_train"], f"{path}:x_train"),
-                np.asarray(f["y_train"]).astype(np.int32).reshape(-1),
-                _as_images(f["x_test"], f"{path}:x_test"),
-                np.asarray(f["y_test"]).astype(np.int32).reshape(-1),
+                (_as_images(x_tr, fields[0]), y_tr),
+                (_as_images(x_te, fields[2]), y_te),
+                (fields[0], fields[1], fields[2], fields[3]),
             )
         if {"x", "y"} <= keys:
-            x = _as_images(f["x"], f"{path}:x")
-            y = np.asarray(f["y"]).astype(np.int32).reshape(-1)
-            if len(x) != len(y):
-                raise ConfigError(
-                    str(path),
-                    f"{len(x)} images, {len(y)} labels",
-                    "x and y differ in length",
-                    "fix the file",
-                )
-            return _split(path.name, x, y, test_fraction, seed)
+            x = _as_images(_member(f, path, "x"), f"{path}:x")
+            y = _member(f, path, "y")
+            return _split(path.name, x, y, test_fraction, seed, (f"{path}:x", f"{path}:y"))
     raise ConfigError(
         "data",
         str(path),
@@ -201,7 +328,8 @@ def _folder(root: Path, test_fraction: float, seed: int) -> Dataset:
     arrays = [np.asarray(im.convert(mode).resize(size), np.float32) / 255.0 for im in images]
     x = _as_images(np.stack(arrays), str(root))
     y = np.asarray([label for label, _ in files], np.int32)
-    return _split(root.name, x, y, test_fraction, seed, tuple(d.name for d in class_dirs))
+    classes = tuple(d.name for d in class_dirs)
+    return _split(root.name, x, y, test_fraction, seed, (str(root), str(root)), classes)
 
 
 def load_dataset(

@@ -69,6 +69,8 @@ class DGMSLayer(nnx.Module):
         mu: MixtureParam [K-1]; ``sigma``, ``pi`` [K]; ``tau`` [].
         hard: use the argmax assignment (inference); set with
             ``model.set_attributes(hard=True)``.
+        tau_scale: multiplies τ in soft mode (τ annealing; the training
+            adapter sets it per step and resets it to 1).
     """
 
     def __init__(self, layer: nnx.Module, mixture: dict[str, Any], config: DGMSConfig) -> None:
@@ -79,6 +81,7 @@ class DGMSLayer(nnx.Module):
         self.pi = MixtureParam(jnp.asarray(mixture["pi"]))
         self.tau = MixtureParam(jnp.asarray(mixture["tau"]))
         self.hard = False
+        self.tau_scale: Any = 1.0
         self.sigma_min = config.sigma_min
         self.tau_min = config.tau_min
 
@@ -96,7 +99,9 @@ class DGMSLayer(nnx.Module):
         if self.hard:
             q = hard_weights(w, mix, sigma_min=self.sigma_min)
         else:
-            q = soft_weights(w, mix, sigma_min=self.sigma_min, tau_min=self.tau_min)
+            q = soft_weights(
+                w, mix, sigma_min=self.sigma_min, tau_min=self.tau_min, tau_scale=self.tau_scale
+            )
         self.layer.kernel[...] = q
         try:
             return self.layer(*args, **kwargs)

@@ -2,12 +2,14 @@
 
 Data flow of `run_recipe` (what ``jgraph quant train`` runs):
 
-1. Load the data (`load_dataset`) and build the model (`make_model`).
+1. Load the data (`load_dataset`) and build the model (`make_model` for a
+   bundled name; a user's Linen or NNX module is used as given, see `_kits`).
 2. Full-precision phase: `train` with ``RunConfig.fp`` (checkpoints in
    ``out/fp``; skipped when ``out/fp`` already holds a finished run and
    ``resume`` is set).
-3. ``dgms(model, config).init``: k-means mixtures on the FP weights. The hard
-   accuracy here is the k-means-only baseline (no DGMS training).
+3. ``dgms(model, config).init`` (``dgms_nnx`` for NNX): k-means mixtures on
+   the FP weights. The hard accuracy here is the k-means-only baseline (no
+   DGMS training).
 4. DGMS phase: `train` with ``RunConfig.dgms`` on soft weights (checkpoints in
    ``out/dgms``), evaluated each epoch with hard weights.
 5. Optional BatchNorm re-estimation with hard weights; `harden`;
@@ -24,17 +26,19 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import jax
 import numpy as np
+from flax import nnx
 
 from jgraph.core import atomic_write_bytes, atomic_write_json, check_int
+from jgraph.quant._bn import reestimate_batch_stats
 from jgraph.quant._config import DGMSConfig, Recipe
 from jgraph.quant._data import Dataset, load_dataset
-from jgraph.quant._harden import CompressionReport, compression_report, harden, pack_indices
-from jgraph.quant._models import make_model
+from jgraph.quant._harden import CompressionReport, compression_report, pack_indices
+from jgraph.quant._kits import check_model, describe, model_kit
 from jgraph.quant._plot import plot_mixtures
-from jgraph.quant._train import DGMSApply, FPApply, evaluate, reestimate_batch_stats, train
-from jgraph.quant._transform import dgms
+from jgraph.quant._train import evaluate, train
 
 __all__ = ["RunConfig", "RunResult", "run_recipe"]
 
@@ -46,7 +50,11 @@ class RunConfig:
     """One recipe run.
 
     Attributes:
-        model: ``resnet20``, ``cnn`` or ``mlp``.
+        model: ``resnet20``, ``cnn`` or ``mlp``, or your own model: a Linen
+            module (called as `jgraph.quant.training.linen_apply` finds out:
+            images first, then a ``train``-like switch if it has BatchNorm or
+            dropout) or an NNX module (already initialized; it is copied, not
+            modified). It must output ``data.num_classes`` logits.
         data: ``"digits"`` or a path to a ``.npz`` / image folder.
         seed: model init, k-means seeding and shuffling seed.
         fp: the full-precision recipe.
@@ -59,7 +67,7 @@ class RunConfig:
             each epoch (needed for ``resume``).
     """
 
-    model: str = "resnet20"
+    model: str | nn.Module | nnx.Module = "resnet20"
     data: str | Path = "digits"
     seed: int = 0
     fp: Recipe = dataclasses.field(default_factory=lambda: Recipe(epochs=30, lr=3e-3))
@@ -72,6 +80,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_int("RunConfig.seed", self.seed, minimum=0)
+        check_model(self.model)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -85,8 +94,11 @@ class RunResult:
             hard weights (only if the DGMS recipe re-estimates; else None).
         dgms_accuracy: hard accuracy after DGMS training (and BN re-estimation).
         report: the `CompressionReport` of the hardened model.
-        fp_seconds: wall time of the FP phase.
-        dgms_seconds: wall time of the DGMS phase.
+        fp_seconds: training time of the FP phase, summed over every process
+            that trained it (a resumed run adds the time stored in its
+            checkpoint); 0 when ``fp_variables`` were given.
+        dgms_seconds: the same for the DGMS phase (BatchNorm re-estimation,
+            hardening and evaluation excluded).
         artifacts: files written.
         fp_variables: the trained full-precision variables (not serialized).
     """
@@ -149,22 +161,22 @@ def run_recipe(
         True
     """
     data = data or load_dataset(config.data)
-    model = make_model(config.model, data.num_classes)
+    kit = model_kit(config.model, data.num_classes)
     key = jax.random.key(config.seed)
     sample = data.x_train[:1]
-    qmodel = dgms(model, config.quant)
     # Layer selection is checked before any training: a pattern that matches
     # nothing fails now, not after the full-precision phase.
-    qmodel.layers(sample, train=False)
-    variables = jax.jit(lambda k, x: model.init(k, x, train=False))(key, sample)
-    run_meta = {"model": config.model, "data": str(config.data)}
+    kit.check_layers(sample, config.quant)
+    variables = kit.init(key, sample)
+    model_name = describe(config.model)
+    run_meta = {"model": model_name, "data": str(config.data)}
     out = config.out
     artifacts: list[Path] = []
 
     fp_seconds = 0.0
     if fp_variables is None:
         fp = train(
-            FPApply(model),
+            kit.fp_apply,
             variables,
             data.x_train,
             data.y_train,
@@ -174,22 +186,22 @@ def run_recipe(
             seed=config.seed,
             ckpt_dir=None if out is None or not config.checkpoint else out / "fp",
             resume=config.resume,
-            description=f"{config.model} full precision",
+            description=f"{model_name} full precision",
             meta=run_meta,
         )
         fp_vars, fp_seconds, fp_history = fp.variables, fp.seconds, fp.history
     else:
         fp_vars, fp_history = fp_variables, []
-    fp_acc = evaluate(FPApply(model), fp_vars, data.x_test, data.y_test)
+    fp_acc = evaluate(kit.fp_apply, fp_vars, data.x_test, data.y_test)
 
-    qvars0 = qmodel.init(fp_vars, sample, key=jax.random.fold_in(key, 1), train=False)
-    kmeans_acc = evaluate(DGMSApply(qmodel), qvars0, data.x_test, data.y_test)
+    q_apply, qvars0 = kit.quantize(fp_vars, sample, config.quant, jax.random.fold_in(key, 1))
+    kmeans_acc = evaluate(q_apply, qvars0, data.x_test, data.y_test)
     kmeans_bn_acc = None
     if config.dgms.bn_reestimate:
         kmeans_bn_acc = evaluate(
-            DGMSApply(qmodel),
+            q_apply,
             reestimate_batch_stats(
-                DGMSApply(qmodel, hard_in_train=True),
+                q_apply,
                 qvars0,
                 data.x_train,
                 batch_size=config.dgms.batch_size,
@@ -201,7 +213,7 @@ def run_recipe(
     log.info("fp accuracy %.4f, k-means-only accuracy %.4f", fp_acc, kmeans_acc)
 
     q = train(
-        DGMSApply(qmodel),
+        q_apply,
         qvars0,
         data.x_train,
         data.y_train,
@@ -212,20 +224,20 @@ def run_recipe(
         tau0=config.quant.tau0,
         ckpt_dir=None if out is None or not config.checkpoint else out / "dgms",
         resume=config.resume,
-        description=f"{config.model} DGMS {config.quant.bits}-bit",
+        description=f"{model_name} DGMS {config.quant.bits}-bit",
         meta={**run_meta, "quant": dataclasses.asdict(config.quant)},
     )
     qvars = q.variables
     if config.dgms.bn_reestimate:
         qvars = reestimate_batch_stats(
-            DGMSApply(qmodel, hard_in_train=True),
+            q_apply,
             qvars,
             data.x_train,
             batch_size=config.dgms.batch_size,
             passes=config.dgms.bn_passes,
         )
-    dgms_acc = evaluate(DGMSApply(qmodel), qvars, data.x_test, data.y_test)
-    hardened = harden(qvars, config.quant)
+    dgms_acc = evaluate(q_apply, qvars, data.x_test, data.y_test)
+    hardened = kit.harden(q_apply, qvars, config.quant)
     report = compression_report(hardened)
     result = RunResult(
         fp_accuracy=fp_acc,
@@ -241,7 +253,10 @@ def run_recipe(
     if out is not None:
         if config.plots:
             artifacts += plot_mixtures(
-                qvars0, qvars, out / "hist", sigma_min=config.quant.sigma_min
+                kit.plot_view(qvars0),
+                kit.plot_view(qvars),
+                out / "hist",
+                sigma_min=config.quant.sigma_min,
             )
         artifacts.append(save_hardened(out / "hardened.npz", hardened))
         artifacts.append(out / "result.json")
@@ -251,7 +266,7 @@ def run_recipe(
             {
                 **result.as_dict(),
                 "config": {
-                    "model": config.model,
+                    "model": model_name,
                     "data": str(config.data),
                     "seed": config.seed,
                     "fp": dataclasses.asdict(config.fp),

@@ -2,93 +2,83 @@
 
 Data flow of `train`:
 
-* The caller passes an ``apply(variables, x, *, train, tau_scale)`` function
-  (the FP model or a `DGMS` wrapper), the starting variables and a `Recipe`.
+* The caller passes an ``apply(variables, x, *, train, tau_scale[, rng])``
+  function (see `ApplyFn`; `jgraph.quant.training.linen_apply` and
+  ``nnx_apply`` build one from a model), the starting variables and a `Recipe`.
 * Trainable variables are ``params`` (and ``mixture`` for DGMS); other
   collections (``batch_stats``) are carried as mutable state.
 * One jitted, donated step per batch: cross-entropy, ``jax.value_and_grad``
   over the trainable dict, `make_optimizer`'s update. Batches have a fixed
   size (the remainder of an epoch is dropped), so the step compiles once.
+  Step s draws its dropout key as ``fold_in(key(seed), s)``.
 * Epoch e shuffles with ``default_rng([seed, e])``, so a resumed run sees the
-  same batches as an uninterrupted one; after each epoch the whole state
-  (step, epoch, variables, optimizer state) is saved with Orbax, and the
-  history (loss, test accuracy per epoch) atomically as JSON next to it.
+  same batches as an uninterrupted one; after each epoch the state (step,
+  epoch, variables, optimizer state) and the run record (settings, history,
+  training seconds) are committed together as one Orbax step (`Checkpoints`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jgraph.core import ConfigError, atomic_write_json, progress
+from jgraph.core import ConfigError, progress
+from jgraph.quant._ckpt import Checkpoints
 from jgraph.quant._config import MIXTURE, Recipe
-from jgraph.quant._transform import DGMS
+from jgraph.quant._data import check_examples
 
 __all__ = [
     "ApplyFn",
     "TrainResult",
+    "accepts_rng",
     "evaluate",
     "make_optimizer",
-    "reestimate_batch_stats",
     "train",
 ]
 
 log = logging.getLogger(__name__)
 
-ApplyFn = Callable[..., Any]
-"""``apply(variables, x, *, train: bool, tau_scale) -> logits`` (or ``(logits, updates)``
-when ``train`` is True and the model has mutable collections)."""
 
-_TRAINABLE = ("params", MIXTURE)
+class ApplyFn(Protocol):
+    """What `train`, `evaluate` and `reestimate_batch_stats` call to run a model.
 
+    ``apply(variables, x, *, train, tau_scale=1.0, rng=None)`` returns the
+    logits [batch, classes]; with ``train=True`` and mutable collections
+    (``batch_stats``) it returns ``(logits, updated_collections)`` instead.
+    ``tau_scale`` multiplies DGMS temperatures (τ annealing; models without
+    DGMS ignore it) and ``rng`` is the step's dropout key (training only;
+    `train` passes it only to functions that accept an ``rng`` argument).
 
-@dataclasses.dataclass(frozen=True)
-class FPApply:
-    """``apply`` for a plain Linen model: BatchNorm statistics update in train mode."""
-
-    model: nn.Module
-
-    def __call__(self, v: Any, x: Any, *, train: bool, tau_scale: Any = 1.0) -> Any:
-        del tau_scale
-        if train:
-            return self.model.apply(v, x, train=True, mutable=["batch_stats"])
-        return self.model.apply(v, x, train=False)
-
-
-@dataclasses.dataclass(frozen=True)
-class DGMSApply:
-    """``apply`` for a `DGMS` model: soft weights in train mode, hard in eval mode.
-
-    ``hard_in_train`` uses hard weights in train mode too (BatchNorm re-estimation).
+    The function is a static argument of the jitted step, so it must be
+    hashable, and equal functions must compute the same thing:
+    `jgraph.quant.training.linen_apply` / ``nnx_apply`` build such objects.
     """
 
-    qmodel: DGMS
-    hard_in_train: bool = False
+    def __call__(
+        self,
+        variables: Mapping[str, Any],
+        x: jax.Array,
+        /,
+        *,
+        train: bool,
+        tau_scale: Any = 1.0,
+    ) -> Any: ...
 
-    def __call__(self, v: Any, x: Any, *, train: bool, tau_scale: Any = 1.0) -> Any:
-        if train:
-            return self.qmodel.apply(
-                v,
-                x,
-                hard=self.hard_in_train,
-                tau_scale=tau_scale,
-                train=True,
-                mutable=["batch_stats"],
-            )
-        return self.qmodel.apply(v, x, hard=True, train=False)
+
+_TRAINABLE = ("params", MIXTURE)
 
 
 def make_optimizer(recipe: Recipe, total_steps: int) -> optax.GradientTransformation:
@@ -137,8 +127,11 @@ class TrainResult:
     Attributes:
         variables: the trained variables (all collections).
         history: one dict per epoch: ``epoch``, ``loss`` (mean train loss) and
-            ``test_accuracy`` (eval mode).
-        seconds: wall time of this call (resumed epochs excluded).
+            ``test_accuracy`` (eval mode). A resumed run's history is the
+            uninterrupted run's: the epochs before the checkpoint come from it.
+        seconds: training time of the epochs in ``history``, summed over every
+            process that ran them (a resumed run adds the time stored in its
+            checkpoint; an epoch cut short by an interruption is not counted).
         resumed_from: the epoch a checkpoint was restored at, or 0.
     """
 
@@ -161,11 +154,23 @@ def evaluate(
     *,
     batch_size: int = 256,
 ) -> float:
-    """Accuracy of ``apply(..., train=False)`` on (x, y), in fixed-size padded batches.
+    """Top-1 accuracy of ``apply(..., train=False)`` on (x, y), in fixed-size padded batches.
 
-    ``apply`` should be hashable (e.g. `FPApply`, `DGMSApply`): it is a static
-    argument of the jitted forward pass.
+    Args:
+        apply: a hashable `ApplyFn` (a static argument of the jitted forward).
+        variables: the model's variables.
+        x: images [n, ...].
+        y: int labels [n].
+        batch_size: examples per forward pass (the last batch is padded, so
+            one shape compiles).
+
+    Returns:
+        The share of correct predictions.
+
+    Raises:
+        ConfigError: ``x`` and ``y`` differ in length, are empty or hold NaN.
     """
+    x, y = check_examples(x, y, x_field="x", y_field="y")
     n = len(x)
     bs = min(batch_size, n)
     correct = 0
@@ -176,7 +181,7 @@ def evaluate(
             xb = np.concatenate([xb, np.zeros((bs - real, *xb.shape[1:]), xb.dtype)])
         pred = np.asarray(_predict(variables, xb, apply=apply))[:real]
         correct += int(np.sum(pred == y[start : start + real]))
-    return correct / max(n, 1)
+    return correct / n
 
 
 def _tau_scale(recipe: Recipe, tau0: float, step: jax.Array, total: int) -> jax.Array:
@@ -187,16 +192,29 @@ def _tau_scale(recipe: Recipe, tau0: float, step: jax.Array, total: int) -> jax.
     return jnp.exp(math.log(recipe.tau_start / tau0) * (1.0 - frac))
 
 
-@functools.partial(jax.jit, static_argnames=("apply", "recipe", "tau0", "total"), donate_argnums=0)
+def accepts_rng(apply: ApplyFn) -> bool:
+    """Whether ``apply`` takes the optional ``rng`` argument of the `ApplyFn` protocol."""
+    try:
+        params = inspect.signature(apply).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: pass only the protocol's arguments
+        return False
+    return "rng" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+@functools.partial(
+    jax.jit, static_argnames=("apply", "recipe", "tau0", "total", "with_rng"), donate_argnums=0
+)
 def _train_step(
     state: dict[str, Any],
     x: jax.Array,
     y: jax.Array,
+    key: jax.Array,
     *,
     apply: ApplyFn,
     recipe: Recipe,
     tau0: float,
     total: int,
+    with_rng: bool,
 ) -> tuple[dict[str, Any], jax.Array]:
     # Module-level and keyed on hashable static arguments (the apply object,
     # the frozen recipe), so every `train` call with the same setup reuses
@@ -206,9 +224,10 @@ def _train_step(
     trainable = {k: variables[k] for k in _TRAINABLE if k in variables}
     other = {k: v for k, v in variables.items() if k not in _TRAINABLE}
     tau_scale = _tau_scale(recipe, tau0, state["step"], total)
+    extra = {"rng": jax.random.fold_in(key, state["step"])} if with_rng else {}
 
     def loss_fn(tr: dict[str, Any]) -> tuple[jax.Array, Any]:
-        out = apply({**other, **tr}, x, train=True, tau_scale=tau_scale)
+        out = apply({**other, **tr}, x, train=True, tau_scale=tau_scale, **extra)
         logits, updates = out if isinstance(out, tuple) else (out, {})
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         return loss, updates
@@ -223,14 +242,6 @@ def _train_step(
         "variables": {**new_other, **trainable},
         "opt_state": opt_state,
     }, loss
-
-
-def _manager(ckpt_dir: Path):
-    import orbax.checkpoint as ocp
-
-    return ocp.CheckpointManager(
-        ckpt_dir.absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-    )
 
 
 def train(
@@ -252,16 +263,22 @@ def train(
 ) -> TrainResult:
     """Trains ``variables`` with the recipe; checkpoints each epoch and resumes exactly.
 
+    A resumed run gives the uninterrupted run's weights bit for bit (on a
+    deterministic backend such as the CPU) and its history entry for entry,
+    whenever the previous process stopped: the weights and the history of an
+    epoch are committed together (see `Checkpoints`).
+
     Args:
-        apply: ``apply(variables, x, *, train, tau_scale)``.
+        apply: an `ApplyFn`, e.g. ``training.linen_apply(model)``.
         variables: starting variables (``params``, optional ``mixture`` and
             ``batch_stats``).
-        x_train: [n, h, w, c] training images; ``y_train`` their labels.
-        y_train: int labels.
+        x_train: [n, ...] training images.
+        y_train: their int labels [n].
         x_test: images for the per-epoch test accuracy.
         y_test: their labels.
         recipe: epochs, batch size, optimizer, schedule, τ annealing.
-        seed: shuffling seed (epoch e uses ``default_rng([seed, e])``).
+        seed: shuffling seed (epoch e uses ``default_rng([seed, e])``) and
+            dropout seed (step s uses ``fold_in(key(seed), s)``).
         tau0: τ0 of the DGMS config (the annealing schedule's end point scale).
         ckpt_dir: Orbax checkpoint folder; None disables checkpointing.
         resume: continue from the latest checkpoint in ``ckpt_dir`` if any.
@@ -276,8 +293,12 @@ def train(
 
     Raises:
         ConfigError: ``resume`` with a checkpoint written with other settings,
-            or checkpoints in ``ckpt_dir`` without ``resume``.
+            checkpoints in ``ckpt_dir`` without ``resume``, unusable data
+            (mismatched counts, empty, NaN; see `check_examples`), or a loss
+            that became NaN/inf (the step diverged).
     """
+    x_train, y_train = check_examples(x_train, y_train, x_field="x_train", y_field="y_train")
+    x_test, y_test = check_examples(x_test, y_test, x_field="x_test", y_field="y_test")
     n = len(x_train)
     bs = min(recipe.batch_size, n)
     per_epoch = n // bs
@@ -292,31 +313,34 @@ def train(
     }
     history: list[dict[str, float]] = []
     meta = {"recipe": dataclasses.asdict(recipe), "seed": seed, "n_train": n, **(meta or {})}
-    mngr = _manager(ckpt_dir) if ckpt_dir is not None else None
-    resumed_from = 0
-    if mngr is not None and not resume and mngr.latest_step() is not None:
-        raise ConfigError(
-            "ckpt_dir",
-            str(ckpt_dir),
-            f"already holds checkpoints (epoch {mngr.latest_step()})",
-            "pass resume=True (--resume) to continue that run, or use a new folder (--out)",
-        )
-    if ckpt_dir is not None and mngr is not None and resume and mngr.latest_step() is not None:
-        import orbax.checkpoint as ocp
-
-        saved = json.loads((ckpt_dir / "history.json").read_text())
-        if saved["meta"] != json.loads(json.dumps(meta)):
+    meta = json.loads(json.dumps(meta))  # what the JSON record gives back on resume
+    ckpt = Checkpoints(ckpt_dir) if ckpt_dir is not None else None
+    resumed_from, prior_seconds = 0, 0.0
+    latest = ckpt.latest() if ckpt is not None else None
+    if ckpt is not None and latest is not None:
+        if not resume:
+            raise ConfigError(
+                "ckpt_dir",
+                str(ckpt_dir),
+                f"already holds checkpoints (epoch {latest})",
+                "pass resume=True (--resume) to continue that run, or use a new folder (--out)",
+            )
+        record = ckpt.record(latest)
+        if record["meta"] != meta:
             raise ConfigError(
                 "resume",
                 str(ckpt_dir),
                 "holds a run with different settings (recipe, seed, data, model or bits)",
                 "resume with the same settings, or use a new --out folder",
             )
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        state = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(abstract))
+        state = ckpt.state(latest, state)
         resumed_from = int(state["epoch"])
-        history = saved["history"][:resumed_from]
+        history = list(record["history"])
+        prior_seconds = float(record["seconds"])
         log.info("%s: resumed from epoch %d in %s", description, resumed_from, ckpt_dir)
+    key = jax.random.key(seed)
+    with_rng = accepts_rng(apply)
+    seconds = prior_seconds
     start_time = time.perf_counter()
     last = recipe.epochs if stop_after is None else min(stop_after, recipe.epochs)
     for epoch in progress(
@@ -330,83 +354,36 @@ def train(
                 state,
                 x_train[idx],
                 y_train[idx],
+                key,
                 apply=apply,
                 recipe=recipe,
                 tau0=tau0,
                 total=total,
+                with_rng=with_rng,
             )
             losses.append(loss)
         state["epoch"] = jnp.asarray(epoch + 1, jnp.int32)
+        mean_loss = float(np.mean(jax.device_get(losses)))
+        if not math.isfinite(mean_loss):
+            raise ConfigError(
+                "Recipe.lr",
+                recipe.lr,
+                f"lets {description} diverge: the mean loss of epoch {epoch + 1} is {mean_loss}",
+                "lower the learning rate (the data was checked for NaN/inf)",
+            )
         acc = evaluate(apply, state["variables"], x_test, y_test)
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "loss": float(np.mean(jax.device_get(losses))),
-                "test_accuracy": acc,
-            }
-        )
+        history.append({"epoch": epoch + 1, "loss": mean_loss, "test_accuracy": acc})
         log.info(
-            "%s epoch %d: loss %.4f, test accuracy %.4f",
-            description,
-            epoch + 1,
-            history[-1]["loss"],
-            acc,
+            "%s epoch %d: loss %.4f, test accuracy %.4f", description, epoch + 1, mean_loss, acc
         )
-        if mngr is not None and ckpt_dir is not None:
-            import orbax.checkpoint as ocp
-
-            mngr.save(epoch + 1, args=ocp.args.StandardSave(state))
-            mngr.wait_until_finished()
-            atomic_write_json(ckpt_dir / "history.json", {"meta": meta, "history": history})
-    if mngr is not None:
-        mngr.close()
+        seconds = prior_seconds + time.perf_counter() - start_time
+        if ckpt is not None:
+            ckpt.save(epoch + 1, state, {"meta": meta, "history": history, "seconds": seconds})
+    if ckpt is not None:
+        ckpt.close()
     return TrainResult(
         variables=state["variables"],
         history=history,
-        seconds=time.perf_counter() - start_time,
+        seconds=seconds,
         resumed_from=resumed_from,
     )
-
-
-def reestimate_batch_stats(
-    apply: ApplyFn,
-    variables: Mapping[str, Any],
-    x: np.ndarray,
-    *,
-    batch_size: int,
-    passes: int,
-) -> dict[str, Any]:
-    """Recomputes BatchNorm running statistics with the inference (hard) weights.
-
-    DGMS trains BatchNorm on soft weights; at inference the hard weights shift
-    the activations slightly. Running train-mode forward passes (no gradient)
-    with ``apply(..., train=True)`` on hard weights refreshes the EMA; after
-    ``passes`` epochs the old statistics weigh ~momentum**(passes·batches).
-
-    Args:
-        apply: ``apply(variables, x, *, train, tau_scale)`` returning
-            ``(logits, updates)`` in train mode, with hard weights.
-        variables: the trained variables.
-        x: training images.
-        batch_size: examples per forward pass.
-        passes: epochs over ``x``.
-
-    Returns:
-        ``variables`` with new ``batch_stats`` (unchanged if there are none).
-    """
-    if "batch_stats" not in variables:
-        return dict(variables)
-    bs = min(batch_size, len(x))
-
-    v = dict(variables)
-    for p in range(passes):
-        order = np.random.default_rng([p, 7919]).permutation(len(x))
-        for b in range(len(x) // bs):
-            v = _bn_forward(v, x[order[b * bs : (b + 1) * bs]], apply=apply)
-    return v
-
-
-@functools.partial(jax.jit, static_argnames="apply")
-def _bn_forward(v: dict[str, Any], xb: jax.Array, *, apply: ApplyFn) -> dict[str, Any]:
-    _, updates = apply(v, xb, train=True, tau_scale=1.0)
-    return {**v, "batch_stats": updates["batch_stats"]}

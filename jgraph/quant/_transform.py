@@ -15,7 +15,7 @@ Data flow:
    and calls ``model.apply`` — the Linen equivalent of `nn.map_variables` at the
    root, so gradients reach both ``params`` and ``mixture`` by plain autodiff.
    Train ``{"params", "mixture"}`` with one optax optimizer, or separately
-   with `optax.multi_transform` (see `jgraph.quant.make_optimizer`).
+   with `optax.multi_transform` (see `jgraph.quant.training.make_optimizer`).
 4. `jgraph.quant.harden` turns the variables into hard weights + codebooks +
    b-bit indices for deployment.
 """

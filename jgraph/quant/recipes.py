@@ -4,7 +4,9 @@
 it with `jgraph.quant.dgms` (a second `Recipe`; `Recipe.original()` reproduces the released
 code's settings), hardens it and reports accuracy and compression, checkpointing with Orbax.
 `load_dataset` reads data that ships inside packages (scikit-learn's digits) or local files;
-`make_model` builds the small CNN / ResNet-20 / MLP models the benchmarks use.
+`make_model` builds the small CNN / ResNet-20 / MLP models the benchmarks use;
+`RunConfig.model` also takes your own Linen or NNX module (`jgraph.quant.training`
+has the same steps one at a time).
 `MODEL_NAMES`, `BUNDLED_DATASETS`, `RECIPE_PRESETS` and `INIT_METHODS` (the DGMS
 initializers, `DGMSConfig.init`) are the names these accept; the CLI offers exactly these.
 

@@ -45,9 +45,11 @@ def test_recipe_end_to_end_properties(tmp_path):
     np.testing.assert_array_equal(
         quant.mixture.unpack_indices(packed, 2, idx.size), idx.reshape(-1)
     )
-    # resuming a finished run retrains nothing and reproduces the result
+    # resuming a finished run retrains nothing and reproduces the result; the training
+    # times are the first process's, read back from the checkpoints (nothing added)
     again = quant.recipes.run_recipe(_tiny(tmp_path, resume=True))
-    assert again.fp_seconds < r.fp_seconds
+    assert (again.fp_seconds, again.dgms_seconds) == (r.fp_seconds, r.dgms_seconds)
+    assert r.fp_seconds > 0
     assert again.dgms_accuracy == r.dgms_accuracy
     # resuming the DGMS phase with other settings is refused, not silently mixed
     with pytest.raises(ConfigError, match="different settings"):
@@ -81,6 +83,13 @@ def test_cli_trains_on_an_image_folder(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "DGMS (hard weights)" in out
     assert "honest compression" in out
+    # --no-plots: the artifacts line names what was written, and no histograms
+    line = next(ln for ln in out.splitlines() if ln.startswith("artifacts under"))
+    assert line == (
+        f"artifacts under {tmp_path / 'run'}: hardened.npz, result.json, fp/ (checkpoints), "
+        "dgms/ (checkpoints)"
+    ), line
+    assert not (tmp_path / "run" / "hist").exists()
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["config"]["data"] == str(tmp_path / "imgs")
     assert (tmp_path / "run" / "dgms").is_dir()
@@ -102,3 +111,18 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, extra, match):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert re.search(match, err), err
+
+
+def test_artifacts_line_lists_only_what_exists(tmp_path):
+    from jgraph.cli._quant import artifacts_line
+
+    (tmp_path / "hist").mkdir()
+    pngs = [tmp_path / "hist" / f"{n}.png" for n in ("conv2", "fc1")]
+    for p in [*pngs, tmp_path / "result.json"]:
+        p.write_bytes(b"x")
+    (tmp_path / "dgms").mkdir()
+    listed = (*pngs, tmp_path / "result.json", tmp_path / "hardened.npz")  # the npz is missing
+    assert artifacts_line(tmp_path, listed) == (
+        f"artifacts under {tmp_path}: result.json, hist/*.png (2 histograms), dgms/ (checkpoints)"
+    )
+    assert artifacts_line(tmp_path / "empty", ()) == f"artifacts under {tmp_path / 'empty'}: none"
