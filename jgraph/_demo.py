@@ -62,7 +62,7 @@ PARTS: tuple[DemoPart, ...] = (
         name="tflite",
         title="DGMS export to .tflite",
         module="tflite_export",
-        issue="a later issue (TFLite export)",
+        issue="issue #17 (TFLite export)",
     ),
 )
 
@@ -104,9 +104,10 @@ def run_demo(out_dir: Path, *, only: Sequence[str] = ()) -> list[DemoOutcome]:
 
     Example:
         >>> import tempfile, pathlib
-        >>> outcomes = run_demo(pathlib.Path(tempfile.mkdtemp()), only=["tflite"])
-        >>> outcomes[0].part.name
-        'tflite'
+        >>> outcomes = run_demo(pathlib.Path(tempfile.mkdtemp()), only=["nothing"])
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown demo part(s) ['nothing']; choose from pipeline, superopt, coserve, quant, tflite
     """
     names = part_names()
     unknown = [n for n in only if n not in names]

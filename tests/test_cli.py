@@ -54,7 +54,7 @@ def test_help_everywhere(argv, capsys):
         # --model or, since #13, --graph (a user's ModelGraph JSON): exactly one is required.
         (["pipeline"], "one of the arguments --model --graph is required"),
         (
-            ["export-tflite", "--checkpoint", "/nonexistent/dir", "--out", "m.tflite"],
+            ["export-tflite", "--run", "/nonexistent/dir", "--out", "m.tflite"],
             "not a directory",
         ),
         (["demo", "--only", "everything"], "invalid choice: 'everything'"),
@@ -98,9 +98,13 @@ def test_bugs_are_not_swallowed(monkeypatch):
         cli.main(["pipeline", "--model", "mmt"])
 
 
-def test_unbuilt_subcommands_say_so_and_fail(tmp_path, capsys):
-    assert cli.main(["export-tflite", "--checkpoint", str(tmp_path), "--out", "m.tflite"]) == 1
-    assert "not built yet" in capsys.readouterr().out
+def test_export_tflite_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    out = tmp_path / "m.tflite"
+    assert cli.main(["export-tflite", "--run", str(tmp_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--run" in err
+    assert "no result.json" in err
+    assert not out.exists()
 
 
 def test_version(capsys):

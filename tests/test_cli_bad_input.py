@@ -21,7 +21,7 @@ CPU_ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 P = ["pipeline", "--model", "mmt", "--no-png"]
 S = ["superopt", "run", "--program", "rmsnorm_linear"]
 Q = ["quant", "train", "--model", "mlp"]
-E = ["export-tflite", "--checkpoint", "{dir}"]
+E = ["export-tflite", "--run", "{dir}"]
 
 # (argv with {file}, {dir}, {under}, {fake_npz}, {long} placeholders, text the error must contain)
 CASES = [
@@ -101,9 +101,13 @@ CASES = [
     ([*Q, "--seed", "-1"], "--seed"),
     ([*Q, "--seed", str(2**70)], "--seed"),
     ([*Q, "--layers", "["], "--layers"),
-    # export-tflite (not built yet)
-    (["export-tflite", "--checkpoint", "{file}", "--out", "m.tflite"], "--checkpoint"),
-    (["export-tflite", "--checkpoint", "", "--out", "m.tflite"], "--checkpoint"),
+    # export-tflite
+    (["export-tflite", "--run", "{file}", "--out", "m.tflite"], "--run"),
+    (["export-tflite", "--run", "", "--out", "m.tflite"], "--run"),
+    ([*E, "--out", "m.tflite"], "--run"),  # a folder without a finished run
+    ([*E, "--out", "m.tflite", "--mode", "int4"], "--mode"),
+    ([*E, "--out", "m.tflite", "--batch", "0"], "--batch"),
+    ([*E, "--out", "m.tflite", "--signature", "a b"], "--signature"),
     ([*E, "--out", "{dir}"], "--out"),
     ([*E, "--out", "{under}"], "--out"),
     ([*E, "--out", ""], "--out"),

@@ -30,6 +30,7 @@ OWNERS = {
     (("quant", "train"), "--preset"): ("jgraph.quant.recipes", "RECIPE_PRESETS"),
     (("quant", "train"), "--init"): ("jgraph.quant.recipes", "INIT_METHODS"),
     (("demo",), "--only"): ("jgraph._demo", "part_names"),
+    (("export-tflite",), "--mode"): ("tflite_export", "MODES"),
 }
 # `jgraph pipeline [plan]`: the subcommand's own action word.
 CLI_OWNED = {(("pipeline",), "action")}

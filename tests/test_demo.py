@@ -39,6 +39,13 @@ def test_demo_command_tours_every_part(tmp_path):
     assert len(serving["job_losses"]) == 24  # 4 examples x 6 epochs
     assert serving["fine_tuned_model"] == "ft:tiny:demo"
     assert "openai-client streams" in proc.stdout
+    # The tflite part exported the 2-bit model, ran it in LiteRT and kept <= K = 4 codes.
+    tfl = json.loads((tmp_path / "tflite" / "summary.json").read_text())
+    assert tfl["dgms_float"]["parity"]["passed"]
+    layers = tfl["dgms_codebook_int8"]["codebooks"]
+    assert all(c["distinct"] <= 4 for c in layers if c["stored"] == "INT8")
+    assert tfl["dgms_codebook_int8"]["trained_parity"]["top1_agreement"] >= 0.95
+    assert (tmp_path / "tflite" / "dgms_codebook_int8.tflite").stat().st_size > 0
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ sizes (raw, gzip -9, DGMS's packed b-bit size). Modes (`MODES`): ``float``,
 ``codebook_int8`` (int8 weights that keep a DGMS codebook: at most K codes per
 tensor), and the baselines ``dynamic_int8`` and ``full_int8``.
 
-TensorFlow is imported only inside functions: ``import tflite_export`` is light.
+`demo` is the `jgraph demo` part. TensorFlow is imported only inside functions:
+``import tflite_export`` is light.
 
 Example:
     >>> import jax.numpy as jnp, numpy as np
@@ -25,6 +26,7 @@ from tflite_export._config import MODES as MODES
 from tflite_export._config import ExportConfig as ExportConfig
 from tflite_export._config import Mode as Mode
 from tflite_export._convert import UnsupportedOpsError as UnsupportedOpsError
+from tflite_export._demo import demo as demo
 from tflite_export._export import ExportResult as ExportResult
 from tflite_export._export import SizeReport as SizeReport
 from tflite_export._export import export as export
@@ -48,6 +50,7 @@ __all__ = [
     "TFLiteRunner",
     "TensorInfo",
     "UnsupportedOpsError",
+    "demo",
     "export",
     "read_model",
     "snap_codebooks",

@@ -45,7 +45,6 @@ __all__ = [
     "non_empty",
     "non_negative_float",
     "non_negative_int",
-    "not_built",
     "output_dir",
     "output_file",
     "port",
@@ -362,12 +361,6 @@ def probe_output_file(path: Path, flag: str) -> Path:
             "pass a path you can write to",
         ) from None
     return path
-
-
-def not_built(what: str, issue: str) -> int:
-    """Reports a subcommand whose subsystem is not built yet; exit status 1."""
-    print(f"jgraph: {what} is not built yet ({issue}); see README.md for what works today")
-    return EXIT_FAILED
 
 
 class LibraryChoices(Sequence[str]):

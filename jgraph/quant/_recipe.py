@@ -35,9 +35,10 @@ from jgraph.core import atomic_write_bytes, atomic_write_json, check_int
 from jgraph.quant._bn import reestimate_batch_stats
 from jgraph.quant._config import DGMSConfig, Recipe
 from jgraph.quant._data import Dataset, load_dataset
-from jgraph.quant._harden import CompressionReport, compression_report, pack_indices
+from jgraph.quant._harden import CompressionReport, Hardened, compression_report, pack_indices
 from jgraph.quant._kits import check_model, describe, model_kit
 from jgraph.quant._plot import plot_mixtures
+from jgraph.quant._saved_run import HARDENED_STATE, save_hardened_state
 from jgraph.quant._train import evaluate, train
 
 __all__ = ["RunConfig", "RunResult", "run_recipe"]
@@ -101,6 +102,8 @@ class RunResult:
             hardening and evaluation excluded).
         artifacts: files written.
         fp_variables: the trained full-precision variables (not serialized).
+        hardened: the deployable model (`harden`'s variables, codebooks and
+            indices; not in ``as_dict``; saved as ``out/hardened.msgpack``).
     """
 
     fp_accuracy: float
@@ -112,10 +115,11 @@ class RunResult:
     dgms_seconds: float
     artifacts: tuple[Path, ...]
     fp_variables: Any = dataclasses.field(default=None, repr=False)
+    hardened: Hardened | None = dataclasses.field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        del d["fp_variables"]
+        del d["fp_variables"], d["hardened"]
         d["report"] = self.report.as_dict()
         d["artifacts"] = [str(p) for p in self.artifacts]
         return d
@@ -249,6 +253,7 @@ def run_recipe(
         dgms_seconds=q.seconds,
         artifacts=(),
         fp_variables=fp_vars,
+        hardened=hardened,
     )
     if out is not None:
         if config.plots:
@@ -259,6 +264,7 @@ def run_recipe(
                 sigma_min=config.quant.sigma_min,
             )
         artifacts.append(save_hardened(out / "hardened.npz", hardened))
+        artifacts.append(save_hardened_state(out / HARDENED_STATE, hardened))
         artifacts.append(out / "result.json")
         result = dataclasses.replace(result, artifacts=tuple(artifacts))
         atomic_write_json(
@@ -267,6 +273,8 @@ def run_recipe(
                 **result.as_dict(),
                 "config": {
                     "model": model_name,
+                    "num_classes": data.num_classes,
+                    "input_shape": list(data.x_train.shape[1:]),
                     "data": str(config.data),
                     "seed": config.seed,
                     "fp": dataclasses.asdict(config.fp),

@@ -27,6 +27,8 @@ from jgraph.quant._models import make_model as make_model
 from jgraph.quant._recipe import RunConfig as RunConfig
 from jgraph.quant._recipe import RunResult as RunResult
 from jgraph.quant._recipe import run_recipe as run_recipe
+from jgraph.quant._saved_run import SavedRun as SavedRun
+from jgraph.quant._saved_run import load_run as load_run
 
 __all__ = [
     "BUNDLED_DATASETS",
@@ -37,7 +39,9 @@ __all__ = [
     "Recipe",
     "RunConfig",
     "RunResult",
+    "SavedRun",
     "load_dataset",
+    "load_run",
     "make_model",
     "run_recipe",
 ]

@@ -86,7 +86,7 @@ def test_cli_trains_on_an_image_folder(tmp_path, capsys):
     # --no-plots: the artifacts line names what was written, and no histograms
     line = next(ln for ln in out.splitlines() if ln.startswith("artifacts under"))
     assert line == (
-        f"artifacts under {tmp_path / 'run'}: hardened.npz, result.json, fp/ (checkpoints), "
+        f"artifacts under {tmp_path / 'run'}: hardened.npz, hardened.msgpack, result.json, fp/ (checkpoints), "
         "dgms/ (checkpoints)"
     ), line
     assert not (tmp_path / "run" / "hist").exists()
