@@ -330,10 +330,16 @@ def preserve_codebooks(
         t = qtensors[j]
         qp = t.quantization
         per_channel = len(qp.scale) > 1
-        factors = np.asarray(m.factors, np.float64)
-        if per_channel and int(qp.quantizedDimension) != m.axis:
-            layers.append(_unchanged(qmodel, t, name, k, m, "channel axis differs from the fold"))
+        axis = int(qp.quantizedDimension) if per_channel else m.axis
+        # Solve along the quantizer's channel axis (the match may have picked another axis
+        # when the factors are uniform, e.g. a layer without BatchNorm).
+        solved = _solve(target, np.asarray(snapped.codebooks[name], np.float64)[m.indices], axis)
+        if solved is None:
+            layers.append(
+                _unchanged(qmodel, t, name, k, m, "folded factors vary along another axis")
+            )
             continue
+        factors = np.atleast_1d(np.asarray(solved, np.float64))
         if not per_channel:
             mags = np.abs(factors[factors != 0])
             if mags.size and np.ptp(mags) > 1e-6 * mags.max():
@@ -346,7 +352,7 @@ def preserve_codebooks(
         sign = np.where(factors < 0, -1, 1)
         mag = np.where(factors != 0, np.abs(factors), 1.0)
         shape = [1] * target.ndim
-        shape[m.axis] = -1
+        shape[axis] = -1
         codes = (sign.reshape(shape) * q[m.indices]).astype(np.int8)
         codes = np.where(factors.reshape(shape) == 0, 0, codes).astype(np.int8)
         scales = (
@@ -357,7 +363,7 @@ def preserve_codebooks(
         qmodel.buffers[t.buffer].data = np.frombuffer(codes.tobytes(), np.uint8).copy()
         qp.scale = scales.tolist()
         qp.zeroPoint = [0] * len(scales)
-        per = _per_channel_distinct(codes, m.axis)
+        per = _per_channel_distinct(codes, axis)
         distinct = int(np.unique(codes).size)
         layers.append(
             CodebookLayer(

@@ -159,8 +159,14 @@ def read_model(data: bytes) -> ModelInfo:
         A `ModelInfo`.
 
     Example:
-        >>> read_model  # doctest: +ELLIPSIS
-        <function read_model at ...>
+        >>> import numpy as np, tflite_export
+        >>> w = np.arange(6, dtype=np.float32).reshape(3, 2)
+        >>> res = tflite_export.export(lambda x: x @ w, (np.ones((1, 3), np.float32),))
+        >>> info = read_model(res.data)
+        >>> info.ops, info.signatures
+        (('FULLY_CONNECTED',), {'serving_default': (('input',), ('output',))})
+        >>> [(t.dtype, t.shape, t.distinct) for t in info.weights]
+        [('FLOAT32', (2, 3), 6)]
     """
     schema = _schema()
     model = load_model_t(data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,8 +10,8 @@ import pytest
 
 import tflite_export as te
 from jgraph.core import ConfigError
-from jgraph.quant import Hardened
-from tests.tflite_export.conftest import IMAGE
+from jgraph.quant import DGMSConfig, Hardened, dgms, harden
+from tests.tflite_export.conftest import IMAGE, _randomize_batchnorm
 from tflite_export._flatbuffer import load_model_t, tensor_array
 
 pytestmark = pytest.mark.tflite
@@ -199,3 +200,36 @@ def test_full_int8_reports_codes_per_layer(cnn_hardened) -> None:
     assert all(c.stored == "INT8" for c in layers.values())  # activations int8: every weight
     assert layers["Conv_2"].distinct > 16
     assert jnp.isfinite(res.parity.max_abs_error)
+
+
+class _Depthwise(nn.Module):
+    """A depthwise conv big enough to be quantized (1152 weights), its channels on the last axis."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(128, (1, 1))(x)
+        x = nn.Conv(128, (3, 3), feature_group_count=128, use_bias=False)(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=not train)(x)).mean(axis=(1, 2))
+        return nn.Dense(10)(x)
+
+
+def test_depthwise_codebook_on_the_last_axis() -> None:
+    model = _Depthwise()
+    x = np.zeros((1, 8, 8, 3), np.float32)
+    fp = _randomize_batchnorm(model.init(jax.random.key(0), x), seed=5)
+    cfg = DGMSConfig(bits=3, layers="Conv_1|Dense_0")
+    hardened = harden(dgms(model, cfg).init(fp, x, key=jax.random.key(1)), cfg)
+    res = te.export(model, (x,), te.ExportConfig(mode="codebook_int8"), hardened=hardened)
+    assert "DEPTHWISE_CONV_2D" in res.ops
+    layer = {c.layer: c for c in res.codebooks}["Conv_1"]
+    assert layer.stored == "INT8"
+    assert layer.distinct <= 8
+    flt = te.export(
+        model, (x,), te.ExportConfig(verify="skip"), hardened=te.snap_codebooks(hardened)
+    )
+    np.testing.assert_allclose(
+        _dequantized(res.data, layer.tensor),
+        _float_tensor(flt.data, layer.tensor),
+        rtol=1e-6,
+        atol=1e-7,
+    )
