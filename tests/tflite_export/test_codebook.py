@@ -87,6 +87,10 @@ def test_codebook_int8_stores_at_most_k_codes_and_the_exact_weights(cnn_hardened
     x = np.zeros(IMAGE, np.float32)
     data = _images(64)
     cb = te.export(model, (x,), te.ExportConfig(mode="codebook_int8"), hardened=hardened, data=data)
+    again = te.export(
+        model, (x,), te.ExportConfig(mode="codebook_int8", verify="skip"), hardened=hardened
+    )
+    assert again.data == cb.data  # the rewrite is deterministic too
     dyn = te.export(model, (x,), te.ExportConfig(mode="dynamic_int8"), hardened=hardened, data=data)
     flt = te.export(
         model, (x,), te.ExportConfig(verify="skip"), hardened=te.snap_codebooks(hardened)
