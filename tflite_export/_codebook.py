@@ -314,18 +314,8 @@ def preserve_codebooks(
         assert target is not None
         j = _find_quantized(qmodel, qtensors, target)
         if j is None:
-            layers.append(
-                CodebookLayer(
-                    layer=name,
-                    k=k,
-                    tensor=m.name,
-                    stored="FLOAT32",
-                    distinct=int(np.unique(target).size),
-                    distinct_per_channel=_per_channel_distinct(target, m.axis),
-                    preserved=False,
-                    note="left float by the converter (too small to quantize)",
-                )
-            )
+            note = "left float by the converter (too small to quantize)"
+            layers.append(_as_stored(name, k, m, target, "FLOAT32", note))
             continue
         t = qtensors[j]
         qp = t.quantization
@@ -383,11 +373,18 @@ def preserve_codebooks(
 def _unchanged(model: Any, t: Any, name: str, k: int, m: LayerMatch, note: str) -> CodebookLayer:
     arr = tensor_array(model, t)
     assert arr is not None
+    return _as_stored(name, k, m, arr, "INT8", note)
+
+
+def _as_stored(
+    name: str, k: int, m: LayerMatch, arr: np.ndarray, stored: str, note: str
+) -> CodebookLayer:
+    """A layer whose codebook did not survive: what the tensor holds, and why."""
     return CodebookLayer(
         layer=name,
         k=k,
         tensor=m.name,
-        stored="INT8",
+        stored=stored,
         distinct=int(np.unique(arr).size),
         distinct_per_channel=_per_channel_distinct(arr, m.axis),
         preserved=False,
