@@ -1,8 +1,8 @@
 """The pipelined training loop: steps, metrics, progress, Orbax checkpoints, resume.
 
 A checkpoint holds the whole sharded state (every device's packed stage
-parameters and optimizer state, and the step) plus the loss history and a
-fingerprint of the plan and graph, so a resumed run refuses another plan and
+parameters and optimizer state, and the step) plus, in the same Orbax step
+(`jgraph.core.checkpoints`), the loss history and a fingerprint of the plan and graph, so a resumed run refuses another plan and
 its next step equals the uninterrupted run's. Data comes from a function of
 the step index, which is what makes a resumed run see the same batches.
 """
@@ -18,10 +18,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
-from jgraph.core import ConfigError, atomic_write_json, check_int, progress
+from jgraph.core import ConfigError, check_int, progress
+from jgraph.core.checkpoints import Checkpoints
 from jgraph.pipeline._runtime import PipelineProgram
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
@@ -83,14 +83,6 @@ def fingerprint(program: PipelineProgram) -> str:
     return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _manager(path: Path) -> Any:
-    import orbax.checkpoint as ocp
-
-    return ocp.CheckpointManager(
-        path.absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
-    )
-
-
 def train(
     program: PipelineProgram,
     params: Mapping[str, Any],
@@ -117,32 +109,29 @@ def train(
     state = program.init(params)
     history: list[dict[str, float]] = []
     start = 0
-    mngr = None
     fp = fingerprint(program)
-    ckpt = Path(config.checkpoint_dir) if config.checkpoint_dir is not None else None
-    if ckpt is not None:
-        mngr = _manager(ckpt)
-        latest = mngr.latest_step()
+    ckpt = None
+    if config.checkpoint_dir is not None:
+        # The state and the history are one Orbax step: a kill never leaves one without the other.
+        ckpt = Checkpoints(config.checkpoint_dir, max_to_keep=2)
+        latest = ckpt.latest()
         if latest is not None and not config.resume:
             raise ConfigError(
-                "TrainConfig.checkpoint_dir", str(ckpt), f"already holds a run (step {latest})",
+                "TrainConfig.checkpoint_dir", str(ckpt.dir), f"already holds a run (step {latest})",
                 "pass TrainConfig(resume=True) to continue it, or use a new folder",
             )  # fmt: skip
         if latest is not None:
-            saved = json.loads((ckpt / "history.json").read_text())
+            saved = ckpt.record(latest)
             if saved.get("fingerprint") != fp:
                 raise ConfigError(
-                    "TrainConfig.checkpoint_dir", str(ckpt),
+                    "TrainConfig.checkpoint_dir", str(ckpt.dir),
                     "holds a run of another plan or graph",
                     "resume with the same plan and model, or use a new folder",
                 )  # fmt: skip
-            import orbax.checkpoint as ocp
-
-            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-            state = mngr.restore(latest, args=ocp.args.StandardRestore(abstract))
+            state = ckpt.state(latest, state)
             start = int(latest)
-            history = [h for h in saved["history"] if h["step"] <= start]
-            log.info("resumed from step %d in %s", start, ckpt)
+            history = list(saved["history"])
+            log.info("resumed from step %d in %s", start, ckpt.dir)
     last = config.steps if config.stop_after is None else min(config.steps, config.stop_after)
     t0 = time.perf_counter()
     for step in progress(range(start, last), description="pipeline train", total=last - start):
@@ -155,19 +144,10 @@ def train(
         history.append({"step": step + 1, "loss": loss, "seconds": time.perf_counter() - t})
         log.info("step %d: loss %.5f", step + 1, loss)
         done = step + 1
-        if (
-            mngr is not None
-            and ckpt is not None
-            and (done % config.checkpoint_every == 0 or done == last)
-        ):
-            import orbax.checkpoint as ocp
-
-            mngr.save(done, args=ocp.args.StandardSave(state))
-            mngr.wait_until_finished()
-            if jax.process_index() == 0:
-                atomic_write_json(ckpt / "history.json", {"fingerprint": fp, "history": history})
-    if mngr is not None:
-        mngr.close()
+        if ckpt is not None and (done % config.checkpoint_every == 0 or done == last):
+            ckpt.save(done, state, {"fingerprint": fp, "history": history})
+    if ckpt is not None:
+        ckpt.close()
     return TrainResult(
         state=state, history=history, resumed_from=start, seconds=time.perf_counter() - t0
     )

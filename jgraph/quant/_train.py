@@ -36,7 +36,7 @@ import numpy as np
 import optax
 
 from jgraph.core import ConfigError, progress
-from jgraph.quant._ckpt import Checkpoints
+from jgraph.core.checkpoints import Checkpoints
 from jgraph.quant._config import MIXTURE, Recipe
 from jgraph.quant._data import check_examples
 

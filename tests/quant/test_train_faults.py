@@ -31,7 +31,7 @@ from orbax.checkpoint._src.path import atomicity
 
 from jgraph import quant
 from jgraph.core import ConfigError
-from jgraph.quant._ckpt import Checkpoints
+from jgraph.core.checkpoints import Checkpoints
 from jgraph.quant.training import linen_apply, train
 from jgraph.testing import assert_trees_close
 
@@ -159,7 +159,7 @@ def test_legacy_checkpoint_without_record_is_refused(setup, tmp_path):
     mngr.save(1, args=ocp.args.StandardSave({"step": np.int32(2)}))
     mngr.wait_until_finished()
     mngr.close()
-    with pytest.raises(ConfigError, match=r"without its run record .*older jgraph.*new --out"):
+    with pytest.raises(ConfigError, match=r"without its run record .*older jgraph.*new folder"):
         train(apply, qv, *xy, RECIPE, seed=SEED, ckpt_dir=tmp_path, resume=True)
 
 

@@ -1,13 +1,23 @@
 """One training run's Orbax checkpoints: the state and the run record, committed together.
 
-Each epoch is one Orbax step holding two items: ``state`` (step, epoch,
-variables, optimizer state; `ocp.args.StandardSave`) and ``history`` (a JSON
-record: the settings a resume must match, the per-epoch history and the
-training seconds so far). Orbax writes a step into ``<epoch>.orbax-checkpoint-tmp``
-and renames it once both items are on disk, so a process killed at any point
-leaves either the whole epoch or none of it: the history can never lag the
-weights (as a ``history.json`` written after the save could), and a folder
-whose first save was interrupted holds no step and simply starts over.
+Shared by `jgraph.quant` and `jgraph.pipeline` training loops. Each saved step
+holds two items: ``state`` (any pytree of arrays, sharded ones included;
+`ocp.args.StandardSave`) and ``history`` (a JSON record: the settings a resume
+must match, the history so far, anything else the loop needs). Orbax writes a
+step into ``<step>.orbax-checkpoint-tmp`` and renames it once both items are on
+disk, so a process killed at any point leaves either the whole step or none of
+it: the history can never lag the weights (as a ``history.json`` written after
+the save could), and a folder whose first save was interrupted holds no step and
+simply starts over. Orbax is imported when a `Checkpoints` is made, not with
+`jgraph.core`.
+
+Example:
+    >>> import tempfile, jax.numpy as jnp
+    >>> ckpt = Checkpoints(tempfile.mkdtemp())
+    >>> ckpt.save(1, {"w": jnp.ones(2)}, {"history": [{"loss": 0.5}]})
+    >>> ckpt.latest(), ckpt.record(1)["history"], ckpt.state(1, {"w": jnp.zeros(2)})["w"].tolist()
+    (1, [{'loss': 0.5}], [1.0, 1.0])
+    >>> ckpt.close()
 """
 
 from __future__ import annotations
@@ -25,20 +35,25 @@ _STATE, _RECORD = "state", "history"
 
 
 class Checkpoints:
-    """The checkpoint folder of one `train` call (the newest epoch is kept)."""
+    """The checkpoint folder of one training run.
 
-    def __init__(self, ckpt_dir: Path) -> None:
+    Args:
+        ckpt_dir: the folder (created if missing).
+        max_to_keep: how many of the newest steps stay on disk.
+    """
+
+    def __init__(self, ckpt_dir: str | Path, *, max_to_keep: int = 1) -> None:
         import orbax.checkpoint as ocp
 
         self.dir = Path(ckpt_dir)
         self._ocp = ocp
         self._mngr = ocp.CheckpointManager(
             self.dir.absolute(),
-            options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
         )
 
     def latest(self) -> int | None:
-        """The newest fully written epoch, or None (interrupted first saves do not count)."""
+        """The newest fully written step, or None (interrupted first saves do not count)."""
         return self._mngr.latest_step()
 
     def record(self, step: int) -> dict[str, Any]:
@@ -47,9 +62,9 @@ class Checkpoints:
             raise ConfigError(
                 "resume",
                 str(self.dir),
-                f"holds a checkpoint (epoch {step}) without its run record "
+                f"holds a checkpoint (step {step}) without its run record "
                 "(written by an older jgraph, which kept history.json beside it)",
-                "start this run in a new --out folder",
+                "start this run in a new folder",
             )
         ocp = self._ocp
         restored = self._mngr.restore(
