@@ -24,7 +24,7 @@ builtin kernels only (``none``), as `tflite_export.TFLiteRunner`'s ``delegate``
 names them, and labelled with ``platform.machine()`` and the CPU model: numbers from
 an x86 machine are x86 numbers, never ARM numbers.
 
-    python scripts/bench_tflite.py                       # full run (~6 min on 2 busy cores)
+    python scripts/bench_tflite.py                       # full run (~3-4 min on 2 busy cores)
     python scripts/bench_tflite.py --smoke --out r.json  # CI: small CNN, 50 invocations
     python scripts/bench_tflite.py --save-dir models/    # also keep the .tflite files
 
