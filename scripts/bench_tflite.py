@@ -11,18 +11,20 @@ file in the LiteRT interpreter on the test set:
   quantization (full_int8 calibrated on the training images) as baselines.
 
 It reports the raw, ``gzip -9`` and DGMS-packed sizes (b-bit indices + codebooks +
-float32 for the rest: theoretical) with ratios against the fp32 file, the max
-error, top-1 agreement and accuracy against the JAX hard-quantized model, the
-distinct stored values of every DGMS tensor, the op lists, and the interpreter
-latency: 1 thread, the timing thread pinned to one core (``os.sched_setaffinity``,
-where the OS has it), warm-up, then the median of ``--invocations`` single-image
-``invoke()`` calls per model, in interleaved rounds so that load from other
-processes hits every model alike. Latency is measured with the default
-interpreter (XNNPACK delegate for what it takes) and with builtin kernels only,
-and labelled with ``platform.machine()`` and the CPU model: numbers from an x86
-machine are x86 numbers, never ARM numbers.
+float32 for the rest: theoretical) with ratios against the fp32 file, the parity
+`export` measures on the test set (batch 1; codebook_int8 against the trained,
+unsnapped hard-quantized model, ``ExportResult.trained_parity``, and against the
+snapped model it exports), the distinct stored values of every DGMS tensor, the op
+lists, and the interpreter latency: 1 thread, the timing thread pinned to one core
+(``os.sched_setaffinity``, where the OS has it), warm-up, then the median of
+``--invocations`` single-image ``invoke()`` calls per model, in interleaved rounds
+so that load from other processes hits every model alike. Latency is measured with
+LiteRT's default CPU delegate (``xnnpack``, for the ops it takes) and with the
+builtin kernels only (``none``), as `tflite_export.TFLiteRunner`'s ``delegate``
+names them, and labelled with ``platform.machine()`` and the CPU model: numbers from
+an x86 machine are x86 numbers, never ARM numbers.
 
-    python scripts/bench_tflite.py                       # full run (~6 min on 2 busy cores)
+    python scripts/bench_tflite.py                       # full run (~3-4 min on 2 busy cores)
     python scripts/bench_tflite.py --smoke --out r.json  # CI: small CNN, 50 invocations
     python scripts/bench_tflite.py --save-dir models/    # also keep the .tflite files
 
@@ -43,26 +45,22 @@ ARM (an aarch64 board or phone). The script runs unchanged there:
   ``adb shell taskset f0 /data/local/tmp/benchmark_model
   --graph=/data/local/tmp/models/<file>.tflite --num_threads=1 --num_runs=1000
   --warmup_runs=50`` (``taskset f0``: cores 4-7, the big cores of many SoCs;
-  ``--use_xnnpack=false`` for builtin kernels only), and compare each int8
-  file's average with the fp32 file's.
+  ``--use_xnnpack=false`` for builtin kernels only, the ``none`` rows), and
+  compare each int8 file's average with the fp32 file's.
 
 Targets (issue #17), printed as met or missed, never adjusted: the K = 16 model
 >= 5x smaller than FP32 after gzip (gzip vs gzip; float and codebook_int8 each);
 codebook_int8 raw size >= 3.5x smaller than the fp32 .tflite with at most K codes
 per DGMS tensor; codebook_int8 top-1 agreement with the JAX hard-quantized model
->= 99.5%; each int8 mode >= 2x faster than fp32 (default interpreter, this CPU).
+>= 99.5%; each int8 mode >= 2x faster than fp32 (XNNPACK delegate, this CPU).
 
-The DGMS phase is rerun here through public names (`jgraph.quant.dgms`,
-`make_optimizer`, `harden`) because `RunResult` does not carry the hardened
-variables; `run_recipe` supplies the FP32 model and the reference accuracy the
-rerun must reproduce.
+The hardened models come from `run_recipe` (``RunResult.hardened``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import platform
@@ -77,9 +75,10 @@ import numpy as np
 from jgraph.core import atomic_write_json, format_table
 
 INT8_MODES = ("codebook_int8", "dynamic_int8", "full_int8")
-RESOLVERS = ("default", "builtin")
-"""``default``: the interpreter as an app gets it (XNNPACK delegate applied to the
-ops it supports); ``builtin``: builtin kernels only (no default delegate)."""
+DELEGATES = ("xnnpack", "none")
+"""``xnnpack``: the interpreter as an app gets it (LiteRT's default CPU delegate for
+the ops it takes); ``none``: builtin kernels only. `tflite_export.TFLiteRunner`'s
+names; the interpreter is built here because ``--time-dir`` runs without jax."""
 
 
 # ---------------------------------------------------------------- machine and timing
@@ -130,13 +129,17 @@ def _pin(core: int | None) -> tuple[int | None, Any]:
     return target, before
 
 
-def _interpreter(data: bytes, resolver: str, x: np.ndarray | None) -> Any:
+def _interpreter(data: bytes, delegate: str, x: np.ndarray | None) -> Any:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    kwargs: dict[str, Any] = {}
-    if resolver == "builtin":
-        kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    it = Interpreter(model_content=bytes(data), num_threads=1, **kwargs)
+    resolver = (
+        OpResolverType.AUTO
+        if delegate == "xnnpack"
+        else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
+    it = Interpreter(
+        model_content=bytes(data), num_threads=1, experimental_op_resolver_type=resolver
+    )
     it.allocate_tensors()
     (inp,) = it.get_input_details()
     if x is None:  # a saved file timed on its own: any input of the right shape
@@ -154,7 +157,7 @@ def time_models(
     rounds: int,
     core: int | None,
 ) -> tuple[list[dict[str, Any]], int | None]:
-    """Median ``invoke()`` time of each model, per resolver, in interleaved rounds.
+    """Median ``invoke()`` time of each model, per delegate, in interleaved rounds.
 
     Returns:
         (rows, the core the timing thread was pinned to, or None).
@@ -162,8 +165,8 @@ def time_models(
     pinned, before = _pin(core)
     rows: list[dict[str, Any]] = []
     try:
-        for resolver in RESOLVERS:
-            its = {name: _interpreter(data, resolver, x) for name, data in models.items()}
+        for delegate in DELEGATES:
+            its = {name: _interpreter(data, delegate, x) for name, data in models.items()}
             samples: dict[str, list[int]] = {name: [] for name in its}
             for it in its.values():
                 for _ in range(warmup):
@@ -183,7 +186,7 @@ def time_models(
                 rows.append(
                     {
                         "model": name,
-                        "resolver": resolver,
+                        "delegate": delegate,
                         "median_us": float(np.median(us)),
                         "p10_us": float(np.percentile(us, 10)),
                         "p90_us": float(np.percentile(us, 90)),
@@ -194,9 +197,9 @@ def time_models(
         if before is not None:
             os.sched_setaffinity(0, before)
     fp32 = _baseline(models)
-    base = {row["resolver"]: row["median_us"] for row in rows if row["model"] == fp32}
+    base = {row["delegate"]: row["median_us"] for row in rows if row["model"] == fp32}
     for row in rows:
-        row["speedup_vs_fp32"] = base[row["resolver"]] / row["median_us"] if base else None
+        row["speedup_vs_fp32"] = base[row["delegate"]] / row["median_us"] if base else None
     return rows, pinned
 
 
@@ -214,110 +217,7 @@ def _litert_version() -> str:
         return "unknown"
 
 
-# ---------------------------------------------------------------- DGMS through public names
-
-
-def dgms_phase(model: Any, fp_vars: Any, data: Any, cfg: Any, recipe: Any, seed: int) -> Any:
-    """`run_recipe`'s DGMS phase (k-means init, training, hard BatchNorm re-estimation).
-
-    Same seeds, shuffles, optimizer and τ schedule as `run_recipe`, so the hard
-    accuracy should reproduce its ``dgms_accuracy``; returns the trained variables.
-    """
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    from jgraph import quant
-
-    qmodel = quant.dgms(model, cfg)
-    key = jax.random.key(seed)
-    qvars = qmodel.init(fp_vars, data.x_train[:1], key=jax.random.fold_in(key, 1), train=False)
-    n = len(data.x_train)
-    bs = min(recipe.batch_size, n)
-    total = (n // bs) * recipe.epochs
-    opt = quant.make_optimizer(recipe, total)
-    trainable_keys = ("params", quant.MIXTURE)
-
-    def tau_scale(step: jax.Array) -> jax.Array:
-        if recipe.tau_start is None:
-            return jnp.asarray(1.0, jnp.float32)
-        frac = jnp.clip(step.astype(jnp.float32) / (0.7 * max(total, 1)), 0.0, 1.0)
-        return jnp.exp(math.log(recipe.tau_start / cfg.tau0) * (1.0 - frac))
-
-    @jax.jit
-    def step(state: Any, x: jax.Array, y: jax.Array) -> Any:
-        v = state["variables"]
-        tr = {k: v[k] for k in trainable_keys}
-        other = {k: v[k] for k in v if k not in trainable_keys}
-
-        def loss_fn(t: Any) -> Any:
-            logits, upd = qmodel.apply(
-                {**other, **t},
-                x,
-                tau_scale=tau_scale(state["step"]),
-                train=True,
-                mutable=["batch_stats"],
-            )
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), upd
-
-        (_, upd), grads = jax.value_and_grad(loss_fn, has_aux=True)(tr)
-        u, opt_state = opt.update(grads, state["opt"], tr)
-        tr = optax.apply_updates(tr, u)
-        other = {**other, **{k: w for k, w in dict(upd).items() if k in other}}
-        return {"step": state["step"] + 1, "variables": {**other, **tr}, "opt": opt_state}
-
-    state = {
-        "step": jnp.asarray(0, jnp.int32),
-        "variables": jax.tree.map(jnp.array, dict(qvars)),
-        "opt": opt.init({k: qvars[k] for k in trainable_keys}),
-    }
-    for epoch in range(recipe.epochs):
-        order = np.random.default_rng([seed, epoch]).permutation(n)
-        for b in range(n // bs):
-            idx = order[b * bs : (b + 1) * bs]
-            state = step(state, data.x_train[idx], data.y_train[idx])
-    v = state["variables"]
-    if recipe.bn_reestimate and "batch_stats" in v:
-
-        @jax.jit
-        def bn(v: Any, x: jax.Array) -> Any:
-            _, upd = qmodel.apply(v, x, hard=True, train=True, mutable=["batch_stats"])
-            return {**v, "batch_stats": upd["batch_stats"]}
-
-        for p in range(recipe.bn_passes):
-            order = np.random.default_rng([p, 7919]).permutation(n)
-            for b in range(n // bs):
-                v = bn(v, data.x_train[order[b * bs : (b + 1) * bs]])
-    return v
-
-
-def logits_of(model: Any, variables: Any, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    import jax
-
-    f = jax.jit(lambda v, xb: model.apply(v, xb, train=False))
-    return np.concatenate(
-        [np.asarray(f(variables, x[i : i + batch])) for i in range(0, len(x), batch)]
-    )
-
-
-# ---------------------------------------------------------------- export and checks
-
-
-def tflite_logits(data: bytes, x: np.ndarray) -> np.ndarray:
-    """Runs the .tflite file (batch 1) over ``x`` in LiteRT."""
-    import tflite_export
-
-    runner = tflite_export.TFLiteRunner(data, "serving_default", num_threads=1)
-    return np.concatenate([runner([x[i : i + 1]])[0] for i in range(len(x))])
-
-
-def check_against(got: np.ndarray, want: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    return {
-        "max_abs_error": float(np.max(np.abs(got.astype(np.float64) - want))),
-        "top1_agreement": float(np.mean(got.argmax(-1) == want.argmax(-1))),
-        "tflite_accuracy": float(np.mean(got.argmax(-1) == y)),
-        "jax_accuracy": float(np.mean(want.argmax(-1) == y)),
-    }
+# ---------------------------------------------------------------- export
 
 
 @dataclasses.dataclass
@@ -327,8 +227,12 @@ class Exported:
     mode: str
     reference: str
     result: Any
-    check: dict[str, float]
     seconds: float
+
+    @property
+    def check(self) -> Any:
+        """The parity against ``reference`` (codebook_int8: the trained, unsnapped model)."""
+        return self.result.trained_parity or self.result.parity
 
 
 def export_one(
@@ -339,7 +243,6 @@ def export_one(
     *,
     variables: Any = None,
     hardened: Any = None,
-    reference: tuple[str, np.ndarray],
     data: Any,
     n_test: int,
     calibration: int,
@@ -348,7 +251,6 @@ def export_one(
     import tflite_export
 
     t0 = time.perf_counter()
-    x, y = data.x_test[:n_test], data.y_test[:n_test]
     # verify="report": a float export that misses 1e-5 is reported here, not raised.
     config = tflite_export.ExportConfig(
         mode=mode,  # type: ignore[arg-type]
@@ -363,18 +265,16 @@ def export_one(
         hardened=hardened,
         apply_kwargs={"train": False},
         representative_data=data.x_train if mode == "full_int8" else None,
-        data=None if mode == "float" else x,
-        labels=None if mode == "float" else y,
+        data=data.x_test[:n_test],
+        labels=data.y_test[:n_test],
         path=None if save_dir is None else save_dir / f"{name}.tflite",
     )
-    got = tflite_logits(res.data, x)
     return Exported(
         name=name,
         k=k,
         mode=mode,
-        reference=reference[0],
+        reference="jax fp32" if hardened is None else "jax hard-quantized",
         result=res,
-        check=check_against(got, reference[1], y),
         seconds=time.perf_counter() - t0,
     )
 
@@ -407,17 +307,20 @@ def size_rows(exports: Sequence[Exported]) -> list[dict[str, Any]]:
 def parity_rows(exports: Sequence[Exported]) -> list[dict[str, Any]]:
     rows = []
     for e in exports:
-        p = e.result.parity
+        p = e.check
+        # codebook_int8: .parity is against the snapped model that was exported.
+        snapped = e.result.parity if e.result.trained_parity else None
         rows.append(
             {
                 "export": e.name,
                 "reference": e.reference,
-                "max_abs_err": e.check["max_abs_error"],
-                "top1_agree_%": 100 * e.check["top1_agreement"],
-                "tflite_acc_%": 100 * e.check["tflite_accuracy"],
-                "jax_acc_%": 100 * e.check["jax_accuracy"],
-                "vs_exported_fn_max_abs": p.max_abs_error if p else "",
-                "float_1e-5_passed": p.passed if p and p.kind == "allclose" else "",
+                "max_abs_err": p.max_abs_error,
+                "top1_agree_%": 100 * p.top1_agreement,
+                "tflite_acc_%": 100 * p.tflite_accuracy,
+                "jax_acc_%": 100 * p.jax_accuracy,
+                "float_1e-5_passed": p.passed if p.kind == "allclose" else "",
+                "vs_snapped_max_abs": snapped.max_abs_error if snapped else "",
+                "vs_snapped_agree_%": 100 * snapped.top1_agreement if snapped else "",
             }
         )
     return rows
@@ -469,14 +372,14 @@ def evaluate_targets(
             "target": 3.5,
             "met": ratio >= 3.5 and ok,
         }
-        agree = cb.check["top1_agreement"]
+        agree = cb.check.top1_agreement
         t["codebook_int8_top1_agreement_99.5"] = {
             "agreement": agree,
             "target": 0.995,
             "met": agree >= 0.995,
         }
     for r in latency:
-        if r["resolver"] == "default" and r["model"].split("_", 1)[-1] in INT8_MODES:
+        if r["delegate"] == "xnnpack" and r["model"].split("_", 1)[-1] in INT8_MODES:
             s = r["speedup_vs_fp32"]
             t[f"{r['model']}_latency_2x"] = {"speedup": s, "target": 2.0, "met": s >= 2.0}
     return t
@@ -489,7 +392,6 @@ def export_record(e: Exported) -> dict[str, Any]:
         "mode": e.mode,
         "reference": e.reference,
         "seconds": e.seconds,
-        "check_vs_reference": e.check,
         "ops": list(e.result.ops),
         **e.result.as_dict(),
     }
@@ -572,66 +474,48 @@ def full_run(args: argparse.Namespace) -> int:
     dgms_recipe = R.Recipe(epochs=args.epochs)
     model = R.make_model(args.model, data.num_classes)
     save_dir = args.save_dir
-    x = data.x_test[:n_test]
-
-    cfg0 = quant.DGMSConfig(bits=args.bits[0])
-    run = R.run_recipe(
-        R.RunConfig(
-            model=args.model,
-            seed=args.seed,
-            fp=fp_recipe,
-            dgms=dgms_recipe,
-            quant=cfg0,
-            plots=False,
-            checkpoint=False,
-        ),
-        data=data,
-    )
-    fp_vars = run.fp_variables
-    print(
-        f"trained {args.model}: fp32 {run.fp_accuracy:.4f}, run_recipe DGMS {args.bits[0]}-bit "
-        f"{run.dgms_accuracy:.4f} ({time.perf_counter() - start:.0f}s)",
-        flush=True,
-    )
     kw = {"data": data, "n_test": n_test, "calibration": calibration, "save_dir": save_dir}
-    exports = [
-        export_one(
-            f"{args.model}_fp32",
-            None,
-            "float",
-            model,
-            variables=fp_vars,
-            reference=("jax fp32", logits_of(model, fp_vars, x)),
-            **kw,
-        )
-    ]
-    training: dict[str, Any] = {
-        "fp_accuracy": run.fp_accuracy,
-        "fp_seconds": run.fp_seconds,
-        "run_recipe_dgms_accuracy": {args.bits[0]: run.dgms_accuracy},
-        "dgms": {},
-    }
+    exports: list[Exported] = []
+    training: dict[str, Any] = {"dgms": {}}
+    fp_vars = None
     for bits in args.bits:
         k = 2**bits
-        cfg = quant.DGMSConfig(bits=bits)
-        t0 = time.perf_counter()
-        qvars = dgms_phase(model, fp_vars, data, cfg, dgms_recipe, args.seed)
-        hardened = quant.harden(qvars, cfg)
-        hard_all = logits_of(model, hardened.variables, data.x_test)
-        acc = float(np.mean(hard_all.argmax(-1) == data.y_test))
+        # The first run trains the FP32 model; the others start from it.
+        run = R.run_recipe(
+            R.RunConfig(
+                model=args.model,
+                seed=args.seed,
+                fp=fp_recipe,
+                dgms=dgms_recipe,
+                quant=quant.DGMSConfig(bits=bits),
+                plots=False,
+                checkpoint=False,
+            ),
+            data=data,
+            fp_variables=fp_vars,
+        )
+        if fp_vars is None:
+            fp_vars = run.fp_variables
+            training.update(fp_accuracy=run.fp_accuracy, fp_seconds=run.fp_seconds)
+            print(f"trained {args.model}: fp32 {run.fp_accuracy:.4f}", flush=True)
+            exports.append(
+                export_one(f"{args.model}_fp32", None, "float", model, variables=fp_vars, **kw)
+            )
         training["dgms"][bits] = {
             "K": k,
-            "accuracy": acc,
-            "seconds": time.perf_counter() - t0,
-            "packed_ratio": quant.compression_report(hardened).ratio,
+            "accuracy": run.dgms_accuracy,
+            "kmeans_accuracy": run.kmeans_accuracy,
+            "seconds": run.dgms_seconds,
+            "packed_ratio": run.report.ratio,
         }
-        print(f"DGMS {bits}-bit (K={k}): hard accuracy {acc:.4f}", flush=True)
-        ref = ("jax hard-quantized", hard_all[:n_test])
+        print(
+            f"DGMS {bits}-bit (K={k}): hard accuracy {run.dgms_accuracy:.4f} "
+            f"({time.perf_counter() - start:.0f}s)",
+            flush=True,
+        )
         modes = ("float", *INT8_MODES) if bits == args.bits[0] else ("float", "codebook_int8")
         for mode in modes:
-            exports.append(
-                export_one(f"k{k}_{mode}", k, mode, model, hardened=hardened, reference=ref, **kw)
-            )
+            exports.append(export_one(f"k{k}_{mode}", k, mode, model, hardened=run.hardened, **kw))
             print(f"  exported k{k}_{mode} ({time.perf_counter() - start:.0f}s)", flush=True)
 
     k_main = 2 ** args.bits[0]
@@ -670,7 +554,7 @@ def full_run(args: argparse.Namespace) -> int:
     )
     print("\n== sizes (bytes; ratios = fp32 .tflite / this) ==")
     print(format_table(sizes))
-    print("\n== parity in LiteRT (test set, batch 1) ==")
+    print("\n== parity in LiteRT (test set, batch 1; export()'s reports) ==")
     print(format_table(parity))
     print(
         "\n== distinct stored values per DGMS tensor: tensor/most in one channel ('!' = not kept) =="
@@ -711,7 +595,7 @@ def full_run(args: argparse.Namespace) -> int:
                 "rounds": args.rounds,
                 "seed": args.seed,
             },
-            training=json.loads(json.dumps(training)),
+            training=training,
             parity=parity,
             codes=codes,
             ops=ops,

@@ -29,7 +29,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.slow  # trains a small CNN twice and converts 8 models (~60 s on 2 cores)
+@pytest.mark.slow  # trains a small CNN and converts 8 models (~30-70 s on 2 busy cores)
 def test_smoke_reports_sizes_codes_parity_and_latency_from_one_run(tmp_path):
     out, models = tmp_path / "r.json", tmp_path / "models"
     proc = run("--smoke", "--out", str(out), "--save-dir", str(models))
@@ -76,36 +76,57 @@ def test_smoke_reports_sizes_codes_parity_and_latency_from_one_run(tmp_path):
     assert {c["layer"] for c in dynamic} == layers
     assert any(c["distinct"] > 16 for c in dynamic)  # per-channel scales spread the codes
 
-    # Parity: float exports match JAX within the cross-runtime tolerance; every model is
-    # checked on the same test images against the JAX hard-quantized (or fp32) model.
+    # Parity: export()'s own reports, on the same 100 test images for every file: float
+    # exports match JAX within the cross-runtime tolerance; codebook_int8 is judged against
+    # the trained (unsnapped) hard model and also reports the snapped model it exported.
     tol = tolerance("cross_runtime", np.float32)
+    parity = {row["export"]: row for row in res["parity"]}
     for name, e in exports.items():
-        check = e["check_vs_reference"]
+        check = e["trained_parity"] or e["parity"]
+        assert e["parity"]["samples"] >= 100, name
         assert 0 <= check["top1_agreement"] <= 1
         assert 0 <= check["tflite_accuracy"] <= 1
+        assert parity[name]["max_abs_err"] == check["max_abs_error"]
+        assert parity[name]["top1_agree_%"] == pytest.approx(100 * check["top1_agreement"])
+        assert parity[name]["tflite_acc_%"] == pytest.approx(100 * check["tflite_accuracy"])
         if e["mode"] == "float":
             assert e["parity"]["kind"] == "allclose"
             assert e["parity"]["passed"], name
             assert (e["parity"]["atol"], e["parity"]["rtol"]) == (tol.atol, tol.rtol)
             assert check["top1_agreement"] == 1.0
+            assert check["tflite_accuracy"] == check["jax_accuracy"]
         else:
             assert e["parity"]["kind"] == "quantized"
-            assert e["parity"]["top1_agreement"] is not None
             assert 0 < check["max_abs_error"] < 1, name  # quantized, but close
+        if e["mode"] == "codebook_int8":
+            snapped = e["parity"]
+            assert parity[name]["vs_snapped_max_abs"] == snapped["max_abs_error"]
+            # Snapping moves the weights: two different references, two different reports.
+            assert 0 < snapped["max_abs_error"] != check["max_abs_error"]
+        else:
+            assert e["trained_parity"] is None, name
+            assert parity[name]["vs_snapped_max_abs"] == ""
         assert e["reference"] == ("jax fp32" if name == "cnn_fp32" else "jax hard-quantized")
+    hard_accuracy = {
+        (e["trained_parity"] or e["parity"])["jax_accuracy"]
+        for n, e in exports.items()
+        if n != "cnn_fp32"
+    }
+    assert len(hard_accuracy) == 1  # every K = 16 file is compared with the same JAX model
+    assert res["training"]["dgms"]["4"]["K"] == 16
     assert "FULLY_CONNECTED" in exports["k16_codebook_int8"]["ops"]
     assert "QUANTIZE" in exports["k16_full_int8"]["ops"]
 
     # Latency: 50 invocations per model and interpreter, speed-ups from this run's fp32 row.
     rows = res["latency"]
-    assert {(r["model"], r["resolver"]) for r in rows} == {
-        (m, r) for m in exports for r in ("default", "builtin")
+    assert {(r["model"], r["delegate"]) for r in rows} == {
+        (m, d) for m in exports for d in ("xnnpack", "none")
     }
-    for resolver in ("default", "builtin"):
-        base = next(r for r in rows if r["model"] == "cnn_fp32" and r["resolver"] == resolver)
+    for delegate in ("xnnpack", "none"):
+        base = next(r for r in rows if r["model"] == "cnn_fp32" and r["delegate"] == delegate)
         assert base["speedup_vs_fp32"] == 1.0
         for r in rows:
-            if r["resolver"] == resolver:
+            if r["delegate"] == delegate:
                 assert r["invocations"] == 50
                 assert 0 < r["p10_us"] <= r["median_us"] <= r["p90_us"]
                 assert r["speedup_vs_fp32"] == pytest.approx(base["median_us"] / r["median_us"])
@@ -169,12 +190,12 @@ def test_time_dir_times_saved_files_with_only_litert_imported(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["machine"]["arch_label"] in proc.stdout
-    rows = {(r["model"], r["resolver"]): r for r in res["latency"]}
+    rows = {(r["model"], r["delegate"]): r for r in res["latency"]}
     assert set(rows) == {
-        (m, r) for m in ("tiny_fp32", "tiny_dynamic_int8") for r in ("default", "builtin")
+        (m, d) for m in ("tiny_fp32", "tiny_dynamic_int8") for d in ("xnnpack", "none")
     }
-    for (_, resolver), r in rows.items():
-        base = rows[("tiny_fp32", resolver)]["median_us"]
+    for (_, delegate), r in rows.items():
+        base = rows[("tiny_fp32", delegate)]["median_us"]
         assert r["invocations"] == 20
         assert r["speedup_vs_fp32"] == pytest.approx(base / r["median_us"])
 
