@@ -51,6 +51,10 @@ def search(
         A `SearchResult` whose candidates are sorted by model cost; it always
         holds the XLA (reference) candidate.
 
+    Raises:
+        ConfigError: verifying ``reference`` would need more memory than
+            ``config.verify.max_memory_gib`` (checked from the shapes, before any work).
+
     Example:
         >>> from jgraph.superopt import SearchConfig
         >>> from jgraph.superopt.programs import get_program
