@@ -8,6 +8,8 @@ owns those vocabularies, and a search flag left out keeps `SearchConfig`'s (or
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 
 from jgraph.cli._args import (
     EXIT_OK,
@@ -101,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         if folder is not None:
             make_output_dir(folder, flag)
     from jgraph.core import atomic_write_json, atomic_write_text
-    from jgraph.superopt import SearchConfig, VerifyConfig, draw, dump, search
+    from jgraph.superopt import CacheWarning, SearchConfig, VerifyConfig, draw, dump, search
     from jgraph.superopt.programs import get_program, is_known_good
 
     given = {
@@ -120,7 +122,16 @@ def run(args: argparse.Namespace) -> int:
     prog = get_program(args.program, batch=args.batch, scale=args.scale)
     print(f"superoptimizing {args.program} (batch {args.batch}, inputs {list(prog.shapes)}), "
           f"time limit {config.time_limit_s:g} s")  # fmt: skip
-    res = search(prog.graph, config=config, name=args.program, cache_dir=args.cache_dir)
+    # A cache that cannot be read or written costs no result: its CacheWarning is one
+    # line on stderr and the search's result is printed as usual.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CacheWarning)
+        res = search(prog.graph, config=config, name=args.program, cache_dir=args.cache_dir)
+    for w in caught:
+        if issubclass(w.category, CacheWarning):
+            print(f"jgraph: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     st = res.stats
     print(f"\n{'cached result' if res.from_cache else 'search'}: {st.states} states in "
           f"{st.seconds:.1f} s ({'space exhausted' if st.exhausted else 'stopped at the limit'}), "

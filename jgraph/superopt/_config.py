@@ -113,4 +113,5 @@ class SearchConfig:
         """The fields that change the result (for the cache key)."""
         d = dataclasses.asdict(self)
         d.pop("time_limit_s")
+        d["verify"].pop("max_memory_gib")  # a limit, not a setting: verdicts do not depend on it
         return d

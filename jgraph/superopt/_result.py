@@ -1,39 +1,28 @@
-"""`SearchResult` (what `jgraph.superopt.search` returns) and its on-disk cache.
+"""`SearchResult` (what `jgraph.superopt.search` returns) and `CacheWarning`.
 
-The cache key is a SHA-256 of the program's μGraph JSON (which holds shapes and
-dtypes), the backend, the result-relevant search settings and the jgraph
-version. Only verified candidates are written (atomically). A corrupt or
-foreign cache file is ignored with a `CacheWarning` and rebuilt; a cached best
-candidate is re-verified on load, so a tampered file cannot inject a wrong μGraph.
+The on-disk cache of results is `jgraph.superopt._search_cache`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import warnings
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jgraph._version import __version__
-from jgraph.core import atomic_write_json
 from jgraph.superopt._candidate import Candidate, SearchStats
-from jgraph.superopt._config import SearchConfig
 from jgraph.superopt._cost import Cost
 from jgraph.superopt._ir import KernelGraph
 from jgraph.superopt._lower import Route
 from jgraph.superopt._signature import Signature
-from jgraph.superopt._verify import Verdict, Verifier
+from jgraph.superopt._verify import Verdict
 
 if TYPE_CHECKING:
     from jgraph.superopt._selection import Selection
 
-__all__ = ["CacheWarning", "SearchResult", "cache_key", "cache_path", "load_cached", "store"]
+__all__ = ["CacheWarning", "SearchResult"]
 
 
 class CacheWarning(UserWarning):
-    """A cache file could not be used (corrupt, foreign or failing re-verification)."""
+    """A cache file could not be used or written; the result is computed (or kept) anyway."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -145,47 +134,3 @@ class SearchResult:
             stats=SearchStats(**data["stats"]),
             from_cache=True,
         )
-
-
-def cache_key(reference: KernelGraph, config: SearchConfig) -> str:
-    """The structural hash of (program, shapes, dtypes, backend, settings, jgraph version)."""
-    blob = json.dumps(
-        {"program": reference.to_json(), "config": config.key(), "jgraph": __version__},
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-def cache_path(cache_dir: str | Path, reference: KernelGraph, config: SearchConfig) -> Path:
-    """The cache file of (program, settings) in ``cache_dir``."""
-    return Path(cache_dir) / f"superopt-{cache_key(reference, config)}.json"
-
-
-def load_cached(path: Path, reference: KernelGraph, verifier: Verifier) -> SearchResult | None:
-    """The cached result at ``path``, or None (missing, or unusable: a `CacheWarning`).
-
-    A result is used only if it is for ``reference`` and its best candidate passes
-    ``verifier`` again, so a tampered file cannot inject a wrong μGraph.
-    """
-    if not path.exists():
-        return None
-    try:
-        result = SearchResult.from_json(json.loads(path.read_text()))
-        if result.reference != reference:
-            raise ValueError("cache file is for another program")
-        if not verifier.check(result.best.graph).ok:
-            raise ValueError("cached best candidate fails verification")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        warnings.warn(
-            f"ignoring superopt cache file {path} ({type(exc).__name__}: {exc}); rebuilding it",
-            CacheWarning,
-            stacklevel=3,
-        )
-        return None
-    return result
-
-
-def store(path: Path, result: SearchResult) -> None:
-    """Writes ``result`` (verified candidates only) to ``path`` atomically."""
-    atomic_write_json(path, result.to_json())

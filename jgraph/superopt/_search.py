@@ -2,7 +2,8 @@
 
 It verifies the reference (the XLA candidate every result holds), runs the
 bounded search (`jgraph.superopt._kernel_search`), ranks the verified candidates
-by model cost, and reads and writes the on-disk cache (`jgraph.superopt._result`).
+by model cost, and reads and writes the on-disk cache (`jgraph.superopt._search_cache`;
+a cache that cannot be read or written is a `CacheWarning`, never a lost result).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from jgraph.superopt._config import SearchConfig
 from jgraph.superopt._cost import CostModel
 from jgraph.superopt._ir import KernelGraph
 from jgraph.superopt._kernel_search import run_search
-from jgraph.superopt._result import SearchResult, cache_path, load_cached, store
+from jgraph.superopt._result import SearchResult
+from jgraph.superopt._search_cache import cache_path, load_cached, rank, store
 from jgraph.superopt._verify import Verifier
 
 __all__ = ["search"]
@@ -40,12 +42,18 @@ def search(
             `new_kernel_graph` or `superoptimize`'s jaxpr capture.
         config: bounds, limits, backend, verification; defaults to `SearchConfig()`.
         name: a label for logs and the result.
-        cache_dir: where results are cached (None: no cache).
+        cache_dir: where results are cached (None: no cache). A cache file that
+            cannot be read or written is a `CacheWarning`; the search result is
+            returned either way.
         show_progress: force the progress bar on or off (None: when stderr is a tty).
 
     Returns:
         A `SearchResult` whose candidates are sorted by model cost; it always
         holds the XLA (reference) candidate.
+
+    Raises:
+        ConfigError: verifying ``reference`` would need more memory than
+            ``config.verify.max_memory_gib`` (checked from the shapes, before any work).
 
     Example:
         >>> from jgraph.superopt import SearchConfig
@@ -74,9 +82,10 @@ def search(
         found, dropped = _lowerable(found, name)
         if dropped:
             stats = dataclasses.replace(stats, rejected={**stats.rejected, "lowering": dropped})
-    cands = sorted([xla, *found], key=lambda c: (c.cost.estimated_us, c.label != "xla"))
     stats = dataclasses.replace(stats, seconds=time.perf_counter() - start)
-    result = SearchResult(name=name, reference=reference, candidates=tuple(cands), stats=stats)
+    result = SearchResult(
+        name=name, reference=reference, candidates=rank([xla, *found]), stats=stats
+    )
     if path is not None:
         store(path, result)
     return result

@@ -10,7 +10,8 @@ choice is measured, not which question it answers.
 
 A file whose chosen μGraph is not among the result's candidates (or that does
 not parse, or is for another key) is ignored with a `CacheWarning` and the
-selection is measured again; writes are atomic.
+selection is measured again; writes are atomic, and one that fails is a
+`CacheWarning` (the measured selection is still used).
 """
 
 from __future__ import annotations
@@ -72,7 +73,22 @@ def _measurement_json(m: Measurement) -> dict[str, Any]:
 
 
 def store_selection(path: Path, key: str, sel: Selection) -> None:
-    """Writes a measured selection (for ``key``) to ``path`` atomically."""
+    """Writes a measured selection (for ``key``) to ``path`` atomically.
+
+    A write that fails is a `CacheWarning`, not an error: the selection is kept.
+    """
+    try:
+        _write(path, key, sel)
+    except OSError as exc:
+        warnings.warn(
+            f"could not write superopt selection cache file {path} ({type(exc).__name__}: "
+            f"{exc}); the selection is used but not cached",
+            CacheWarning,
+            stacklevel=3,
+        )
+
+
+def _write(path: Path, key: str, sel: Selection) -> None:
     atomic_write_json(
         path,
         {
@@ -113,11 +129,13 @@ def _parse(data: dict[str, Any], result: SearchResult, key: str) -> Selection:
 
 def load_selection(path: Path, key: str, result: SearchResult) -> Selection | None:
     """The cached selection ``key`` at ``path``, or None (missing, or unusable: warns)."""
-    if not path.exists():
-        return None
     try:
+        if not path.exists():
+            return None
         return _parse(json.loads(path.read_text()), result, key)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    # Whatever a damaged file makes the parser raise (AttributeError, RecursionError on
+    # deep nesting, ...) means "measure again", never "fail".
+    except Exception as exc:
         warnings.warn(
             f"ignoring superopt selection cache file {path} ({type(exc).__name__}: {exc}); "
             "selecting again",

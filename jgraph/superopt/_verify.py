@@ -23,12 +23,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 import time
 from typing import Literal, get_args
 
 import numpy as np
 
-from jgraph.core import check_choice, check_int
+from jgraph.core import ConfigError, check_choice, check_int, check_number
 from jgraph.superopt._interp import evaluate
 from jgraph.superopt._ir import KernelGraph
 from jgraph.superopt._ring import (
@@ -41,7 +42,7 @@ from jgraph.superopt._ring import (
     safe_prime_pairs,
 )
 
-__all__ = ["Verdict", "Verifier", "VerifyConfig"]
+__all__ = ["Verdict", "Verifier", "VerifyConfig", "check_verifier_memory", "verifier_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ class VerifyConfig:
             deterministic ``(t·100003 + k) mod pq`` fingerprints).
         float_screen: also run the float32/float16 screen.
         seed: seeds the input draws and the keyed random functions.
+        max_memory_gib: the most memory the verifier may need (`verifier_bytes`); a
+            larger program is refused up front with a `ConfigError` that states
+            what it would need. It does not change any verdict (not in the cache key).
     """
 
     tests: int = 3
@@ -71,9 +75,13 @@ class VerifyConfig:
     inputs: InputKind = "random"
     float_screen: bool = True
     seed: int = 0
+    max_memory_gib: float = 16.0
 
     def __post_init__(self) -> None:
         check_int("VerifyConfig.tests", self.tests, minimum=1, maximum=64)
+        check_number(
+            "VerifyConfig.max_memory_gib", self.max_memory_gib, minimum=0.0, strict_minimum=True
+        )
         check_choice("VerifyConfig.primes", self.primes, get_args(PrimeSet))
         check_choice("VerifyConfig.inputs", self.inputs, get_args(InputKind))
         check_int("VerifyConfig.seed", self.seed, minimum=0)
@@ -87,6 +95,43 @@ class Verdict:
     stage: Literal["field", "float32", "float16", "passed"]
     reason: str = ""
     permutation: tuple[int, ...] = ()
+
+
+def verifier_bytes(reference: KernelGraph, config: VerifyConfig | None = None) -> int:
+    """About how much memory a `Verifier` of ``reference`` needs at its peak (setup and a check).
+
+    Each field test keeps its inputs and outputs as two int64 residues (16 bytes an
+    element, ``tests`` times), the float screen keeps float64 inputs and outputs
+    (8 bytes), and one evaluation holds every tensor of the program in the field and
+    in float64 (16 + 8 bytes). Measured peak RSS was 18-27% below this on
+    rmsnorm_linear (batch 8), gqa (batch 8) and ntrans (batch 64).
+    Shapes only: nothing is allocated, so an oversized program is refused in microseconds.
+
+    Example:
+        >>> from jgraph.superopt._programs import get_program
+        >>> verifier_bytes(get_program("rmsnorm_linear", batch=1_000_000).graph) / 2**40 > 1
+        True
+    """
+    config = config or VerifyConfig()
+    shapes = reference.validate().shapes
+    io = [*range(len(reference.inputs)), *reference.outputs]
+    n_io = sum(math.prod(shapes[t]) for t in io)
+    n_all = sum(math.prod(s) for s in shapes)
+    return (16 * config.tests + 8) * n_io + 24 * n_all
+
+
+def check_verifier_memory(reference: KernelGraph, config: VerifyConfig) -> None:
+    """Raises `ConfigError` if verifying ``reference`` needs more than ``config.max_memory_gib``."""
+    need = verifier_bytes(reference, config) / 2**30
+    if need > config.max_memory_gib:
+        raise ConfigError(
+            "VerifyConfig.max_memory_gib",
+            config.max_memory_gib,
+            f"the finite-field verifier would need about {need:,.1f} GiB for this program "
+            f"(inputs {[s.shape for s in reference.inputs]})",
+            "superoptimize a smaller instance (fewer rows or a smaller batch), or raise "
+            "VerifyConfig.max_memory_gib if the machine has that memory",
+        )
 
 
 def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
@@ -103,6 +148,7 @@ class Verifier:
         start = time.perf_counter()
         self.reference = reference.validate()
         self.config = config or VerifyConfig()
+        check_verifier_memory(self.reference, self.config)
         self.out_shapes = [reference.shapes[o] for o in reference.outputs]
         self.seconds = 0.0
         self.checked = 0

@@ -2,7 +2,8 @@
 
 `Verifier` runs random tests over finite fields (`ModRing`, primes from `safe_prime_pairs`)
 through the exact block schedule, then a float32/float16 screen against the float64
-interpreter (`FloatRing`), and returns a `Verdict`; `Oracle` is the abstract-expression
+interpreter (`FloatRing`), and returns a `Verdict` (a program whose verification would
+need more than `VerifyConfig.max_memory_gib`, `verifier_bytes`, is refused up front); `Oracle` is the abstract-expression
 (e-graph) pruning check; `mutants` builds the wrong-μGraph corpus the false-positive
 benchmark uses.
 """
@@ -14,6 +15,7 @@ from jgraph.superopt._ring import ModRing as ModRing
 from jgraph.superopt._ring import safe_prime_pairs as safe_prime_pairs
 from jgraph.superopt._verify import Verdict as Verdict
 from jgraph.superopt._verify import Verifier as Verifier
+from jgraph.superopt._verify import verifier_bytes as verifier_bytes
 
 __all__ = [
     "FloatRing",
@@ -23,4 +25,5 @@ __all__ = [
     "Verifier",
     "mutants",
     "safe_prime_pairs",
+    "verifier_bytes",
 ]

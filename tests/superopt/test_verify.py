@@ -1,15 +1,17 @@
 """The verifier: completeness on equivalent μGraphs, soundness on mutants, the float screen."""
 
 import dataclasses
+import resource
+import time
 
 import numpy as np
 import pytest
 
 from jgraph.core import ConfigError
-from jgraph.superopt import VerifyConfig, new_kernel_graph
+from jgraph.superopt import SearchConfig, VerifyConfig, new_kernel_graph, search
 from jgraph.superopt._tiling import partial_outputs
-from jgraph.superopt.programs import HANDWRITTEN, get_program, handwritten
-from jgraph.superopt.verify import Verifier, mutants
+from jgraph.superopt.programs import HANDWRITTEN, PROGRAMS, get_program, handwritten
+from jgraph.superopt.verify import Verifier, mutants, verifier_bytes
 
 
 def _prog(kind):
@@ -134,3 +136,41 @@ def test_unknown_mutant_family_is_a_config_error():
     prog = _prog("rmsnorm_linear")
     with pytest.raises(ConfigError, match=r"mutants.family='typo'"):
         mutants(prog.graph, handwritten("rmsnorm_linear", prog), family="typo")
+
+
+def test_a_program_too_large_to_verify_is_refused_up_front_with_the_memory_it_needs():
+    # rmsnorm_linear at batch 10^6: x is (2e6, 4096); its float64 copy alone is 61 GiB.
+    prog = get_program("rmsnorm_linear", batch=1_000_000)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"VerifyConfig\.max_memory_gib=16\.0") as err:
+        search(prog.graph, config=SearchConfig(time_limit_s=60))
+    assert time.perf_counter() - start < 5
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024
+    assert grown_mib < 256  # nothing of the program's size was allocated
+    need = verifier_bytes(prog.graph) / 2**30
+    assert need > 1000
+    msg = str(err.value)
+    assert f"about {need:,.1f} GiB" in msg
+    assert "(2000000, 4096)" in msg
+    assert "smaller batch" in msg
+    assert "raise VerifyConfig.max_memory_gib" in msg
+
+
+def test_the_memory_limit_is_a_limit_not_a_setting():
+    prog = get_program("rmsnorm_linear", scale=16)
+    need = verifier_bytes(prog.graph) / 2**30
+    # just below what it needs: refused; just above: verified as before
+    with pytest.raises(ConfigError, match="would need about"):
+        Verifier(prog.graph, VerifyConfig(max_memory_gib=need * 0.99))
+    assert Verifier(prog.graph, VerifyConfig(max_memory_gib=need * 1.01)).check(prog.graph).ok
+    # the largest program the CLI accepts (--batch 64, --scale 1) fits the default
+    assert all(
+        verifier_bytes(get_program(name, batch=64).graph) < VerifyConfig().max_memory_gib * 2**30
+        for name in PROGRAMS
+    )
+    a = SearchConfig(verify=VerifyConfig(max_memory_gib=1.0))
+    assert a.key() == SearchConfig().key()
+    assert SearchConfig(verify=VerifyConfig(seed=1)).key() != SearchConfig().key()
+    with pytest.raises(ConfigError, match="max_memory_gib"):
+        VerifyConfig(max_memory_gib=0)
