@@ -1,178 +1,53 @@
-"""The JAX frontend: capture a plain JAX function's jaxpr as a kernel graph.
+"""The JAX frontend: capture a plain JAX function's jaxpr and superoptimize it.
 
-``superoptimize(fn, *example_args)`` traces ``fn`` with `jax.make_jaxpr`, maps
-each primitive onto a μGraph op, then runs `search`. Nested ``jit``/``pjit``,
-``custom_jvp_call`` and ``custom_vjp_call`` bodies are inlined. Reductions
-keep their reduced dim with size 1 in the kernel graph, so a later
-``broadcast_in_dim``/``reshape`` that only restores that dim is free.
-``x * logistic(x)`` becomes ``silu``, ``max(x, 0)`` becomes ``relu`` and a
-multiplication or division by a constant becomes ``mul_scalar``. Any other
-primitive raises `ConfigError` naming it and listing what is supported.
+``superoptimize(fn, *example_args)`` traces ``fn`` with `jax.make_jaxpr` and
+walks it (`jgraph.superopt._capture`): nested ``jit``/``pjit``,
+``custom_jvp_call`` and ``custom_vjp_call`` bodies are inlined, constants are
+folded into constant inputs or ``mul_scalar``, rank changes that only move
+size-1 dims (biases, keepdims statistics) are relabelings, element-wise chains
+become IR ops (``x * logistic(x)`` is ``silu``, the tanh form of gelu is
+``gelu``, ``max(x, 0)`` is ``relu``, tanh and logistic are written with exp).
+Every operator the IR cannot express stays XLA: the program is split into
+regions around it, each region is searched, and the result runs the regions'
+μGraphs and the XLA operators in order (`SearchResult.stayed_xla` says which
+and why). `capture` returns the kernel graph of an ``fn`` that is one region.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from jgraph.core import ConfigError
-from jgraph.superopt._builder import DTensor, KernelGraphBuilder, new_kernel_graph
+from jgraph.superopt._capture import Capture, max_rank
 from jgraph.superopt._config import SearchConfig
 from jgraph.superopt._ir import KernelGraph
+from jgraph.superopt._plan import CapturedProgram, RegionStep, XlaStep
 from jgraph.superopt._result import SearchResult
 from jgraph.superopt._search import search
 from jgraph.superopt._signature import Signature
 
 __all__ = ["SUPPORTED_PRIMITIVES", "capture", "superoptimize"]
 
+log = logging.getLogger(__name__)
+
 SUPPORTED_PRIMITIVES = (
-    "add", "broadcast_in_dim", "convert_element_type", "custom_jvp_call", "custom_vjp_call",
-    "div", "dot_general", "exp", "integer_pow (y=2)", "jit/pjit", "logistic (in x*logistic(x))",
-    "max (with 0)", "mul", "pow", "reduce_max", "reduce_sum", "reshape", "rsqrt", "sqrt",
-    "square", "sub",
+    "add", "broadcast_in_dim", "convert_element_type (float to float)", "custom_jvp_call",
+    "custom_vjp_call", "div", "dot_general ((..., m, k) @ (..., k, n))", "exp",
+    "expand_dims", "integer_pow", "jit/pjit", "logistic", "max/min (with 0 or inf)", "mul",
+    "neg", "pow", "reduce_max", "reduce_sum", "reshape (size-1 dims only)", "rsqrt",
+    "select_n (constant predicate)", "sqrt", "square", "squeeze", "stop_gradient", "sub",
+    "tanh", "transpose (size-1 dims only)", "constants (folded)",
 )  # fmt: skip
-
-_DTYPES = {"float16": "float16", "bfloat16": "bfloat16", "float32": "float32", "float64": "float32"}
-
-
-@dataclasses.dataclass(frozen=True)
-class _V:
-    """A jaxpr value: a kernel tensor, a scalar constant, or a pending logistic(x)."""
-
-    t: DTensor | None = None
-    const: float | None = None
-    logistic_of: DTensor | None = None
-
-
-def _unsupported(name: str, why: str = "") -> ConfigError:
-    return ConfigError(
-        "superoptimize.primitive",
-        name,
-        f"primitive {name!r} is not supported{': ' + why if why else ''}",
-        "rewrite fn with supported primitives (" + ", ".join(SUPPORTED_PRIMITIVES) + ")",
-    )
-
-
-class _Capture:
-    def __init__(self, g: KernelGraphBuilder) -> None:
-        # JAX is imported here, not at module level, so `import jgraph.superopt` stays light.
-        from jax.extend.core import Literal
-
-        self.g = g
-        self._literal = Literal
-
-    def read(self, env: dict[Any, _V], v: Any) -> _V:
-        if isinstance(v, self._literal):
-            return _V(const=float(np.asarray(v.val)))
-        return env[v]
-
-    def tensor(self, x: _V, prim: str) -> DTensor:
-        if x.t is None:
-            raise _unsupported(prim, "an operand is a constant or an unfused logistic")
-        return x.t
-
-    def run(self, jaxpr: Any, args: list[_V], consts: Any = ()) -> list[_V]:
-        env: dict[Any, _V] = dict(zip(jaxpr.invars, args, strict=True))
-        for cv, val in zip(jaxpr.constvars, consts, strict=True):
-            arr = np.asarray(val)
-            if arr.size != 1:
-                raise _unsupported(
-                    "constant array", "close over scalars only; pass arrays as inputs"
-                )
-            env[cv] = _V(const=float(arr.reshape(())))
-        for eqn in jaxpr.eqns:
-            ins = [self.read(env, v) for v in eqn.invars]
-            outs = self.eqn(eqn, ins)
-            for var, val in zip(eqn.outvars, outs, strict=True):
-                env[var] = val
-        return [self.read(env, v) for v in jaxpr.outvars]
-
-    def eqn(self, eqn: Any, ins: list[_V]) -> list[_V]:
-        g, name, p = self.g, eqn.primitive.name, eqn.params
-        for sub_key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
-            if (
-                name
-                in (
-                    "pjit",
-                    "jit",
-                    "closed_call",
-                    "custom_jvp_call",
-                    "custom_vjp_call",
-                    "custom_vjp_call_jaxpr",
-                )
-                and sub_key in p
-            ):
-                sub = p[sub_key]
-                return self.run(getattr(sub, "jaxpr", sub), ins, getattr(sub, "consts", ()))
-        if name == "convert_element_type":
-            return [ins[0]]
-        if name in ("exp", "sqrt", "rsqrt"):
-            return [_V(t=getattr(g, name)(self.tensor(ins[0], name)))]
-        if name == "logistic":
-            return [_V(logistic_of=self.tensor(ins[0], name))]
-        if name == "integer_pow":
-            if p["y"] != 2:
-                raise _unsupported(f"integer_pow(y={p['y']})", "only y=2 (square)")
-            return [_V(t=g.square(self.tensor(ins[0], name)))]
-        if name == "square":
-            return [_V(t=g.square(self.tensor(ins[0], name)))]
-        if name == "max":
-            a, b = ins
-            if b.const == 0.0 or a.const == 0.0:
-                return [_V(t=g.relu(self.tensor(a if b.const == 0.0 else b, name)))]
-            raise _unsupported(name, "only max(x, 0) (relu)")
-        if name == "mul":
-            a, b = ins
-            for x, y in ((a, b), (b, a)):
-                if y.logistic_of is not None and x.t is y.logistic_of:
-                    return [_V(t=g.silu(x.t))]
-                if y.const is not None and x.t is not None:
-                    return [_V(t=g.mul_scalar(x.t, y.const))]
-            return [_V(t=g.mul(self.tensor(a, name), self.tensor(b, name)))]
-        if name == "div":
-            a, b = ins
-            if b.const is not None and a.t is not None:
-                return [_V(t=g.mul_scalar(a.t, 1.0 / b.const))]
-            return [_V(t=g.div(self.tensor(a, name), self.tensor(b, name)))]
-        if name in ("add", "sub", "pow"):
-            return [_V(t=getattr(g, name)(self.tensor(ins[0], name), self.tensor(ins[1], name)))]
-        if name in ("reduce_sum", "reduce_max"):
-            t = self.tensor(ins[0], name)
-            for d in p["axes"]:
-                t = g.reduction(t, d) if name == "reduce_sum" else g.reduce_max(t, d)
-            return [_V(t=t)]
-        if name in ("broadcast_in_dim", "reshape"):
-            x = ins[0]
-            if x.const is not None:
-                return [x]
-            t = self.tensor(x, name)
-            shape = tuple(p["shape"] if name == "broadcast_in_dim" else p["new_sizes"])
-            if len(shape) == len(t.shape) and all(
-                a == b or a == 1 for a, b in zip(t.shape, shape, strict=True)
-            ):
-                return [x]  # only restores a kept (size-1) dim or broadcasts: free
-            raise _unsupported(name, f"{t.shape} -> {shape} changes the kernel layout")
-        if name == "dot_general":
-            (lc, rc), (lb, rb) = p["dimension_numbers"]
-            lhs, rhs = (self.tensor(v, name) for v in ins)
-            r = len(lhs.shape)
-            batch = tuple(range(r - 2))
-            if (
-                (tuple(lc), tuple(rc)) != ((r - 1,), (r - 2,))
-                or tuple(lb) != batch
-                or tuple(rb) != batch
-            ):
-                raise _unsupported(name, "only batched (..., m, k) @ (..., k, n) matmuls")
-            return [_V(t=g.matmul(lhs, rhs))]
-        raise _unsupported(name)
 
 
 def _capture(
     fn: Callable[..., Any], example_args: tuple[Any, ...]
-) -> tuple[KernelGraph, Signature]:
+) -> tuple[CapturedProgram, Signature]:
     import jax  # here, not at module level, so `import jgraph.superopt` stays light
 
     leaves, in_tree = jax.tree.flatten(example_args)
@@ -182,26 +57,59 @@ def _capture(
 
     closed, out_shapes = jax.make_jaxpr(flat, return_shape=True)(*leaves)
     out_leaves, out_tree = jax.tree.flatten(out_shapes)
-    g = new_kernel_graph()
-    args = []
     for k, a in enumerate(leaves):
-        dtype = _DTYPES.get(np.dtype(getattr(a, "dtype", np.float64)).name)
-        if dtype is None or not hasattr(a, "shape"):
+        if not hasattr(a, "shape") or not hasattr(a, "dtype"):
             raise ConfigError(
-                f"superoptimize.args[{k}]", getattr(a, "dtype", type(a).__name__),
-                "not a float array", "pass float arrays (pytrees of them are fine)",
+                f"superoptimize.args[{k}]", type(a).__name__, "not an array",
+                "pass arrays (pytrees of them are fine)",
             )  # fmt: skip
-        args.append(_V(t=g.new_input(tuple(a.shape), dtype)))
-    cap = _Capture(g)
+    cap = Capture(max_rank(closed.jaxpr))
+    args = [cap.new_val(a.shape, a.dtype) for a in leaves]
+    for a in args:  # region 0's inputs in argument order (unused ones are pruned)
+        if a.dtype.name in ("float16", "bfloat16", "float32", "float64"):
+            cap.lay(a)
     outs = cap.run(closed.jaxpr, args, closed.consts)
-    for o in outs:
-        g.mark_output(cap.tensor(o, "output"))
+    if not any(v.lay is not None or v.expr is not None for v in outs) and not any(
+        r.ops for r in cap.regions
+    ):
+        # Nothing but XLA operators: one identity region (x·1) on the first float output,
+        # so the result is still a searched, callable program.
+        first = next(
+            (
+                i
+                for i, v in enumerate(outs)
+                if v.const is None and v.dtype.name in ("float16", "bfloat16", "float32", "float64")
+            ),
+            None,
+        )
+        if first is not None:
+            v = outs[first]
+            outs[first] = cap.new_val(v.shape, v.dtype, base=v, expr=("mul", ("x",), ("c", 1.0)))
+    srcs = tuple(cap.export(o) for o in outs)
+    steps: list[RegionStep | XlaStep] = []
+    for kind, item in cap.steps:
+        if kind == "xla":
+            eqn, ins, dtypes, keys, why = item
+            steps.append(XlaStep(eqn=eqn, inputs=ins, in_dtypes=dtypes, outputs=keys, reason=why))
+            continue
+        region = cap.regions[item]
+        built = region.build()
+        if built is not None:
+            graph, ins = built
+            outs_meta = tuple((key, dims, shape) for _, key, dims, shape in region.outputs)
+            steps.append(RegionStep(index=item, graph=graph, inputs=ins, outputs=outs_meta))
+    prog = CapturedProgram(
+        arg_keys=tuple(a.key for a in args),
+        arg_shapes=tuple(tuple(a.shape) for a in leaves),
+        steps=tuple(steps),
+        outputs=srcs,
+    )
     sig = Signature(
         in_tree=in_tree,
         out_tree=out_tree,
         out_dtypes=tuple(np.dtype(o.dtype).name for o in out_leaves),
     )
-    return g.graph, sig
+    return prog, sig
 
 
 def capture(fn: Callable[..., Any], *example_args: Any) -> KernelGraph:
@@ -210,8 +118,15 @@ def capture(fn: Callable[..., Any], *example_args: Any) -> KernelGraph:
     Arguments may be pytrees of arrays; the graph's inputs are their leaves in
     `jax.tree.flatten` order, its outputs the leaves of ``fn``'s result.
 
+    Lower-rank arguments are padded on the left with size-1 dims to the largest
+    rank in ``fn`` (a bias ``(512,)`` is a ``(1, 512)`` input), and reductions keep
+    their reduced dim with size 1; scalar and array constants become extra inputs
+    after the arguments. `superoptimize` accepts any ``fn``; this needs one that
+    is a single μGraph.
+
     Raises:
-        ConfigError: an unsupported primitive (named, with the supported list).
+        ConfigError: ``fn`` has an operator the IR cannot express (named, with why
+            and the supported list).
 
     Example:
         >>> import jax.numpy as jnp
@@ -219,7 +134,15 @@ def capture(fn: Callable[..., Any], *example_args: Any) -> KernelGraph:
         >>> [op.kind for op in g.ops]
         ['exp', 'matmul']
     """
-    return _capture(fn, example_args)[0]
+    prog = _capture(fn, example_args)[0]
+    if prog.xla_ops or len(prog.regions) != 1:
+        raise ConfigError(
+            "capture.fn", getattr(fn, "__name__", "fn"),
+            "it is not one μGraph (" + ("; ".join(prog.xla_ops) or "nothing to compute") + ")",
+            "use superoptimize (it keeps these operators as XLA) or rewrite fn with "
+            + ", ".join(SUPPORTED_PRIMITIVES),
+        )  # fmt: skip
+    return prog.regions[0].graph
 
 
 def superoptimize(
@@ -258,7 +181,23 @@ def superoptimize(
     """
     from jgraph.superopt._select import select
 
-    graph, sig = _capture(fn, example_args)
-    result = search(graph, config=config, name=getattr(fn, "__name__", "fn"), cache_dir=cache_dir)
-    chosen = select(result, measure=measure, cache_dir=cache_dir)
-    return dataclasses.replace(result, signature=sig, selection=chosen)
+    prog, sig = _capture(fn, example_args)
+    regions = prog.regions
+    if not regions:
+        raise ConfigError(
+            "superoptimize.fn", getattr(fn, "__name__", "fn"),
+            "nothing to superoptimize (" + ("; ".join(prog.xla_ops) or "no operator") + ")",
+            "call fn directly",
+        )  # fmt: skip
+    name = getattr(fn, "__name__", "fn")
+    results = []
+    for k, step in enumerate(regions):
+        label = name if len(regions) == 1 else f"{name}[region {k}]"
+        res = search(step.graph, config=config, name=label, cache_dir=cache_dir)
+        chosen = select(res, measure=measure, cache_dir=cache_dir)
+        results.append(dataclasses.replace(res, selection=chosen))
+    main = max(range(len(regions)), key=lambda k: len(regions[k].graph.ops))
+    for line in prog.xla_ops:
+        log.info("%s: kept as XLA: %s", name, line)
+    prog = dataclasses.replace(prog, results=tuple(results), main=main)
+    return dataclasses.replace(results[main], signature=sig, program=prog)

@@ -39,6 +39,9 @@ class SearchResult:
     # The candidate and knobs `superoptimize` chose to run (`jgraph.superopt.lower.select`:
     # measured on a GPU); None: run the best candidate by model cost.
     selection: Selection | None = dataclasses.field(default=None, compare=False)
+    # The regions and XLA steps `superoptimize` captured (`_plan.CapturedProgram`); this
+    # result is its main (largest) region's. None: the graph alone is the program.
+    program: Any = dataclasses.field(default=None, compare=False)
     _kernels: dict[str, Any] = dataclasses.field(
         default_factory=dict, compare=False, repr=False, init=False
     )
@@ -60,6 +63,11 @@ class SearchResult:
     def model_speedup(self) -> float:
         """XLA candidate's model time over the best candidate's (a model number, not measured)."""
         return self.xla.cost.estimated_us / self.best.cost.estimated_us
+
+    @property
+    def stayed_xla(self) -> tuple[str, ...]:
+        """The operators `superoptimize` kept as XLA, ``"primitive: why"`` each (in order)."""
+        return self.program.xla_ops if self.program is not None else ()
 
     def kernel(self, route: Route = "auto") -> Any:
         """The candidate to run, lowered on ``route`` (a cached `LoweredGraph`).
@@ -87,7 +95,10 @@ class SearchResult:
         """
         if self.signature is None:
             return self.kernel()(*args)
-        return self.signature.unflatten(self.kernel()(*self.signature.flatten(args)))
+        leaves = self.signature.flatten(args)
+        if self.program is None:
+            return self.signature.unflatten(self.kernel()(*leaves))
+        return self.signature.unflatten(self.program.run(leaves, self.kernel))
 
     def to_json(self) -> dict[str, Any]:
         return {

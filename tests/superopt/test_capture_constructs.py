@@ -1,0 +1,145 @@
+"""superoptimize accepts ordinary JAX code: constants, biases, keepdims statistics,
+jax.nn activations and softmax, integer powers, casts, relabeling reshapes, and
+operators the IR lacks (kept as XLA between searched regions)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jgraph.core import ConfigError
+from jgraph.superopt import SearchConfig, capture, superoptimize
+from jgraph.testing import Tolerance, assert_trees_close, tolerance
+
+CFG = SearchConfig(time_limit_s=3, max_kernel_ops=1)
+ROWS, HID, OUT = 4, 32, 16
+
+
+def _ln(x):
+    m = x.mean(-1, keepdims=True)
+    return (x - m) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-5)
+
+
+def _rms(x, g):
+    return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), -1, keepdims=True) + 1e-6) * g[None, :]
+
+
+# name -> (fn, argument shapes)
+PROGRAMS = {
+    "scalar_constant": (lambda x: x + 1e-5, [(ROWS, HID)]),
+    "constant_minus_x": (lambda x: 1.0 - x * 3.0, [(ROWS, HID)]),
+    "array_constant": (lambda x: x * jnp.arange(HID, dtype=jnp.float32)[None, :], [(ROWS, HID)]),
+    # Flax's Dense adds its bias this way (a reshape of the 1-D bias)
+    "dense_bias": (
+        lambda x, w, b: x @ w + jnp.reshape(b, (1, -1)),
+        [(ROWS, HID), (HID, OUT), (OUT,)],
+    ),
+    "dense_bias_gelu": (
+        lambda x, w, b: jax.nn.gelu(x @ w + b[None, :]),
+        [(ROWS, HID), (HID, OUT), (OUT,)],
+    ),
+    "silu": (jax.nn.silu, [(ROWS, HID)]),
+    "sigmoid": (jax.nn.sigmoid, [(ROWS, HID)]),
+    "tanh": (jnp.tanh, [(ROWS, HID)]),
+    "softmax": (lambda x: jax.nn.softmax(x, axis=-1), [(ROWS, HID)]),
+    "mean_no_keepdims": (lambda x: x.mean(-1), [(ROWS, HID)]),
+    "center_rows": (lambda x: x - x.mean(-1)[:, None], [(ROWS, HID)]),
+    "layernorm": (_ln, [(ROWS, HID)]),
+    "rmsnorm_weight": (_rms, [(ROWS, HID), (HID,)]),
+    "integer_pow": (lambda x: x**3 - x**-2, [(ROWS, HID)]),
+    "casts": (lambda x: x.astype(jnp.float32).mean(-1).astype(jnp.bfloat16), [(ROWS, HID)]),
+    "relabel_reshape": (
+        lambda x: (jnp.expand_dims(x.sum(-1), -1) * x)[None].squeeze(0).reshape(1, ROWS, HID),
+        [(ROWS, HID)],
+    ),
+    "relu_neg": (lambda x: jax.nn.relu(-x), [(ROWS, HID)]),
+}
+
+
+def _args(shapes, seed):
+    key = jax.random.key(seed)
+    return [jax.random.normal(jax.random.fold_in(key, i), s) * 0.5 for i, s in enumerate(shapes)]
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_construct_runs_equals_fn_and_keeps_the_output_structure(name):
+    fn, shapes = PROGRAMS[name]
+    res = superoptimize(fn, *_args(shapes, 0), config=CFG)
+    assert res.stayed_xla == ()  # all of it is μGraph ops
+    fresh = _args(shapes, 1)
+    got, want = res(*fresh), fn(*fresh)
+    assert jax.tree.structure(got) == jax.tree.structure(want)  # an array, not a list
+    assert got.shape == want.shape
+    assert got.dtype == want.dtype
+    if got.dtype == jnp.bfloat16:  # "casts": one bf16 rounding of the result
+        assert_trees_close(np.asarray(got, np.float32), np.asarray(want, np.float32))
+        return
+    # f32 sums of up to HID terms: the table's f32 atol scaled by HID (gamma_K bound)
+    tol = Tolerance(rtol=tolerance("forward", np.float32).rtol, atol=HID * 1.2e-7 * 10)
+    assert_trees_close(np.asarray(got), np.asarray(want), tol=tol)
+
+
+def test_known_activations_become_one_ir_op():
+    x = jnp.ones((ROWS, HID))
+    assert [op.kind for op in capture(jax.nn.silu, x).ops] == ["silu"]
+    assert [op.kind for op in capture(lambda x: jax.nn.gelu(x), x).ops] == ["gelu"]
+    assert [op.kind for op in capture(jax.nn.relu, x).ops] == ["relu"]
+    # sigmoid has no IR op: written with exp (not mistaken for silu)
+    assert "silu" not in [op.kind for op in capture(jax.nn.sigmoid, x).ops]
+
+
+def test_bias_is_a_left_padded_input_and_constants_come_after_the_arguments():
+    x, w, b = jnp.ones((ROWS, HID)), jnp.ones((HID, OUT)), jnp.ones((OUT,))
+    g = capture(lambda x, w, b: x @ w + b[None, :] + 1e-5, x, w, b)
+    assert [s.shape for s in g.inputs] == [(ROWS, HID), (HID, OUT), (1, OUT), (1, 1)]
+    assert [op.kind for op in g.ops] == ["matmul", "add", "add"]
+
+
+def test_output_pytree_with_reduced_and_passthrough_leaves():
+    def f(x):
+        return {"mean": x.mean(-1), "pair": (jnp.exp(x), x)}
+
+    x = _args([(ROWS, HID)], 2)[0]
+    res = superoptimize(f, x, config=CFG)
+    got, want = res(x), f(x)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    assert got["mean"].shape == (ROWS,)
+    assert_trees_close(jax.tree.map(np.asarray, got), jax.tree.map(np.asarray, want))
+
+
+@pytest.mark.parametrize(
+    ("fn", "stayed"),
+    [
+        (lambda x: jnp.cumsum(jnp.exp(x), -1) * 2.0 + 1.0, "cumsum"),
+        (lambda x: jnp.sort(x, -1), "sort"),
+        (lambda x: jax.nn.gelu(x, approximate=False), "erfc"),
+        (lambda x, w: jax.nn.softmax(x @ w.T, -1), "transpose"),
+    ],
+)
+def test_operators_the_ir_lacks_stay_xla_and_are_reported(fn, stayed):
+    shapes = [(ROWS, HID)] if fn.__code__.co_argcount == 1 else [(ROWS, HID), (OUT, HID)]
+    res = superoptimize(fn, *_args(shapes, 0), config=CFG)
+    assert any(line.startswith(stayed + ":") for line in res.stayed_xla), res.stayed_xla
+    fresh = _args(shapes, 3)
+    tol = Tolerance(rtol=tolerance("forward", np.float32).rtol, atol=HID * 1.2e-7 * 10)
+    assert_trees_close(np.asarray(res(*fresh)), np.asarray(fn(*fresh)), tol=tol)
+    assert_trees_close(np.asarray(jax.jit(res)(*fresh)), np.asarray(fn(*fresh)), tol=tol)
+    with pytest.raises(ConfigError, match="not one μGraph"):
+        capture(fn, *_args(shapes, 0))
+
+
+def test_a_wrong_capture_would_be_caught():
+    """Negative: the equality check above fails for a perturbed result."""
+    fn, shapes = PROGRAMS["layernorm"]
+    res = superoptimize(fn, *_args(shapes, 0), config=CFG)
+    fresh = _args(shapes, 1)
+    got = np.asarray(res(*fresh))
+    bad = got.copy()
+    bad[0, 0] += 1e-3
+    with pytest.raises(AssertionError):
+        assert_trees_close(bad, np.asarray(fn(*fresh)))
+    # a program that differs from the captured one (no centering) fails the same check
+    with pytest.raises(AssertionError):
+        assert_trees_close(
+            got, np.asarray(fresh[0] * jax.lax.rsqrt(fresh[0].var(-1, keepdims=True) + 1e-5))
+        )
