@@ -69,6 +69,29 @@ class SearchResult:
         """The operators `superoptimize` kept as XLA, ``"primitive: why"`` each (in order)."""
         return self.program.xla_ops if self.program is not None else ()
 
+    @property
+    def chosen(self) -> Candidate:
+        """The candidate `__call__` runs: the `selection`'s, else `best`."""
+        return self.selection.candidate if self.selection is not None else self.best
+
+    @property
+    def fused_kernels(self) -> tuple[str, ...]:
+        """The graph-defined (fused) kernels that run, ``"region k: K[grid=...:ops]"`` each.
+
+        One line per graph-defined kernel of the `chosen` candidate of every region
+        `superoptimize` searched (a plain `search` result is region 0); empty when
+        every region runs as its pre-defined (XLA) ops. `KernelGraph.summary` says
+        how each line reads.
+        """
+        results = self.program.results if self.program is not None else (self,)
+        lines = []
+        for k, res in enumerate(results):
+            graph = res.chosen.graph
+            for op, part in zip(graph.ops, graph.summary().split(" ; "), strict=True):
+                if op.block is not None:
+                    lines.append(f"region {k}: {part}")
+        return tuple(lines)
+
     def kernel(self, route: Route = "auto") -> Any:
         """The candidate to run, lowered on ``route`` (a cached `LoweredGraph`).
 
