@@ -13,8 +13,9 @@ and is the float reference for the Pallas lowering (a later issue).
 Public submodules: `jgraph.superopt.ir` (the μGraph IR and builders),
 `jgraph.superopt.programs` (Mirage's six benchmark programs, hand-written
 μGraphs), `jgraph.superopt.verify` (the verifier, number systems, mutants),
-`jgraph.superopt.cost` (the analytic cost model) and `jgraph.superopt.config`
-(the values of the config's string settings: backends, map modes).
+`jgraph.superopt.cost` (the analytic cost model), `jgraph.superopt.config`
+(the values of the config's string settings: backends, map modes) and
+`jgraph.superopt.corpus` (ordinary JAX/Flax layer programs for `superoptimize`).
 
 Importing it does not import JAX (only `capture`, `superoptimize`, `jax_function`,
 the programs' jnp references and `demo` need it), so the CLI can read the
