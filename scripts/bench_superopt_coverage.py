@@ -10,6 +10,10 @@ program vs XLA's (each operator kept as XLA counts one launch in both), what
 the fused kernels are and which operators stayed XLA. The summary line says how
 many programs got a fused kernel, and how many of those beat XLA's model cost.
 
+In full runs each program runs in a child process with an address-space cap (``--max-memory-gib``)
+and a wall-clock cap, so one whose search runs out of memory or time is reported
+(status ``error``/``killed``/``timeout``) and the others still run.
+
     .venv/bin/python scripts/bench_superopt_coverage.py --out results/superopt_coverage.json
     .venv/bin/python scripts/bench_superopt_coverage.py --smoke
 """
@@ -17,7 +21,10 @@ many programs got a fused kernel, and how many of those beat XLA's model cost.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -67,15 +74,46 @@ def run_one(name: str, rows: int, hidden: int, config: SearchConfig) -> dict[str
     }
 
 
+def run_isolated(
+    name: str, rows: int, hidden: int, tl: float, k: int, mem_gib: float, wall_s: float
+) -> dict[str, Any]:
+    """`run_one` in a child process (capped memory and time); failures become rows."""
+    base: dict[str, Any] = {"program": name, "rows": rows, "hidden": hidden}
+    cmd = [sys.executable, __file__, "--one", f"{name}:{rows}:{hidden}", "--time-limit", str(tl)]
+    cmd += ["--kernel-ops", str(k), "--max-memory-gib", str(mem_gib)]
+    t = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=wall_s, check=False)
+    except subprocess.TimeoutExpired:
+        return {**base, "status": "timeout", "search_s": time.perf_counter() - t}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode == 0 and lines:
+        return dict(json.loads(lines[-1]))
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
+    status = "killed" if proc.returncode < 0 else "error"
+    return {**base, "status": status, "search_s": time.perf_counter() - t, "why": tail}
+
+
+def _child(spec: str, tl: float, k: int, mem_gib: float) -> None:
+    import resource
+
+    cap = int(mem_gib * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    name, rows, hidden = spec.split(":")
+    row = run_one(name, int(rows), int(hidden), SearchConfig(time_limit_s=tl, max_kernel_ops=k))
+    print(json.dumps(row), flush=True)
+
+
 def summary(rows: list[dict[str, Any]]) -> str:
     ok = [r for r in rows if r["status"] == "ok"]
     fused = [r for r in ok if r["fused"]]
     better = [r for r in fused if r["model_x"] > 1.0]
-    refused = len(rows) - len(ok)
+    refused = sum(r["status"] == "refused" for r in rows)
+    failed = len(rows) - len(ok) - refused
     return (
         f"{len(fused)} of {len(rows)} program runs got a fused kernel "
         f"({len(better)} with a better analytic cost than XLA); {len(ok)} accepted, "
-        f"{refused} refused"
+        f"{refused} refused, {failed} failed (killed, timeout or error)"
     )
 
 
@@ -86,20 +124,31 @@ def main() -> None:
     p.add_argument("--time-limit", type=float, default=20.0, help="seconds per region search")
     p.add_argument("--sizes", default="16x512,128x2048", help="comma-separated ROWSxHIDDEN")
     p.add_argument("--programs", default="", help="comma-separated subset of the corpus")
+    p.add_argument("--kernel-ops", type=int, default=3, help="max kernel ops (full runs)")
+    p.add_argument("--max-memory-gib", type=float, default=8.0, help="address space per program")
+    p.add_argument("--one", default="", help=argparse.SUPPRESS)  # NAME:ROWS:HIDDEN (child)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.one:
+        _child(args.one, args.time_limit, args.kernel_ops, args.max_memory_gib)
+        return
     names = [n for n in NAMES if not args.programs or n in args.programs.split(",")]
     if args.smoke:
         sizes, tl, k = [(8, 32)], 1.0, 1
     else:
         sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
-        tl, k = args.time_limit, 3
-    config = SearchConfig(time_limit_s=tl, max_kernel_ops=k)
+        tl, k = args.time_limit, args.kernel_ops
+    # wall cap: a region search overruns its time limit while it sets up and verifies
+    wall_s = 60.0 + 8 * tl
     print("== superoptimize on the corpus (analytic H100 model costs, not measurements) ==")
     rows = []
     for rows_n, hidden in sizes:
         for name in names:
-            rows.append(run_one(name, rows_n, hidden, config))
+            if args.smoke:  # tiny sizes: in-process (22 child starts alone take ~60 s)
+                cfg = SearchConfig(time_limit_s=tl, max_kernel_ops=k)
+                rows.append(run_one(name, rows_n, hidden, cfg))
+            else:
+                rows.append(run_isolated(name, rows_n, hidden, tl, k, args.max_memory_gib, wall_s))
             shown = {k: v for k, v in rows[-1].items() if k not in ("fused_kernels", "why")}
             print(format_table([shown]), flush=True)
     line = summary(rows)
