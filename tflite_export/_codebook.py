@@ -29,7 +29,7 @@ import numpy as np
 
 from jgraph.core import ConfigError
 from jgraph.quant import Hardened
-from tflite_export._flatbuffer import load_model_t, pack_model_t, tensor_array
+from tflite_export._flatbuffer import _decode, load_model_t, pack_model_t, tensor_array
 
 __all__ = ["CodebookLayer", "LayerMatch", "match_layers", "preserve_codebooks", "snap_codebooks"]
 
@@ -99,15 +99,16 @@ class LayerMatch:
         tensor: index of the tensor in the first subgraph.
         name: the tensor's name.
         indices: the layer's codebook indices in the tensor's layout.
-        axis: the channel axis of ``factors``.
-        factors: per-channel factor (folded BatchNorm; all 1 without it).
+        axis: an axis along which the tensor is ``factor * codebook[indices]``
+            (the output channels when BatchNorm was folded; any axis without it).
+        values: the tensor's float values.
     """
 
     tensor: int
     name: str
     indices: np.ndarray
     axis: int
-    factors: np.ndarray
+    values: np.ndarray
 
 
 def _squeezed_perms(idx: np.ndarray, shape: tuple[int, ...]) -> list[np.ndarray]:
@@ -138,52 +139,46 @@ def _solve(values: np.ndarray, expected: np.ndarray, axis: int) -> np.ndarray | 
     return np.squeeze(s, axis=other)
 
 
-def match_layers(float_model: bytes, hardened: Hardened) -> dict[str, LayerMatch]:
+def _match_one(arr: np.ndarray, idx: np.ndarray, book: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """(indices in ``arr``'s layout, axis) when ``arr`` is a per-channel multiple of ``book[idx]``."""
+    for placed in _squeezed_perms(idx, arr.shape):
+        expected = book[placed]
+        # Channel axes are first (conv, dense) or last (depthwise): try those first.
+        for axis in sorted(range(arr.ndim), key=lambda a: (a not in (0, arr.ndim - 1), a)):
+            if _solve(arr, expected, axis) is not None:
+                return placed, axis
+    return None
+
+
+def match_layers(model: Any, hardened: Hardened) -> dict[str, LayerMatch]:
     """Finds each hardened layer's kernel in a float .tflite model.
 
     Args:
-        float_model: a ``float`` export of the model built from ``hardened``.
+        model: a ``float`` export of the model built from ``hardened``, as a
+            ``ModelT`` (`load_model_t`).
         hardened: its codebooks and indices.
 
     Returns:
         Layer name -> `LayerMatch` for every layer found; a layer is missing
         when no float tensor equals ``factor * codebook[indices]`` per channel.
     """
-    model = load_model_t(float_model)
     tensors = model.subgraphs[0].tensors
-    candidates = []
+    candidates = {}
     for i, t in enumerate(tensors):
         arr = tensor_array(model, t)
         if arr is not None and arr.ndim >= 2 and arr.dtype == np.float32:
-            candidates.append((i, arr))
+            candidates[i] = arr
     found: dict[str, LayerMatch] = {}
-    used: set[int] = set()
     for name, idx in hardened.indices.items():
         book = np.asarray(hardened.codebooks[name], np.float64)
-        for i, arr in candidates:
-            if i in used:
-                continue
-            match = None
-            for placed in _squeezed_perms(np.asarray(idx), arr.shape):
-                expected = book[placed]
-                for axis in sorted(range(arr.ndim), key=lambda a: (a not in (0, arr.ndim - 1), a)):
-                    s = _solve(arr, expected, axis)
-                    if s is not None:
-                        match = LayerMatch(
-                            tensor=i,
-                            name=tensors[i].name.decode()
-                            if isinstance(tensors[i].name, bytes)
-                            else str(tensors[i].name),
-                            indices=placed,
-                            axis=axis,
-                            factors=s,
-                        )
-                        break
-                if match:
-                    break
-            if match:
-                found[name] = match
-                used.add(i)
+        for i, arr in candidates.items():
+            hit = _match_one(arr, np.asarray(idx), book)
+            if hit is not None:
+                placed, axis = hit
+                found[name] = LayerMatch(
+                    tensor=i, name=_decode(tensors[i].name), indices=placed, axis=axis, values=arr
+                )
+                del candidates[i]  # one tensor holds one layer
                 break
     return found
 
@@ -230,9 +225,8 @@ def describe_float(
         quantized_model: an int8 export of the same model (the baselines):
             report its tensor for each layer instead of the float one.
     """
-    fmodel = load_model_t(float_model)
     qmodel = load_model_t(quantized_model) if quantized_model is not None else None
-    matches = match_layers(float_model, hardened)
+    matches = match_layers(load_model_t(float_model), hardened)
     out = []
     for name, book in hardened.codebooks.items():
         k = int(np.asarray(book).size)
@@ -251,15 +245,14 @@ def describe_float(
                 )
             )
             continue
-        arr = tensor_array(fmodel, fmodel.subgraphs[0].tensors[m.tensor])
-        assert arr is not None
+        arr: np.ndarray | None = m.values
         stored = "FLOAT32"
         if qmodel is not None:
-            j = _find_quantized(qmodel, qmodel.subgraphs[0].tensors, arr)
+            j = _find_quantized(qmodel, qmodel.subgraphs[0].tensors, m.values)
             if j is not None:
                 arr = tensor_array(qmodel, qmodel.subgraphs[0].tensors[j])
-                assert arr is not None
                 stored = "INT8"
+        assert arr is not None
         per = _per_channel_distinct(arr, m.axis)
         distinct = int(np.unique(arr).size)
         out.append(
@@ -293,7 +286,7 @@ def preserve_codebooks(
         ConfigError: a layer's kernel is not in the float model: the function
             was not built from ``snap_codebooks(hardened)``'s variables.
     """
-    matches = match_layers(float_model, snapped)
+    matches = match_layers(load_model_t(float_model), snapped)
     missing = sorted(set(snapped.indices) - set(matches))
     if missing:
         raise ConfigError(
@@ -303,15 +296,13 @@ def preserve_codebooks(
             "build the exported function from tflite_export.snap_codebooks(hardened).variables "
             "(a Linen module or an NNX model with hardened= does this for you)",
         )
-    fmodel = load_model_t(float_model)
     qmodel = load_model_t(quantized_model)
     qtensors = qmodel.subgraphs[0].tensors
     layers: list[CodebookLayer] = []
     for name, m in matches.items():
         k = int(np.asarray(snapped.codebooks[name]).size)
         g, q = _grid(np.asarray(snapped.codebooks[name], np.float64))
-        target = tensor_array(fmodel, fmodel.subgraphs[0].tensors[m.tensor])
-        assert target is not None
+        target = m.values
         j = _find_quantized(qmodel, qtensors, target)
         if j is None:
             note = "left float by the converter (too small to quantize)"
@@ -353,7 +344,6 @@ def preserve_codebooks(
         qmodel.buffers[t.buffer].data = np.frombuffer(codes.tobytes(), np.uint8).copy()
         qp.scale = scales.tolist()
         qp.zeroPoint = [0] * len(scales)
-        per = _per_channel_distinct(codes, axis)
         distinct = int(np.unique(codes).size)
         layers.append(
             CodebookLayer(
@@ -362,8 +352,9 @@ def preserve_codebooks(
                 tensor=m.name,
                 stored="INT8",
                 distinct=distinct,
-                distinct_per_channel=per,
-                preserved=distinct <= k or (per <= k and bool((factors < 0).any())),
+                # Every channel holds +-q[idx]: at most K codes by construction.
+                distinct_per_channel=_per_channel_distinct(codes, axis),
+                preserved=True,
                 note="" if distinct <= k else "negative folded factors flip codes",
             )
         )
@@ -394,7 +385,6 @@ def _as_stored(
 
 def _find_quantized(model: Any, tensors: Any, target: np.ndarray) -> int | None:
     """The int8 tensor whose dequantized values are the float tensor's, within rounding."""
-    best = None
     for j, t in enumerate(tensors):
         q = t.quantization
         if q is None or q.scale is None or len(q.scale) == 0:
@@ -409,6 +399,5 @@ def _find_quantized(model: Any, tensors: Any, target: np.ndarray) -> int | None:
             scale = scale.reshape(shape)
         err = np.abs(arr * scale - target)
         if np.all(err <= 0.5 * scale * (1 + 1e-3) + 1e-12):
-            best = j
-            break
-    return best
+            return j
+    return None

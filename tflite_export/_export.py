@@ -210,7 +210,7 @@ def export(
         snap=config.mode == "codebook_int8",
         apply_kwargs=apply_kwargs,
     )
-    out_paths, out_tree = check_outputs(fn, jax.tree.unflatten(in_tree, specs))
+    out_paths, _ = check_outputs(fn, jax.tree.unflatten(in_tree, specs))
     in_names = default_names(config.input_names, in_paths, "input", "ExportConfig.input_names")
     out_names = default_names(config.output_names, out_paths, "output", "ExportConfig.output_names")
     calibration = None
@@ -233,20 +233,18 @@ def export(
                 "labels", "given", "needs data=", "pass the inputs the labels belong to"
             )
         y = np.asarray(labels).reshape(-1)
-        b = int(np.prod(check_batches[0][0].shape[:1]))
+        b = len(check_batches[0][0])
         if y.size < b * len(check_batches):
             raise ConfigError(
                 "labels", y.size, "has fewer labels than data samples", "pass one label per sample"
             )
         label_batches = [y[k * b : (k + 1) * b] for k in range(len(check_batches))]
 
-    def flat_fn(*leaves: Any) -> list[jax.Array]:
-        return jax.tree.leaves(fn(*jax.tree.unflatten(in_tree, list(leaves))))
-
+    flat_fn = _flat(fn, in_tree)
     float_bytes = None
     # The float model is where codebook layers are found (exact values), so any export
-    # with codebooks converts it too.
-    if config.mode in ("float", "codebook_int8") or book is not None:
+    # with codebooks (codebook_int8 always has them) converts it too.
+    if config.mode == "float" or book is not None:
         float_bytes = convert(
             flat_fn,
             specs,
@@ -278,21 +276,19 @@ def export(
     elif book is not None and float_bytes is not None:
         layers = describe_float(float_bytes, book, None if config.mode == "float" else out_bytes)
     info = read_model(out_bytes)
+    report = compression_report(book) if book is not None else None
     size = SizeReport(
         raw=len(out_bytes),
         gzip=len(gzip.compress(out_bytes, compresslevel=9, mtime=0)),
-        packed=compression_report(book).packed_bytes if book is not None else None,
-        fp32_params=compression_report(book).fp32_bytes if book is not None else None,
+        packed=report.packed_bytes if report is not None else None,
+        fp32_params=report.fp32_bytes if report is not None else None,
     )
     parity = trained_parity = None
     if config.verify != "skip":
         if info.non_builtin_ops:
             log.warning("not running the parity check: the model has %s", info.non_builtin_ops)
         else:
-            runner = TFLiteRunner(
-                out_bytes, config.signature, input_names=in_names, output_names=out_names
-            )
-            parity = _verify(runner, flat_fn, specs, config, check_batches, label_batches)
+            references = {"exported": flat_fn}
             if config.mode == "codebook_int8":
                 # What the user trained is the unsnapped hard model: report against it too.
                 trained, _ = as_function(
@@ -302,16 +298,12 @@ def export(
                     snap=False,
                     apply_kwargs=apply_kwargs,
                 )
-                trained_parity = _verify(
-                    runner,
-                    lambda *leaves: jax.tree.leaves(
-                        trained(*jax.tree.unflatten(in_tree, list(leaves)))
-                    ),
-                    specs,
-                    config,
-                    check_batches,
-                    label_batches,
-                )
+                references["trained"] = _flat(trained, in_tree)
+            runner = TFLiteRunner(
+                out_bytes, config.signature, input_names=in_names, output_names=out_names
+            )
+            reports = _verify(runner, references, specs, config, check_batches, label_batches)
+            parity, trained_parity = reports["exported"], reports.get("trained")
     written = atomic_write_bytes(path, out_bytes) if path is not None else None
     result = ExportResult(
         data=out_bytes,
@@ -325,50 +317,65 @@ def export(
         trained_parity=trained_parity,
         codebooks=tuple(layers),
     )
-    del out_tree  # outputs are flat in the signature, in jax.tree.leaves order
     return result
+
+
+def _flat(fn: Any, in_tree: Any) -> Any:
+    """``fn`` on flat input leaves, returning its flat output leaves (the signature's order)."""
+
+    def flat_fn(*leaves: Any) -> list[jax.Array]:
+        return jax.tree.leaves(fn(*jax.tree.unflatten(in_tree, list(leaves))))
+
+    return flat_fn
 
 
 def _verify(
     runner: TFLiteRunner,
-    flat_fn: Any,
+    references: Mapping[str, Any],
     specs: list[jax.ShapeDtypeStruct],
     config: ExportConfig,
     check_batches: list[list[np.ndarray]] | None,
     label_batches: list[np.ndarray] | None,
-) -> ParityReport:
-    """Compares the .tflite with ``flat_fn`` on random inputs and on ``data`` if given."""
-    jitted = jax.jit(flat_fn)
+) -> dict[str, ParityReport]:
+    """Compares the .tflite with each reference on random inputs and on ``data`` if given.
 
-    def reference(*xs: np.ndarray) -> list[np.ndarray]:
-        return [np.asarray(o) for o in jitted(*xs)]
-
+    The .tflite model runs once per input set, whatever the number of references.
+    """
     rng = np.random.default_rng(config.seed)
     kind = "allclose" if config.mode == "float" else "quantized"
-    reports = []
+    sets: list[tuple[list[list[np.ndarray]], list[np.ndarray] | None]] = []
     # A float export is held to the tolerance on fresh random inputs, and on the data too.
     if kind == "allclose" or check_batches is None:
-        randoms = [_random_inputs(specs, rng) for _ in range(config.parity_samples)]
-        reports.append(
-            compare(runner, reference, randoms, kind=kind, rtol=config.rtol, atol=config.atol)
-        )
+        sets.append(([_random_inputs(specs, rng) for _ in range(config.parity_samples)], None))
     if check_batches is not None:
-        reports.append(
-            compare(
-                runner,
-                reference,
-                check_batches,
-                kind=kind,
-                rtol=config.rtol,
-                atol=config.atol,
-                labels=label_batches,
-            )
+        sets.append((check_batches, label_batches))
+    outputs = [[runner(batch) for batch in batches] for batches, _ in sets]
+    reports = {}
+    for name, flat_fn in references.items():
+        jitted = jax.jit(flat_fn)
+
+        def reference(*xs: np.ndarray, jitted: Any = jitted) -> list[np.ndarray]:
+            return [np.asarray(o) for o in jitted(*xs)]
+
+        reports[name] = merge_reports(
+            [
+                compare(
+                    got,
+                    reference,
+                    batches,
+                    kind=kind,
+                    rtol=config.rtol,
+                    atol=config.atol,
+                    labels=labels,
+                )
+                for got, (batches, labels) in zip(outputs, sets, strict=True)
+            ]
         )
-    report = merge_reports(reports)
+    report = reports["exported"]
     if kind == "allclose" and not report.passed and config.verify == "raise":
         raise ParityError(
             f"the .tflite model differs from the JAX function: max abs error "
             f"{report.max_abs_error:.3g}, max rel error {report.max_rel_error:.3g} "
             f"(tolerance rtol={config.rtol:g}, atol={config.atol:g}, {report.samples} input sets)"
         )
-    return report
+    return reports

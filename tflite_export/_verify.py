@@ -128,7 +128,7 @@ class ParityReport:
 
 
 def compare(
-    runner: TFLiteRunner,
+    got_batches: Sequence[Sequence[np.ndarray]],
     reference: Callable[..., list[np.ndarray]],
     batches: Sequence[Sequence[np.ndarray]],
     *,
@@ -137,10 +137,11 @@ def compare(
     atol: float,
     labels: Sequence[np.ndarray] | None = None,
 ) -> ParityReport:
-    """Runs both on every input set and reports the differences.
+    """Runs the reference on every input set and reports its differences from the .tflite's.
 
     Args:
-        runner: the .tflite model.
+        got_batches: the .tflite model's outputs for each input set (run once,
+            however many references it is compared with).
         reference: the JAX function (flat inputs -> flat list of outputs).
         batches: input sets, each matching the signature's inputs.
         kind: ``allclose`` or ``quantized``.
@@ -151,8 +152,7 @@ def compare(
     max_abs = max_rel = 0.0
     within = True
     agree = rows = correct_t = correct_j = 0
-    for b, batch in enumerate(batches):
-        got = runner(batch)
+    for b, (got, batch) in enumerate(zip(got_batches, batches, strict=True)):
         want = [np.asarray(o, np.float32) for o in reference(*batch)]
         for g, w in zip(got, want, strict=True):
             g32 = g.astype(np.float32)

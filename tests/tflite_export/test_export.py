@@ -113,8 +113,9 @@ def test_parity_check_catches_a_wrong_model() -> None:
     from tflite_export._verify import compare
 
     batches = [[np.ones((1, 4), np.float32)]]
-    bad = compare(runner, lambda x: [x @ w * 1.001], batches, kind="allclose", rtol=1e-5, atol=1e-5)
-    good = compare(runner, lambda x: [x @ w], batches, kind="allclose", rtol=1e-5, atol=1e-5)
+    got = [runner(b) for b in batches]
+    bad = compare(got, lambda x: [x @ w * 1.001], batches, kind="allclose", rtol=1e-5, atol=1e-5)
+    good = compare(got, lambda x: [x @ w], batches, kind="allclose", rtol=1e-5, atol=1e-5)
     assert good.passed
     assert not bad.passed
     assert bad.max_abs_error > 1e-3
@@ -125,8 +126,8 @@ def test_float_parity_failure_raises_with_the_numbers(monkeypatch) -> None:
 
     real = ex.compare
 
-    def skewed(runner, reference, batches, **kw):
-        return real(runner, lambda *a: [o + 1.0 for o in reference(*a)], batches, **kw)
+    def skewed(got, reference, batches, **kw):
+        return real(got, lambda *a: [o + 1.0 for o in reference(*a)], batches, **kw)
 
     monkeypatch.setattr(ex, "compare", skewed)
     w = np.ones((4, 2), np.float32)
