@@ -150,18 +150,14 @@ def convert(
             if mode in ("codebook_int8", "dynamic_int8", "full_int8"):
                 conv.optimizations = [tf.lite.Optimize.DEFAULT]
             if mode == "full_int8":
+                # `export` checked representative_data at the API boundary.
                 if not calibration:
-                    raise ConfigError(
-                        "representative_data",
-                        None,
-                        "is required for mode='full_int8'",
-                        "pass representative_data=<inputs shaped like example_args>",
-                    )
+                    raise ValueError("full_int8 conversion needs calibration batches")
                 batches = list(calibration)
 
                 def representative() -> Iterator[list[np.ndarray]]:
                     for batch in batches:
-                        yield [np.asarray(a) for a in batch]
+                        yield list(batch)
 
                 conv.representative_dataset = representative
                 ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]

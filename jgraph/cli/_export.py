@@ -66,7 +66,6 @@ def run(args: argparse.Namespace) -> int:
             "tflite_export.export(model, example_args, hardened=load_run(dir).hardened)",
         )
     data = load_dataset(saved.data)
-    usable = len(data.x_test) // args.batch * args.batch
     if args.batch > len(data.x_test):
         raise flag_error("--batch", f"{args.batch} is more than the {len(data.x_test)} test images")
     model = make_model(saved.model, saved.num_classes)
@@ -79,8 +78,9 @@ def run(args: argparse.Namespace) -> int:
             hardened=saved.hardened,
             apply_kwargs={"train": False},
             representative_data=data.x_train if args.mode == "full_int8" else None,
-            data=None if args.no_verify else data.x_test[:usable],
-            labels=None if args.no_verify else data.y_test[:usable],
+            # Cut into --batch sized sets; a last partial set is left out.
+            data=None if args.no_verify else data.x_test,
+            labels=None if args.no_verify else data.y_test,
             path=args.out,
         )
     except tflite_export.ParityError as exc:

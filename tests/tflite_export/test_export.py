@@ -38,7 +38,10 @@ def test_mlp_round_trip_and_identical_bytes(tmp_path) -> None:
     # The parity check ran the model: feed it ourselves and compare with JAX.
     runner = a.runner()
     xr = np.random.default_rng(5).standard_normal((4, 12)).astype(np.float32)
-    np.testing.assert_allclose(runner([xr])[0], model.apply(variables, xr), rtol=1e-5, atol=1e-5)
+    tol = TOLERANCES["cross_runtime"]["float32"]
+    np.testing.assert_allclose(
+        runner([xr])[0], model.apply(variables, xr), rtol=tol.rtol, atol=tol.atol
+    )
 
 
 def test_cnn_with_batchnorm_depthwise_grouped_pooling_residual() -> None:
@@ -70,7 +73,8 @@ def test_nnx_model_exports_in_eval_mode_and_leaves_the_model_alone() -> None:
     model.eval()
     xr = np.random.default_rng(1).standard_normal((2, 8, 8, 3)).astype(np.float32)
     out = te.TFLiteRunner(res.data, "serving_default")([xr])[0]
-    np.testing.assert_allclose(out, model(jnp.asarray(xr)), rtol=1e-5, atol=1e-5)
+    tol = TOLERANCES["cross_runtime"]["float32"]
+    np.testing.assert_allclose(out, model(jnp.asarray(xr)), rtol=tol.rtol, atol=tol.atol)
 
 
 def test_pytree_inputs_and_outputs_get_their_key_names() -> None:
