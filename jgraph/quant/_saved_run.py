@@ -26,7 +26,6 @@ def save_hardened_state(path: Path, hardened: Hardened) -> Path:
         "codebooks": dict(hardened.codebooks),
         "indices": dict(hardened.indices),
     }
-    state = serialization.to_state_dict(state)
     return atomic_write_bytes(path, serialization.msgpack_serialize(_numpy(state)))
 
 
