@@ -68,6 +68,12 @@ class SearchConfig:
             one that runs (`jgraph.superopt.lower.lowering_problem`; no GPU needed).
             Not done for ``backend="tpu"`` (there is no TPU lowering yet).
         verify_all: verify candidates that cannot beat the best verified cost too.
+        fusion: before the enumeration, try fusion moves (`jgraph.superopt._fuse`):
+            whole-region and segment kernels built from the program's own ops,
+            with loops over reduced dimensions, row-factor hoisting and the online
+            softmax; they reach fused kernels for captured layer code (norms,
+            softmax, attention) that the op-by-op enumeration does not. ``False``
+            measures the enumeration alone (the rediscovery benchmark).
         verify: the verifier's settings.
     """
 
@@ -85,6 +91,7 @@ class SearchConfig:
     pruning: bool = True
     check_lowering: bool = True
     verify_all: bool = False
+    fusion: bool = True
     verify: VerifyConfig = dataclasses.field(default_factory=VerifyConfig)
 
     def __post_init__(self) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from jgraph.superopt._candidate import Candidate
 from jgraph.superopt._config import SearchConfig
 from jgraph.superopt._cost import CostModel
+from jgraph.superopt._fusion_search import fusion_candidates
 from jgraph.superopt._ir import KernelGraph
 from jgraph.superopt._kernel_search import run_search
 from jgraph.superopt._result import SearchResult
@@ -77,7 +78,22 @@ def search(
     if not xla_verdict.ok:  # the reference equals itself; anything else is a bug
         raise AssertionError(f"the reference failed its own verification: {xla_verdict}")
     xla = Candidate(graph=reference, cost=CostModel()(reference), verdict=xla_verdict, label="xla")
+    fused: list[Candidate] = []
+    fused_first = None
+    if config.fusion:
+        # fusion moves get up to half the time; the enumeration gets what is left
+        deadline = start + config.time_limit_s / 2
+        fused, fused_first = fusion_candidates(reference, config, verifier, deadline=deadline)
+    spent = time.perf_counter() - start
+    config = dataclasses.replace(config, time_limit_s=max(config.time_limit_s - spent, 1e-3))
     found, stats = run_search(reference, config, verifier, show_progress=show_progress)
+    if fused:
+        dfs_first = None if stats.time_to_first_s is None else spent + stats.time_to_first_s
+        firsts = [t for t in (fused_first, dfs_first) if t is not None]
+        found = [*fused, *found]
+        stats = dataclasses.replace(
+            stats, verified=stats.verified + len(fused), time_to_first_s=min(firsts)
+        )
     if config.check_lowering and config.backend != "tpu":
         found, dropped = _lowerable(found, name)
         if dropped:

@@ -72,8 +72,10 @@ def _symbolic(
 ) -> tuple[_UF, list[list[Any]]] | None:
     """Symbolic tile dims per block tensor: ("s", (input, dim)) or ("c", const); None if invalid."""
     uf = _UF()
+    # a size-1 input dim is a constant 1, so it broadcasts against any tile dim
     dims: list[list[Any]] = [
-        [("s", (k, j)) for j in range(len(s))] for k, s in enumerate(in_shapes)
+        [("c", 1) if d == 1 else ("s", (k, j)) for j, d in enumerate(s)]
+        for k, s in enumerate(in_shapes)
     ]
     size = {("s", (k, j)): d for k, s in enumerate(in_shapes) for j, d in enumerate(s)}
 

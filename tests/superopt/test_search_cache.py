@@ -36,7 +36,7 @@ _CLI = ["superopt", "run", "--program", "rmsnorm_linear", "--batch", "1", "--sca
 def fresh():
     """A search without a cache: what every faulty-cache run must return."""
     res = search(_PROG.graph, config=_CFG, name="rmsnorm_linear")
-    assert res.best.label == "search"  # so a cost mix-up would change `best`
+    assert res.best.label != "xla"  # so a cost mix-up would change `best`
     return res
 
 
