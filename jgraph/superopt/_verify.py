@@ -12,10 +12,28 @@ conjecture). silu/gelu/relu/pow/max are keyed random functions, so equalities
 that need their real meaning are not provable (they fail, never pass wrongly).
 
 Survivors then face a float screen: the candidate at float32 and at float16
-(float32 accumulation) against the float64 reference on normal inputs; it must
-stay finite wherever the reference program at that precision does, and its
-error may not exceed ``4×`` the reference program's error at that precision
-plus a floor. This rejects numerically unstable rewrites.
+(float32 accumulation) against the float64 reference, on standard-normal inputs
+and on the same inputs times each further `SCREEN_SCALES` entry (8). At each
+(scale, precision) where the reference program at that precision is finite, the
+candidate must be finite too, and its error may not exceed ``4×`` the reference
+program's error there plus a floor; a scale at which the float64 reference itself
+overflows imposes nothing. This rejects numerically unstable rewrites.
+
+Max subtraction and online softmax. The field test cannot evaluate ``max``: a row
+max (``reduce_max``, ``accum_max``, the running max of ``accum_rescale``) is a keyed
+random function ``m``, and ``exp`` is a homomorphism, so ``exp(x - m) =
+exp(x)·exp(-m)`` and a subtracted max cancels exactly in every softmax ratio, as
+does the online rescaling ``exp(M - M')``. The field test therefore proves
+``softmax(x - m) = softmax(x)`` for *any* ``m``: it accepts a correct safe or
+online softmax, rejects a wrong rescaling (a shift that does not cancel), and
+cannot tell a safe variant from an unsafe one (no max subtraction); both pass it.
+The float screen decides that: at input scale 8 the unshifted exp overflows
+float16 (``exp(x) > 65504`` once ``x > 11.1``, i.e. the inputs' max exceeds
+1.4 standard deviations) and, for scores made by a matmul of two scaled operands
+(64× larger), float32 too, while the safe reference stays finite; so an unsafe
+candidate for a program that had the max subtraction fails with "overflow at input
+scale 8". Conversely a program without max subtraction (Mirage's GQA) overflows
+itself at that scale, which then imposes nothing.
 """
 
 from __future__ import annotations
@@ -45,6 +63,14 @@ from jgraph.superopt._ring import (
 __all__ = ["Verdict", "Verifier", "VerifyConfig", "check_verifier_memory", "verifier_bytes"]
 
 log = logging.getLogger(__name__)
+
+# 8, not 16 or 32: large enough that an unshifted exp overflows float16 (see the
+# module docstring), small enough that a plain matmul of two scaled operands (64×)
+# stays finite in float16 at the spec's sizes: with K = 4096 its max is about 64·300.
+# At 16 (256×) x·W overflows float16 for rmsnorm_linear at batch 8, so an equal
+# candidate that divides by the norm after an unfused matmul would be rejected.
+SCREEN_SCALES: tuple[float, ...] = (1.0, 8.0)
+"""The float screen's input scales: each multiplies the same standard-normal inputs."""
 
 
 PrimeSet = Literal["large", "mirage"]
@@ -101,9 +127,10 @@ def verifier_bytes(reference: KernelGraph, config: VerifyConfig | None = None) -
     """About how much memory a `Verifier` of ``reference`` needs at its peak (setup and a check).
 
     Each field test keeps its inputs and outputs as two int64 residues (16 bytes an
-    element, ``tests`` times), the float screen keeps float64 inputs and outputs
-    (8 bytes), and one evaluation holds every tensor of the program in the field and
-    in float64 (16 + 8 bytes). Measured peak RSS was 18-27% below this on
+    element, ``tests`` times), the float screen keeps float64 inputs (8 bytes), a
+    scaled copy of them while it runs (8) and float64 outputs per scale (8 each), and
+    one evaluation holds every tensor of the program in the field and in float64
+    (16 + 8 bytes). Measured peak RSS was 18-25% below this on
     rmsnorm_linear (batch 8), gqa (batch 8) and ntrans (batch 64).
     Shapes only: nothing is allocated, so an oversized program is refused in microseconds.
 
@@ -114,10 +141,11 @@ def verifier_bytes(reference: KernelGraph, config: VerifyConfig | None = None) -
     """
     config = config or VerifyConfig()
     shapes = reference.validate().shapes
-    io = [*range(len(reference.inputs)), *reference.outputs]
-    n_io = sum(math.prod(shapes[t]) for t in io)
+    n_in = sum(math.prod(shapes[t]) for t in range(len(reference.inputs)))
+    n_out = sum(math.prod(shapes[t]) for t in reference.outputs)
     n_all = sum(math.prod(s) for s in shapes)
-    return (16 * config.tests + 8) * n_io + 24 * n_all
+    n_scales = len(SCREEN_SCALES)
+    return 16 * config.tests * (n_in + n_out) + 16 * n_in + 8 * n_scales * n_out + 24 * n_all
 
 
 def check_verifier_memory(reference: KernelGraph, config: VerifyConfig) -> None:
@@ -180,8 +208,18 @@ class Verifier:
                 self._tests.append((ring, ins, outs))
                 break
         self._float_inputs = [rng.standard_normal(s) for s in in_shapes]
-        self._float_ref = evaluate(reference, self._float_inputs, FloatRing())
-        self._ref_err: dict[str, tuple[float, bool]] = {}
+        # (scale, float64 reference outputs at that scale); the scaled inputs are
+        # made again at each check rather than kept (the interpreter's run dwarfs it).
+        # A scale at which the float64 reference itself overflows imposes nothing:
+        # there is no finite truth to hold a candidate to.
+        self._screens: list[tuple[float, list[np.ndarray]]] = []
+        for scale in SCREEN_SCALES:
+            ref = evaluate(reference, [x * scale for x in self._float_inputs], FloatRing())
+            if all(bool(np.all(np.isfinite(r))) for r in ref):
+                self._screens.append((scale, ref))
+            else:
+                log.debug("the float64 reference overflows at input scale %g: not screened", scale)
+        self._ref_err: dict[tuple[float, str], tuple[float, bool]] = {}
         # about what one check costs (the reference's own fingerprints and float run)
         self.setup_seconds = time.perf_counter() - start
 
@@ -218,28 +256,38 @@ class Verifier:
         return Verdict(ok=True, stage="field", permutation=perms[0])
 
     def _screen(self, cand: KernelGraph, perm: tuple[int, ...]) -> Verdict:
-        screens: tuple[tuple[Literal["float32", "float16"], FloatRing], ...] = (
+        precisions: tuple[tuple[Literal["float32", "float16"], FloatRing], ...] = (
             ("float32", FloatRing(np.float32, np.float32)),
             ("float16", FloatRing(np.float16, np.float32)),
         )
-        for name, ring in screens:
-            ins = [ring.from_numpy(x) for x in self._float_inputs]
-            if name not in self._ref_err:
-                ref = evaluate(self.reference, ins, ring)
-                errs = [_rel_err(a, b) for a, b in zip(ref, self._float_ref, strict=True)]
-                finite = all(bool(np.all(np.isfinite(a))) for a in ref)
-                self._ref_err[name] = (max(errs), finite)
-            ref_err, ref_finite = self._ref_err[name]
-            outs = evaluate(cand, ins, ring)
-            outs = [outs[perm[i]] for i in range(len(self._float_ref))]
-            if ref_finite and not all(bool(np.all(np.isfinite(o))) for o in outs):
-                return Verdict(ok=False, stage=name, reason="overflow (non-finite outputs)")
-            err = max(_rel_err(a, b) for a, b in zip(outs, self._float_ref, strict=True))
-            floor = 1e-5 if name == "float32" else 1e-2
-            if ref_finite and not err <= 4 * ref_err + floor:
-                return Verdict(
-                    ok=False, stage=name, reason=f"error {err:.3g} vs reference {ref_err:.3g}"
-                )
+        for scale, want in self._screens:
+            for name, ring in precisions:
+                ins = [ring.from_numpy(x * scale) for x in self._float_inputs]
+                if (scale, name) not in self._ref_err:
+                    ref = evaluate(self.reference, ins, ring)
+                    errs = [_rel_err(a, b) for a, b in zip(ref, want, strict=True)]
+                    finite = all(bool(np.all(np.isfinite(a))) for a in ref)
+                    self._ref_err[scale, name] = (max(errs), finite)
+                ref_err, ref_finite = self._ref_err[scale, name]
+                if not ref_finite:  # nothing to hold the candidate to at this precision
+                    continue
+                outs = evaluate(cand, ins, ring)
+                outs = [outs[perm[i]] for i in range(len(want))]
+                if not all(bool(np.all(np.isfinite(o))) for o in outs):
+                    return Verdict(
+                        ok=False,
+                        stage=name,
+                        reason=f"overflow at input scale {scale:g} (non-finite outputs)",
+                    )
+                err = max(_rel_err(a, b) for a, b in zip(outs, want, strict=True))
+                floor = 1e-5 if name == "float32" else 1e-2
+                if not err <= 4 * ref_err + floor:
+                    return Verdict(
+                        ok=False,
+                        stage=name,
+                        reason=f"error {err:.3g} vs reference {ref_err:.3g} "
+                        f"at input scale {scale:g}",
+                    )
         return Verdict(ok=True, stage="passed", permutation=perm)
 
     def check(self, cand: KernelGraph) -> Verdict:

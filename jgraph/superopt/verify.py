@@ -2,10 +2,12 @@
 
 `Verifier` runs random tests over finite fields (`ModRing`, primes from `safe_prime_pairs`)
 through the exact block schedule, then a float32/float16 screen against the float64
-interpreter (`FloatRing`), and returns a `Verdict` (a program whose verification would
-need more than `VerifyConfig.max_memory_gib`, `verifier_bytes`, is refused up front); `Oracle` is the abstract-expression
-(e-graph) pruning check; `mutants` builds the wrong-μGraph corpus the false-positive
-benchmark uses.
+interpreter (`FloatRing`) at two input scales (the larger one rejects a softmax without
+max subtraction, which the field tests cannot tell from a safe one), and returns a
+`Verdict` (a program whose verification would need more than
+`VerifyConfig.max_memory_gib`, `verifier_bytes`, is refused up front); `Oracle` is the
+abstract-expression (e-graph) pruning check; `mutants` builds the wrong-μGraph corpus
+the false-positive benchmark uses.
 """
 
 from jgraph.superopt._absexpr import Oracle as Oracle
