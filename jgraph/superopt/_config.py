@@ -72,8 +72,11 @@ class SearchConfig:
             whole-region and segment kernels built from the program's own ops,
             with loops over reduced dimensions, row-factor hoisting and the online
             softmax; they reach fused kernels for captured layer code (norms,
-            softmax, attention) that the op-by-op enumeration does not. ``False``
-            measures the enumeration alone (the rediscovery benchmark).
+            softmax, attention) that the op-by-op enumeration does not. They get
+            up to half of ``time_limit_s``; the enumeration the rest, and it is
+            skipped when a fusion candidate verified and the program has more ops
+            than ``max_block_ops`` (its set-up alone overruns the limit there).
+            ``False`` measures the enumeration alone (the rediscovery benchmark).
         verify: the verifier's settings.
     """
 

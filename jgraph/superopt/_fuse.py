@@ -297,9 +297,21 @@ def fused_graphs(
     n_in = len(ref.inputs)
     in_shapes = [tuple(s.shape) for s in ref.inputs]
     for move in fusion_moves(ref):
+        loop_dim = None
+        if move.loop is not None:
+            loop_dim = next(
+                ((k, cls.index(move.loop)) for k, cls in enumerate(move.in_classes) if move.loop in cls),
+                None,
+            )  # fmt: skip
+            if loop_dim is None:
+                continue
+
+        def split_ok(k: int, j: int, move: FusionMove = move) -> bool:
+            return move.in_classes[k][j] not in move.reduced
+
         for block in schedules(
             in_shapes, move.ops, move.sinks, smem_budget=smem_budget,
-            sizes_per_mapping=sizes_per_mapping, maps=maps,
+            sizes_per_mapping=sizes_per_mapping, maps=maps, split_ok=split_ok, loop_dim=loop_dim, small_tiles=True,
         ):  # fmt: skip
             if not _fits_move(block, move):
                 continue

@@ -83,11 +83,25 @@ def _assemble(ref: KernelGraph, fused: Sequence[Fused]) -> KernelGraph:
     return KernelGraph(ref.inputs, tuple(ops), tuple(remap[t] for t in ref.outputs))
 
 
+def _worth_fusing(ops: Sequence[KernelOp]) -> bool:
+    """Whether fusing ``ops`` can beat XLA's own fusion in the cost model.
+
+    XLA already fuses element-wise chains and a matmul's element-wise epilogue; a
+    run gains only if it joins a reduction (a norm or softmax statistic) with what
+    reads it, or two matmuls.
+    """
+    kinds = [op.kind for op in ops]
+    return (
+        any(k in ("reduce_sum", "reduce_max", "rms_norm") for k in kinds)
+        or kinds.count("matmul") > 1
+    )
+
+
 def _best_kernels(
     sub: KernelGraph, config: SearchConfig, cost: CostModel, deadline: float, keep: int
 ) -> list[KernelOp]:
     """The ``keep`` cheapest single-kernel schedules of ``sub`` (unverified)."""
-    scored: list[tuple[float, int, KernelOp]] = []
+    scored: list[tuple[tuple[float, int, int], int, KernelOp]] = []
     want = [sub.shapes[o] for o in sub.outputs]
     for _name, g in fused_graphs(
         sub, smem_budget=config.smem_budget, sizes_per_mapping=config.sizes_per_mapping,
@@ -96,7 +110,9 @@ def _best_kernels(
         try:
             if [g.shapes[o] for o in g.outputs] != want:
                 continue  # a saver that concatenates partials: not this segment's outputs
-            scored.append((cost(g).estimated_us, len(scored), g.ops[0]))
+            c = cost(g)
+            # ties (a memory-bound kernel) go to fewer FLOPs, then less shared memory
+            scored.append(((c.estimated_us, c.flops, c.smem_bytes), len(scored), g.ops[0]))
         except ShapeError:
             continue
         if time.perf_counter() > deadline:
@@ -137,6 +153,8 @@ def fusion_candidates(
             for j in range(i + 2, n_ops + 1):
                 if taken.intersection(range(i, j)) or time.perf_counter() > deadline:
                     break
+                if not _worth_fusing(reference.ops[i:j]):
+                    continue
                 if (i, j) not in sub_cache:
                     sub, ext, outs = _segment(reference, i, j)
                     sub_cache[(i, j)] = (_best_kernels(sub, config, cost, deadline, 1), ext, outs)
@@ -154,7 +172,12 @@ def fusion_candidates(
     found: list[Candidate] = []
     first_s = None
     limit = 1.5 * cost(reference).estimated_us  # as the enumeration: never the answer above
-    for g in sorted(set(tried), key=lambda g: cost(g).estimated_us):
+
+    def order(g: KernelGraph) -> tuple[float, int, int]:
+        c = cost(g)
+        return (c.estimated_us, c.flops, c.smem_bytes)
+
+    for g in sorted(set(tried), key=order):
         if len(found) >= _KEEP or time.perf_counter() > deadline or cost(g).estimated_us > limit:
             break
         verdict = verifier.check(g)

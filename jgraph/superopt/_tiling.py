@@ -24,8 +24,8 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -303,8 +303,20 @@ def schedules(
     sizes_per_mapping: int = 2,
     maps: MapMode = "derived",
     dtype_bytes: int = 2,
+    split_ok: Callable[[int, int], bool] | None = None,
+    loop_dim: tuple[int, int] | Literal["any"] | None = "any",
+    small_tiles: bool = False,
 ) -> Iterator[BlockGraph]:
-    """Yields complete block graphs (structure + schedule) for one structure."""
+    """Yields complete block graphs (structure + schedule) for one structure.
+
+    ``split_ok(k, j)`` (optional) says whether dim ``j`` of input ``k`` may be split
+    over the grid (a class is split only if all its input dims may be); ``loop_dim``
+    fixes the for-loop to the class of that input dim (None: no loop), instead of
+    trying every class ("any"). The fusion moves use both to skip schedules they
+    would discard. ``small_tiles``: dims no matmul reads may always be cut down to
+    one element (not only when nothing else fits), so a row-wise kernel on 128 rows
+    can run 128 blocks instead of 8.
+    """
     sym = _symbolic(in_shapes, ops)
     if sym is None:
         return
@@ -320,11 +332,19 @@ def schedules(
     in_classes = [[cls_of[(k, j)] for j in range(len(s))] for k, s in enumerate(in_shapes)]
     tensor_dims = [[uf.find(t) if t[0] == "s" else t for t in ds] for ds in dims]
     n_in = len(in_shapes)
+    splittable = set(classes)
+    if split_ok is not None:
+        splittable = {cls_of[kj] for kj in cls_of if kj} - {
+            cls_of[(k, j)] for (k, j) in cls_of if not split_ok(k, j)
+        }
+    f_opts = [None, *classes]
+    if loop_dim != "any":
+        f_opts = [None if loop_dim is None else cls_of[loop_dim]]
     for n_axes in range(0, 4):
         for axis_classes in itertools.combinations(classes, n_axes):
-            if any(size[c] < 2 for c in axis_classes):
+            if any(size[c] < 2 or c not in splittable for c in axis_classes):
                 continue
-            for fcls in [None, *classes]:
+            for fcls in f_opts:
                 if fcls is not None and size[fcls] < 2:
                     continue
                 yield from _sized(
@@ -341,6 +361,7 @@ def schedules(
                     sizes_per_mapping,
                     maps,
                     dtype_bytes,
+                    small_tiles,
                 )
 
 
@@ -358,6 +379,7 @@ def _sized(
     keep: int,
     maps: str,
     dtype_bytes: int,
+    small_tiles: bool = False,
 ) -> Iterator[BlockGraph]:
     imaps = []
     for cl in in_classes:
@@ -372,7 +394,11 @@ def _sized(
     fmaps = [cl.index(fcls) if fcls in cl else -1 for cl in in_classes]
     if fcls is not None and all(f == -1 for f in fmaps):
         return
-    grid_opts = tuple(_grid_sizes(size[c], maps) for c in axis_classes)
+    mm = {d for op in ops if op.kind == "matmul" for t in op.inputs for d in tensor_dims[t]}
+    grid_opts = tuple(
+        _grid_sizes(size[c], maps, small_tiles and maps != "mirage" and c not in mm)
+        for c in axis_classes
+    )
     reps = tuple(
         tuple(a for a, c in enumerate(axis_classes) if c not in in_classes[k]) for k in range(n_in)
     )
@@ -404,7 +430,6 @@ def _sized(
         # Fallback, tried only when no size with >= 16-element tiles fits: dims no
         # matmul reads (rows of an element-wise or norm kernel) may be split down to
         # one element, e.g. nTrans's (64, 4096) rows: 3 fp16 inputs need <= 4 rows.
-        mm = {d for op in ops if op.kind == "matmul" for t in op.inputs for d in tensor_dims[t]}
         small = tuple(_grid_sizes(size[c], maps, c not in mm) for c in axis_classes)
         if small != grid_opts:
             scored = fitting(_grid_ranking(sizes, reps, small, False))

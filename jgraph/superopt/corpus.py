@@ -157,6 +157,20 @@ def _build(name: str, rows: int, hidden: int) -> Example:
     if name == "causal_attention":
         ex = with_w(lambda q, k, v: _attention(q, k, v, True), (rows, h), (rows, h))
         return dataclasses.replace(ex, xla_ops=("transpose", "select_n"))
+    if name == "multihead_attention":
+        # (heads, seq, 64) per-head attention with max subtraction, heads = hidden / 64
+        heads, d = max(h // 64, 1), min(h, 64)
+
+        def mha(q: Any, k: Any, v: Any) -> Any:
+            s = q @ jnp.swapaxes(k, -1, -2) * (1.0 / math.sqrt(d))
+            e = jnp.exp(s - s.max(-1, keepdims=True))
+            return (e / e.sum(-1, keepdims=True)) @ v
+
+        shape = (heads, rows, d)
+        return Example(
+            name=name, fn=mha, args=lambda seed: _normal(seed, shape, shape, shape),
+            xla_ops=("transpose",),
+        )  # fmt: skip
     if name == "gelu_mlp_tanh":
         return closed(lambda x: mlp_gelu(x, True))
     if name == "gelu_mlp_exact":
@@ -191,6 +205,7 @@ NAMES: tuple[str, ...] = (
     "safe_softmax",
     "attention",
     "causal_attention",
+    "multihead_attention",
     "gelu_mlp_tanh",
     "gelu_mlp_exact",
     "swiglu_bias",
