@@ -108,12 +108,16 @@ def summary(rows: list[dict[str, Any]]) -> str:
     ok = [r for r in rows if r["status"] == "ok"]
     fused = [r for r in ok if r["fused"]]
     better = [r for r in fused if r["model_x"] > 1.0]
+    clear = [r for r in fused if r["model_x"] >= 1.01]  # a rounding-size win is not a win
+    firsts = [r["first_fused_s"] for r in fused if r["first_fused_s"] is not None]
     refused = sum(r["status"] == "refused" for r in rows)
     failed = len(rows) - len(ok) - refused
+    slowest = f"; slowest first fused candidate {max(firsts):.1f} s" if firsts else ""
     return (
         f"{len(fused)} of {len(rows)} program runs got a fused kernel "
-        f"({len(better)} with a better analytic cost than XLA); {len(ok)} accepted, "
-        f"{refused} refused, {failed} failed (killed, timeout or error)"
+        f"({len(better)} with a better analytic cost than XLA, {len(clear)} by at least 1%); "
+        f"{len(ok)} accepted, {refused} refused, {failed} failed (killed, timeout or error)"
+        f"{slowest}"
     )
 
 
@@ -122,7 +126,7 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="tiny sizes, under a minute")
     p.add_argument("--out", default=None, help="JSON results path")
     p.add_argument("--time-limit", type=float, default=20.0, help="seconds per region search")
-    p.add_argument("--sizes", default="16x512,128x2048", help="comma-separated ROWSxHIDDEN")
+    p.add_argument("--sizes", default="16x512,128x1024,64x4096", help="comma-separated ROWSxHIDDEN")
     p.add_argument("--programs", default="", help="comma-separated subset of the corpus")
     p.add_argument("--kernel-ops", type=int, default=3, help="max kernel ops (full runs)")
     p.add_argument("--max-memory-gib", type=float, default=8.0, help="address space per program")

@@ -62,7 +62,7 @@ def search(
         >>> prog = get_program("rmsnorm_linear", scale=16)
         >>> res = search(prog.graph, config=SearchConfig(time_limit_s=60, max_kernel_ops=1))
         >>> res.best.label, res.best.graph.ops[0].kind
-        ('search', 'customized')
+        ('fusion', 'customized')
     """
     config = config or SearchConfig()
     reference = reference.validate()
