@@ -12,9 +12,10 @@ moves construct whole-region kernels directly, from the dataflow of the referenc
   row): ops reading ``c`` run per iteration, the op that removes ``c`` (a matmul
   contraction, ``reduce_sum``) is followed by ``accum_sum``, and everything after runs
   after the loop. A loop-invariant tensor used after the loop (a bias, an epsilon)
-  is carried over as ``accum_sum(x · 1/F)`` (exact: ``F`` is a power of two).
+  is carried over as ``accum_sum(x · 1/F)`` (x in real arithmetic; a few float32 ulps
+  when accumulated, which the float screen checks like any other rounding).
   A ``reduce_max`` over ``c`` whose exponentials are only summed or contracted
-  becomes the online-softmax accumulator (`jgraph.superopt._online`);
+  becomes the online-softmax accumulator (see `_looped`);
 * **rewrites that enable the loop** (`jgraph.superopt._rewrite`): per-row factors
   move past the matmul that contracts the row (``(x·r)@W = (x@W)·r``), so RMSNorm +
   Linear can loop over the hidden dimension.
