@@ -91,6 +91,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also explore ops that read only already-read tensors (the full space)",
     )
     run_p.add_argument(
+        "--no-fusion",
+        action="store_true",
+        help="skip the fusion moves (whole-region/segment kernels): the enumeration alone",
+    )
+    run_p.add_argument(
         "--out", type=output_dir, default=None, help="folder for the PNG, text and JSON"
     )
     run_p.add_argument(
@@ -117,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     config = SearchConfig(
         **{k: v for k, v in given.items() if v is not None},
         require_live_operand=not args.no_live_operand_rule,
+        fusion=not args.no_fusion,
         verify=verify,
     )
     prog = get_program(args.program, batch=args.batch, scale=args.scale)

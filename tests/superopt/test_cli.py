@@ -104,6 +104,11 @@ def test_given_flags_reach_the_search_config(monkeypatch):
     assert got == want != SearchConfig()
 
 
+def test_no_fusion_reaches_the_search_config(monkeypatch):
+    assert _config_of(monkeypatch, "--no-fusion") == SearchConfig(fusion=False)
+    assert SearchConfig().fusion
+
+
 def test_vocabularies_have_one_source_in_the_library():
     hints = typing.get_type_hints(SearchConfig)
     assert typing.get_args(hints["backend"]) == BACKENDS == tuple(SMEM_BUDGET)
