@@ -33,7 +33,7 @@ from typing import Any
 
 from jgraph.superopt._ir import BlockGraph, KernelGraph, KernelOp, Op, make_attrs
 from jgraph.superopt._ops import BINARY, BLOCK_OPS, UNARY
-from jgraph.superopt._tiling import schedules
+from jgraph.superopt._tiling import _UF, schedules
 
 __all__ = ["FusionMove", "dim_classes", "fusion_moves"]
 
@@ -51,23 +51,6 @@ class FusionMove:
     loop: int | None  # the loop's dimension class (None: frange 1)
     in_classes: tuple[tuple[int, ...], ...]  # per block input: each dim's class (-1: size 1)
     reduced: frozenset[int]  # classes the grid may not split
-
-
-class _UF:
-    def __init__(self) -> None:
-        self.parent: dict[Any, Any] = {}
-
-    def find(self, x: Any) -> Any:
-        self.parent.setdefault(x, x)
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, a: Any, b: Any) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
 
 
 def dim_classes(
