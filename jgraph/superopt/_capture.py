@@ -10,7 +10,9 @@ keepdims statistics, ``[:, None]``, squeezes and transposes that only move
 size-1 dims are relabelings, never ops.
 
 Constants (literals, closed-over arrays, anything computed from them alone,
-which is folded here) become constant inputs of the region or ``mul_scalar``.
+which is folded here up to `FOLD_LIMIT` elements: iota, comparisons, a ``tril`` mask)
+become constant inputs of the region or ``mul_scalar``; ``select_n`` on a folded
+predicate is arithmetic with constant masks (`jgraph.superopt._capture_select`).
 An equation the IR cannot express (``cumsum``, ``sort``, ``erf``, a real
 transpose, a reshape that merges dims, a matmul whose batch dims differ...)
 becomes an XLA step: values it reads are region outputs, what it writes starts
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from typing import Any
 
 import numpy as np
@@ -28,7 +31,7 @@ import numpy as np
 from jgraph.superopt._capture_expr import Emitter, emit
 from jgraph.superopt._region import Region, RTensor, Src, const_dtype
 
-__all__ = ["Capture", "UnsupportedError", "Val"]
+__all__ = ["FOLD_LIMIT", "Capture", "UnsupportedError", "Val"]
 
 _FLOATS = {"float16": "float16", "bfloat16": "bfloat16", "float32": "float32", "float64": "float32"}
 _INLINE = (
@@ -36,6 +39,14 @@ _INLINE = (
     "custom_vjp_call_jaxpr", "remat", "checkpoint",
 )  # fmt: skip
 _IDENTITY = ("copy", "copy_p", "stop_gradient", "optimization_barrier", "reduce_precision")
+# The most elements (16M) a folded constant may have: folding runs the equation eagerly
+# and its result becomes a kernel input, so a bigger constant-only computation (an iota
+# the size of a long-context mask) goes to the rules instead, as an XLA step mostly.
+FOLD_LIMIT = 1 << 24
+
+
+def _small(eqn: Any) -> bool:
+    return all(math.prod(getattr(o.aval, "shape", ())) <= FOLD_LIMIT for o in eqn.outvars)
 
 
 class UnsupportedError(Exception):
@@ -208,7 +219,7 @@ class Capture(Emitter):
                 if key in eqn.params:
                     sub = eqn.params[key]
                     return self.run(getattr(sub, "jaxpr", sub), ins, getattr(sub, "consts", ()))
-        if all(v.const is not None for v in ins) and not eqn.effects:
+        if all(v.const is not None for v in ins) and not eqn.effects and _small(eqn):
             return [self.constant(o) for o in self.bind(eqn, [v.const for v in ins])]
         try:
             return rule(self, eqn, ins)

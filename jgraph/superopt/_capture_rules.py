@@ -17,6 +17,7 @@ from jgraph.superopt._capture import (
     _assign,
 )
 from jgraph.superopt._capture_expr import EXPR_BINARY, EXPR_UNARY
+from jgraph.superopt._capture_select import select_constant
 
 __all__ = ["rule"]
 
@@ -163,7 +164,9 @@ def rule(cap: Capture, eqn: Any, ins: list[Val]) -> list[Val]:
         return _dot(cap, eqn, *ins)
     if name == "select_n":
         pred = _scalar(ins[0])
-        if pred is None:
-            raise UnsupportedError("select_n on a computed predicate")
-        return [ins[1 + int(pred)]]
+        if pred is not None:
+            return [ins[1 + int(pred)]]
+        if ins[0].const is None:
+            raise UnsupportedError("select_n on a predicate known only at run time")
+        return select_constant(cap, ins[0].const, ins[1:], out_shape)
     raise UnsupportedError("no μGraph op for it")

@@ -156,7 +156,7 @@ def _build(name: str, rows: int, hidden: int) -> Example:
         return dataclasses.replace(ex, xla_ops=("transpose",))
     if name == "causal_attention":
         ex = with_w(lambda q, k, v: _attention(q, k, v, True), (rows, h), (rows, h))
-        return dataclasses.replace(ex, xla_ops=("transpose", "select_n"))
+        return dataclasses.replace(ex, xla_ops=("transpose",))
     if name == "multihead_attention":
         # (heads, seq, 64) per-head attention with max subtraction, heads = hidden / 64
         heads, d = max(h // 64, 1), min(h, 64)
