@@ -2,7 +2,8 @@
 
 An abstract expression forgets element positions and keeps which inputs are
 combined by which operators and how many terms each sum has: ``("var", i)``,
-``("add"|"mul"|"div"|"pow", a, b)``, ``("exp"|"sqrt"|"silu"|"gelu"|"relu"|"neg"|"scale"|"sq", a)``,
+``("add"|"mul"|"div"|"pow", a, b)``,
+``("exp"|"sqrt"|"silu"|"gelu"|"gelu_exact"|"relu"|"neg"|"scale"|"sq", a)``,
 ``("sum"|"rms"|"max", n, a)``. Tiling is invisible; a matmul over a tile with
 contraction ``k`` is ``sum(k, mul(a, b))`` and an accumulator over ``F``
 iterations wraps its input in ``sum(F, ·)``.
@@ -187,10 +188,8 @@ class Oracle:
         @function
         def smax(n: i64Like, a: T) -> T: ...
 
-        self._unary_ids = {
-            k: i
-            for i, k in enumerate(("exp", "sqrt", "silu", "gelu", "relu", "neg", "scale", "sq"))
-        }
+        unary = ("exp", "sqrt", "silu", "gelu", "relu", "neg", "scale", "sq", "gelu_exact")
+        self._unary_ids = {k: i for i, k in enumerate(unary)}
         self._T, self._fns = T, {"add": add, "mul": mul, "div": div, "pow": powf, "concat": concat}
         self._un, self._sum, self._rms, self._max = un, ssum, rms, smax
         a, b, c = vars_("a b c", T)

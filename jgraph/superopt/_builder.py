@@ -101,6 +101,7 @@ class _Ops:
     rsqrt = _unary("rsqrt")
     silu = _unary("silu")
     gelu = _unary("gelu")
+    gelu_exact = _unary("gelu_exact")
     relu = _unary("relu")
     add = _binary("add")
     sub = _binary("sub")

@@ -14,11 +14,12 @@ __all__ = ["HEAD_OF", "RANK", "canonical_key", "enumerate_dags", "expr_heads", "
 _ALL_KINDS = (
     "matmul", "exp", "sqrt", "silu", "gelu", "relu", "add", "mul", "div", "pow", "rms_norm",
     "reduce_sum", "reduce_max", "accum_sum", "accum_sum_ld", "accum_rms_ld", "accum_redtox_ld",
-    "accum_max", "accum_rescale", "customized", "square",
+    "accum_max", "accum_rescale", "customized", "square", "gelu_exact",
 )  # fmt: skip
 RANK = {k: i for i, k in enumerate(_ALL_KINDS)}
 HEAD_OF = {"exp": "exp", "sqrt": "sqrt", "silu": "silu", "gelu": "gelu", "relu": "relu",
-            "add": "add", "mul": "mul", "div": "div", "pow": "pow", "square": "sq"}  # fmt: skip
+            "add": "add", "mul": "mul", "div": "div", "pow": "pow", "square": "sq",
+            "gelu_exact": "gelu_exact"}  # fmt: skip
 
 
 def canonical_key(inputs: Sequence[int], kind: str, attrs: Any = ()) -> tuple[Any, ...]:

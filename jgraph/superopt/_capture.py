@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from jgraph.superopt._capture_expr import Emitter, emit
+from jgraph.superopt._capture_expr import Emitter, emit, lift
 from jgraph.superopt._region import Region, RTensor, Src, const_dtype
 
 __all__ = ["FOLD_LIMIT", "Capture", "UnsupportedError", "Val"]
@@ -51,6 +51,10 @@ def _small(eqn: Any) -> bool:
 
 class UnsupportedError(Exception):
     """An equation capture keeps as XLA; the message says why."""
+
+
+class _MovedError(Exception):
+    """A rule laid an operand, then another one's erfc became an XLA step (a new region)."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -182,22 +186,40 @@ class Capture(Emitter):
 
     def materialize(self, v: Val) -> Val:
         if v.materialized is None:
-            assert v.base is not None
+            src = v.base
+            assert src is not None
             assert v.expr is not None
-            base = self.lay(v.base)
-            t = emit(v.expr, base.t, self)
-            v.materialized = self.new_val(v.shape, v.dtype, lay=Lay(t, base.dims, base.shape))
+            tree = lift(v.expr, lambda child, eqn: self._xla_in_tree(src, child, eqn))
+            if tree[0] == "v":  # the tree was one XLA step's output
+                v.materialized = tree[1]
+            else:
+                base = self.lay(src)  # after the XLA steps: in the region they started
+                t = emit(tree, base.t, self)
+                v.materialized = self.new_val(v.shape, v.dtype, lay=Lay(t, base.dims, base.shape))
         return v.materialized
+
+    def _xla_in_tree(self, base: Val, child: tuple[Any, ...], eqn: Any) -> Val:
+        """The XLA step of an element-wise tree's ``eqn`` (an erfc no known op took in)."""
+        aval = eqn.invars[0].aval
+        arg = base
+        if child != ("x",):
+            arg = self.new_val(aval.shape, aval.dtype, base=base, expr=child)
+        return self.xla(eqn, [arg], "no μGraph op for it")[0]
 
     def tensor_val(self, like: Val, lay: Lay, shape: Any = None) -> Val:
         return self.new_val(lay.shape if shape is None else shape, like.dtype, lay=lay)
 
     # Emitter
     def op(self, kind: str, xs: list[Any], attrs: dict[str, Any] | None = None) -> Any:
+        if any(x.region != self.cur.index for x in xs):
+            raise _MovedError
         return self.cur.op(kind, xs, attrs)
 
     def const(self, value: float) -> Any:
         return self.lay(self.constant(np.asarray(value, np.float32))).t
+
+    def value(self, v: Any) -> Any:
+        return self.lay(v).t
 
     # -- the walk -----------------------------------------------------------------------
     def run(self, jaxpr: Any, args: list[Val], consts: Any = ()) -> list[Val]:
@@ -222,6 +244,13 @@ class Capture(Emitter):
         if all(v.const is not None for v in ins) and not eqn.effects and _small(eqn):
             return [self.constant(o) for o in self.bind(eqn, [v.const for v in ins])]
         try:
+            for _ in range(len(ins)):
+                try:
+                    return rule(self, eqn, ins)
+                except _MovedError:
+                    # laying an operand ran XLA steps; again, with those operands now
+                    # materialized (cached), so every operand is laid in the new region
+                    pass
             return rule(self, eqn, ins)
         except UnsupportedError as exc:
             return self.xla(eqn, ins, str(exc))

@@ -4,13 +4,20 @@ Capture does not emit ``x * logistic(x)`` or ``0.5·x·(1 + tanh(c·(x + 0.04471
 op by op: element-wise primitives whose other operand is a scalar constant or the
 same base tensor grow a tree over that base. When the value is needed the tree is
 compared numerically, on a grid of probe points, with the element-wise ops the IR
-has (silu, gelu in its tanh form, relu): a match becomes that one op, which the
-search and the kernels know. Otherwise the tree is emitted with IR ops: scalar
-constants become constant inputs (or ``mul_scalar``), ``logistic(z)`` is
+has (silu, gelu in its tanh form, gelu_exact, relu): a match becomes that one op,
+which the search and the kernels know. Otherwise the tree is emitted with IR ops:
+scalar constants become constant inputs (or ``mul_scalar``), ``logistic(z)`` is
 ``1 / (1 + exp(-z))``, ``tanh(z)`` is ``2·logistic(2z) - 1``, ``neg`` is
 ``mul_scalar(-1)`` and ``integer_pow`` a chain of ``square``/``mul``.
 
-Trees are tuples: ``("x",)`` the base, ``("c", value)`` a scalar, ``(op, *children)``.
+``erfc`` (`EXPR_IN_KNOWN`) has no IR op: it joins a tree only so that exact gelu
+(``0.5·x·erfc(-x/√2)``) can match ``gelu_exact``, also inside a larger tree and
+over an argument that is itself a subtree (``gelu(3·x + 1)``, see `_match`). An
+``erfc`` outside every match stays an XLA step: `lift` hands it to capture, which
+returns the step's output, a ``("v", value)`` leaf of the tree it then emits.
+
+Trees are tuples: ``("x",)`` the base, ``("c", value)`` a scalar, ``(op, *children)``,
+``("erfc", child, eqn)`` with the jaxpr equation an XLA step would run.
 """
 
 from __future__ import annotations
@@ -21,17 +28,28 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["EXPR_BINARY", "EXPR_UNARY", "Emitter", "emit", "evaluate_expr"]
+__all__ = ["EXPR_BINARY", "EXPR_IN_KNOWN", "EXPR_UNARY", "Emitter", "emit", "evaluate_expr", "lift"]
 
 EXPR_UNARY = frozenset({"neg", "exp", "logistic", "tanh", "sqrt", "rsqrt", "square"})
+# Kept symbolic only as part of a known op; elsewhere an XLA step (see `lift`).
+EXPR_IN_KNOWN = frozenset({"erfc"})
 EXPR_BINARY = frozenset({"add", "sub", "mul", "div", "pow"})
 Tree = tuple[Any, ...]
 
 _C = math.sqrt(2 / math.pi)
+_ERFC = np.frompyfunc(math.erfc, 1, 1)  # numpy has no erf; scipy is only a test dependency
+
+
+def _erfc(x: np.ndarray) -> np.ndarray:
+    return np.asarray(_ERFC(x), dtype=np.float64)
+
+
 _PROBE = np.concatenate([np.linspace(-8.0, 8.0, 161), [-30.0, -0.013, 0.007, 30.0]])
 _KNOWN: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "silu": lambda x: x / (1 + np.exp(-x)),
     "gelu": lambda x: 0.5 * x * (1 + np.tanh(_C * (x + 0.044715 * x**3))),
+    # jax.nn.gelu(approximate=False) writes it so; it differs from the tanh form by up to ~5e-4
+    "gelu_exact": lambda x: 0.5 * x * _erfc(-x / math.sqrt(2)),
     "relu": lambda x: np.maximum(x, 0.0),
 }
 
@@ -50,6 +68,7 @@ def evaluate_expr(tree: Tree, x: np.ndarray) -> np.ndarray:
             "exp": lambda v: np.exp(v[0]),
             "logistic": lambda v: 1 / (1 + np.exp(-v[0])),
             "tanh": lambda v: np.tanh(v[0]),
+            "erfc": lambda v: _erfc(v[0]),
             "sqrt": lambda v: np.sqrt(v[0]),
             "rsqrt": lambda v: 1 / np.sqrt(v[0]),
             "square": lambda v: v[0] ** 2,
@@ -63,8 +82,12 @@ def evaluate_expr(tree: Tree, x: np.ndarray) -> np.ndarray:
         }[op](vals)
 
 
+def _has(tree: Tree, ops: frozenset[str]) -> bool:
+    return tree[0] in ops or any(_has(a, ops) for a in tree[1:] if isinstance(a, tuple))
+
+
 def _known(tree: Tree) -> str | None:
-    if tree[0] in ("x", "c"):
+    if tree[0] in ("x", "c") or _has(tree, frozenset({"v"})):
         return None
     got = evaluate_expr(tree, _PROBE)
     for name, f in _KNOWN.items():
@@ -72,6 +95,46 @@ def _known(tree: Tree) -> str | None:
         # float32 literals (0.044714998…) differ from the exact constants by ~1e-8 relative
         if np.all(np.isfinite(got)) and np.allclose(got, want, rtol=1e-6, atol=1e-9):
             return name
+    return None
+
+
+def _subtrees(tree: Tree, out: list[Tree]) -> list[Tree]:
+    for a in tree[1:]:
+        if isinstance(a, tuple) and a[0] not in ("x", "c"):
+            if a not in out:
+                out.append(a)
+            _subtrees(a, out)
+    return out
+
+
+def _replace(tree: Tree, old: Tree, new: Tree) -> Tree:
+    if tree == old:
+        return new
+    return (tree[0], *(_replace(a, old, new) if isinstance(a, tuple) else a for a in tree[1:]))
+
+
+def _match(tree: Tree) -> tuple[str, Tree] | None:
+    """A known op and its argument ``s`` (a subtree) such that ``tree`` is ``op(s)``.
+
+    Other trees match only over the base itself (``s = x``). One with an erfc also
+    tries each subtree ``s`` through which all of its dependence on ``x`` goes
+    (``gelu(3·x)``), so that the erfc does not stay XLA: ``s`` is replaced by a fresh
+    variable and the rest compared on the probe grid, as over ``x``.
+    """
+    name = _known(tree)
+    if name is not None:
+        return name, ("x",)
+    if not _has(tree, EXPR_IN_KNOWN) or _has(tree, frozenset({"v"})):
+        return None
+    for s in _subtrees(tree, []):
+        if _has(s, EXPR_IN_KNOWN):
+            continue
+        rest = _replace(tree, s, ("s",))
+        if _has(rest, frozenset({"x"})):
+            continue
+        name = _known(_replace(rest, ("s",), ("x",)))
+        if name is not None:
+            return name, s
     return None
 
 
@@ -84,12 +147,30 @@ class Emitter:
     def const(self, value: float) -> Any:
         raise NotImplementedError
 
+    def value(self, v: Any) -> Any:
+        """A ``("v", v)`` leaf's tensor (see `lift`)."""
+        raise NotImplementedError
+
+
+def lift(tree: Tree, step: Callable[[Tree, Any], Any]) -> Tree:
+    """``tree`` with each ``erfc`` outside a known-op subtree replaced by ``("v", step(...))``.
+
+    ``step(child, eqn)`` runs the XLA step on the (already lifted) child and returns its
+    output; innermost ``erfc`` first. A tree without them is returned as is.
+    """
+    if not _has(tree, EXPR_IN_KNOWN) or _match(tree) is not None:
+        return tree
+    kids = tuple(lift(a, step) if isinstance(a, tuple) else a for a in tree[1:])
+    if tree[0] in EXPR_IN_KNOWN:
+        return ("v", step(kids[0], kids[1]))
+    return (tree[0], *kids)
+
 
 def emit(tree: Tree, base: Any, em: Emitter) -> Any:
     """Emits ``tree`` over region tensor ``base``; returns the result tensor."""
-    name = _known(tree)
-    if name is not None:
-        return em.op(name, [base])
+    m = _match(tree)
+    if m is not None:
+        return em.op(m[0], [_emit(m[1], base, em)])
     return _emit(tree, base, em)
 
 
@@ -103,6 +184,12 @@ def _emit(tree: Tree, base: Any, em: Emitter) -> Any:
         return base
     if op == "c":
         return em.const(float(args[0]))
+    if op == "v":
+        return em.value(args[0])
+    if _has(tree, EXPR_IN_KNOWN):  # a known op inside a larger tree (`lift` kept it)
+        m = _match(tree)
+        if m is not None:
+            return em.op(m[0], [_emit(m[1], base, em)])
     if op in ("add", "sub", "mul", "div", "pow"):
         a, b = args
         ca, cb = _const(a), _const(b)
@@ -124,7 +211,8 @@ def _emit(tree: Tree, base: Any, em: Emitter) -> Any:
         return em.op("sub", [em.op("mul_scalar", [s], {"scalar": 2.0}), em.const(1.0)])
     if op == "ipow":
         return _ipow(x, int(args[1]), em)
-    raise AssertionError(f"no emission rule for {op!r}")  # capture only builds the ops above
+    # capture only builds the ops above, and `lift` replaced every erfc outside a known op
+    raise AssertionError(f"no emission rule for {op!r}")
 
 
 def _logistic(x: Any, em: Emitter) -> Any:

@@ -16,7 +16,7 @@ from jgraph.superopt._capture import (
     Val,
     _assign,
 )
-from jgraph.superopt._capture_expr import EXPR_BINARY, EXPR_UNARY
+from jgraph.superopt._capture_expr import EXPR_BINARY, EXPR_IN_KNOWN, EXPR_UNARY
 from jgraph.superopt._capture_select import select_constant
 
 __all__ = ["rule"]
@@ -139,6 +139,9 @@ def rule(cap: Capture, eqn: Any, ins: list[Val]) -> list[Val]:
     if name in EXPR_UNARY:
         v = ins[0]
         return _pending(cap, v, _base(v), (name, _tree(v)))
+    if name in EXPR_IN_KNOWN:  # the eqn: an XLA step unless a known op takes it in
+        v = ins[0]
+        return _pending(cap, v, _base(v), (name, _tree(v), eqn))
     if name == "integer_pow":
         if p["y"] == 0:
             raise UnsupportedError("x**0")

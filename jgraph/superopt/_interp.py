@@ -57,7 +57,7 @@ def apply_op(
         return ring.sqrt(x)
     if kind == "rsqrt":
         return ring.div(_ones(ring, x), ring.sqrt(x))
-    if kind in ("silu", "gelu", "relu"):
+    if kind in ("silu", "gelu", "gelu_exact", "relu"):
         return ring.nonalg(kind, x)
     if kind == "mul_scalar":
         return ring.scale(x, scalar_of(attrs))

@@ -6,7 +6,8 @@ walks it (`jgraph.superopt._capture`): nested ``jit``/``pjit``,
 folded into constant inputs or ``mul_scalar``, rank changes that only move
 size-1 dims (biases, keepdims statistics) are relabelings, element-wise chains
 become IR ops (``x * logistic(x)`` is ``silu``, the tanh form of gelu is
-``gelu``, ``max(x, 0)`` is ``relu``, tanh and logistic are written with exp).
+``gelu``, the exact one (``erfc``) ``gelu_exact``, ``max(x, 0)`` is ``relu``, tanh
+and logistic are written with exp).
 Every operator the IR cannot express stays XLA: the program is split into
 regions around it, each region is searched, and the result runs the regions'
 μGraphs and the XLA operators in order (`SearchResult.stayed_xla` says which
@@ -69,6 +70,8 @@ def _capture(
         if a.dtype.name in ("float16", "bfloat16", "float32", "float64"):
             cap.lay(a)
     outs = cap.run(closed.jaxpr, args, closed.consts)
+    # pending element-wise trees now: one that is a lone erfc becomes an XLA step's output
+    outs = [cap.materialize(v) if v.expr is not None else v for v in outs]
     if not any(v.lay is not None or v.expr is not None for v in outs) and not any(
         r.ops for r in cap.regions
     ):

@@ -1,8 +1,9 @@
 """The arithmetic of μGraph ops on float32 JAX values, shared by kernel bodies and XLA ops.
 
 It mirrors the float interpreter (`jgraph.superopt._ring.FloatRing`) op for op, so
-a lowered kernel differs from the float64 reference only by float32 rounding and
-by reduction order. Matmuls are the exception that buys speed: with 16-bit
+a lowered kernel differs from the float64 reference only by float32 rounding, by
+reduction order and, for gelu_exact, by its erfc polynomial (`ERFC_POLY`, 1.2e-7
+relative). Matmuls are the exception that buys speed: with 16-bit
 storage both operands are cast to the storage dtype and multiplied with float32
 accumulation (tensor cores), as FlashAttention does with its probabilities.
 """
@@ -16,7 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jgraph.superopt._ops import scalar_of
+from jgraph.superopt._ops import ERFC_POLY, scalar_of
 
 __all__ = ["accumulate_step", "apply", "dot", "dot_dtype", "finalize", "init_accumulator"]
 
@@ -66,6 +67,8 @@ def apply(kind: str, xs: Sequence[jax.Array], attrs: dict[str, Any], dot_dtype: 
     if kind == "gelu":  # tanh form, as the interpreter and jax.nn.gelu(approximate=True)
         c = math.sqrt(2 / math.pi)
         return 0.5 * x * (1.0 + jnp.tanh(c * (x + 0.044715 * x * x * x)))
+    if kind == "gelu_exact":  # 0.5·x·(1 + erf(x/√2)), as jax.nn.gelu(approximate=False)
+        return 0.5 * x * _erfc(x * (-1 / math.sqrt(2)))
     if kind == "relu":
         return jnp.maximum(x, 0.0)
     if kind == "mul_scalar":
@@ -94,6 +97,17 @@ def apply(kind: str, xs: Sequence[jax.Array], attrs: dict[str, Any], dot_dtype: 
     if kind == "concat":
         return jnp.concatenate(list(xs), axis=attrs.get("dim", rank - 1) % rank)
     raise ValueError(f"the lowering has no op {kind!r}")
+
+
+def _erfc(z: jax.Array) -> jax.Array:
+    """erfc in float32 from `ERFC_POLY` (Pallas-Triton lowers no erf/erfc primitive)."""
+    a = jnp.abs(z)
+    t = 1.0 / (1.0 + 0.5 * a)
+    p = ERFC_POLY[-1] * t
+    for c in reversed(ERFC_POLY[1:-1]):
+        p = (c + p) * t
+    e = t * jnp.exp(ERFC_POLY[0] + p - a * a)
+    return jnp.where(z < 0.0, 2.0 - e, e)
 
 
 def init_accumulator(kind: str, shape: tuple[int, ...], max_shape: tuple[int, ...]) -> Any:

@@ -19,6 +19,7 @@ __all__ = [
     "BINARY",
     "BLOCK_OPS",
     "ELEMENTWISE",
+    "ERFC_POLY",
     "KERNEL_OPS",
     "NON_ALGEBRAIC",
     "UNARY",
@@ -28,12 +29,12 @@ __all__ = [
     "scalar_of",
 ]
 
-UNARY = ("exp", "square", "sqrt", "rsqrt", "silu", "gelu", "relu", "mul_scalar")
+UNARY = ("exp", "square", "sqrt", "rsqrt", "silu", "gelu", "gelu_exact", "relu", "mul_scalar")
 BINARY = ("add", "sub", "mul", "div", "pow")
 COMMUTATIVE = frozenset({"add", "mul"})
 ELEMENTWISE = frozenset(UNARY + BINARY)
 # Ops that have no exact meaning over a finite field: keyed random functions there.
-NON_ALGEBRAIC = frozenset({"silu", "gelu", "relu", "pow", "reduce_max", "accum_max"})
+NON_ALGEBRAIC = frozenset({"silu", "gelu", "gelu_exact", "relu", "pow", "reduce_max", "accum_max"})
 STRUCTURAL = ("matmul", "reduce_sum", "reduce_max", "rms_norm", "concat")
 # Accumulators turn a pre-loop tensor (one tile per for-loop iteration) into a
 # post-loop one. Their semantics are documented in `_interp.py`.
@@ -48,6 +49,16 @@ ACCUMULATORS = (
 )
 KERNEL_OPS = (*UNARY, *BINARY, *STRUCTURAL, "customized")
 BLOCK_OPS = (*UNARY, *BINARY, *STRUCTURAL, *ACCUMULATORS)
+
+
+# erfc(z) = t·exp(P(t) - z²) for z >= 0, t = 1/(1 + z/2), P's coefficients lowest degree
+# first (Numerical Recipes' erfcc: relative error < 1.2e-7 for every z >= 0), and
+# erfc(-z) = 2 - erfc(z). The kernels compute gelu_exact's 0.5·x·erfc(-x/√2) with it,
+# as jax.nn.gelu(approximate=False) does (Pallas-Triton has no erf or erfc).
+ERFC_POLY = (
+    -1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
+    0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277,
+)  # fmt: skip
 
 
 def scalar_of(attrs: Mapping[str, Any]) -> Fraction:

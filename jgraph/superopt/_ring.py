@@ -11,7 +11,7 @@ would do). `ModRing` is the verifier's arithmetic (spec §b.3): a value is a pai
   ``exp(a + b) = exp(a)·exp(b)`` holds exactly; ``⊥`` (``q is None``) marks "derived
   from exp", and an exp of such a value raises `NonLaxError`,
 * ``sqrt`` is the power map ``x^((m+1)/4)`` (multiplicative, hence rms_norm
-  rewrites hold), and silu/gelu/relu/pow/max are keyed random functions
+  rewrites hold), and silu/gelu/gelu_exact/relu/pow/max are keyed random functions
   (splitmix64), so no identity through them is provable but algebra around them is.
 
 Matmuls split the left operand's residues (< 2^27) into 14-bit limbs and multiply
@@ -43,6 +43,8 @@ __all__ = [
 ]
 
 MIRAGE_PRIMES = (167, 83)
+_RSQRT2 = 1 / math.sqrt(2)
+_ERFC = np.frompyfunc(math.erfc, 1, 1)
 
 
 class NonLaxError(ArithmeticError):
@@ -145,6 +147,8 @@ class FloatRing:
             if kind == "gelu":  # tanh form, as jax.nn.gelu(approximate=True)
                 c = math.sqrt(2 / math.pi)
                 return self._c(0.5 * x * (1 + xp.tanh(c * (x + 0.044715 * x**3))))
+            if kind == "gelu_exact":  # 0.5·x·(1 + erf(x/√2)), as jax.nn.gelu(approximate=False)
+                return self._c(0.5 * x * self._erfc(x * -_RSQRT2))
             if kind == "relu":
                 return self._c(xp.maximum(x, 0))
             if kind == "pow":
@@ -152,6 +156,16 @@ class FloatRing:
             if kind == "max":
                 return self._c(xp.maximum(x, xs[1]))
         raise ValueError(f"no float meaning for {kind!r}")
+
+    def _erfc(self, z: Any) -> Any:
+        # erfc(-x/√2), as jax.nn.gelu(approximate=False) writes it: no cancellation in
+        # 1 + erf(x/√2) for x << 0. numpy has no erf and scipy is only a test
+        # dependency, so numpy arrays go through math.erfc element by element.
+        if self.xp is np:
+            return np.asarray(_ERFC(z), dtype=np.result_type(z))
+        import jax  # here: `import jgraph.superopt` stays light
+
+        return jax.lax.erfc(z)
 
     def matmul(self, a: Any, b: Any) -> Any:
         return self._c(self.xp.matmul(a.astype(self.acc_dtype), b.astype(self.acc_dtype)))

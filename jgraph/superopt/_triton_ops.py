@@ -4,8 +4,8 @@ Each function returns source lines that assign one variable. The arithmetic is
 the float interpreter's (`jgraph.superopt._ring.FloatRing`), op for op, as in
 `jgraph.superopt._lower_ops`: IEEE division and square root (``tl.div_rn``,
 ``tl.sqrt_rn``), the tanh form of gelu (written as ``x·sigmoid(2y)``, which is
-the same function), the same rational for ``mul_scalar``, and float32
-accumulation everywhere.
+the same function), gelu_exact's erfc from the same polynomial (`ERFC_POLY`),
+the same rational for ``mul_scalar``, and float32 accumulation everywhere.
 
 Padded lanes (see `_triton_pad`) hold whatever the ops made of the zeros that
 masked loads put there (``exp(0) = 1``, ``0/0 = nan``). They never reach a real
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from jgraph.core.pallas import TRITON_MIN_DOT
-from jgraph.superopt._ops import scalar_of
+from jgraph.superopt._ops import ERFC_POLY, scalar_of
 
 __all__ = ["Tiles", "acc_final", "acc_init", "acc_step", "arange", "op_lines", "valid"]
 
@@ -87,6 +87,19 @@ def _unary(kind: str, x: str, attrs: dict[str, Any]) -> str:
         "silu": f"tl.div_rn({x}, 1.0 + tl.exp(-{x}))",
         "relu": f"tl.maximum({x}, 0.0)",
     }[kind]
+
+
+def _gelu_exact(out: str, x: str) -> list[str]:
+    # 0.5·x·erfc(-x/√2), erfc from ERFC_POLY as in _lower_ops (z = -x/√2, a = |z|)
+    p = f"{ERFC_POLY[-1]!r} * {out}_t"
+    for c in reversed(ERFC_POLY[1:-1]):
+        p = f"({c!r} + {p}) * {out}_t"
+    return [
+        f"{out}_a = tl.abs({x}) * {1 / math.sqrt(2)!r}",
+        f"{out}_t = tl.div_rn(1.0, 1.0 + 0.5 * {out}_a)",
+        f"{out}_e = {out}_t * tl.exp({ERFC_POLY[0]!r} + {p} - {out}_a * {out}_a)",
+        f"{out} = 0.5 * {x} * tl.where({x} > 0.0, 2.0 - {out}_e, {out}_e)",
+    ]
 
 
 def _pow(out: str, x: str, y: str) -> list[str]:
@@ -169,6 +182,8 @@ def op_lines(
         return [f"{out} = tl.div_rn({x}, tl.sqrt_rn({ms}))"]
     if kind == "concat":
         raise NotImplementedError("the Triton emitter has no concat yet")
+    if kind == "gelu_exact":
+        return _gelu_exact(out, x)
     return [f"{out} = {_unary(kind, x, attrs)}"]
 
 

@@ -8,7 +8,7 @@ permutation of outputs with equal shapes, both computed by the same
 pass; for exp-free parts a wrong one passes one test with probability at most
 about ``2d/p`` (Schwartz-Zippel, ``d`` the degree), far below 1e-6 here. Parts with
 exp rely on the ITCS'26 analysis (perfect completeness; soundness w.h.p. under a
-conjecture). silu/gelu/relu/pow/max are keyed random functions, so equalities
+conjecture). silu/gelu/gelu_exact/relu/pow/max are keyed random functions, so equalities
 that need their real meaning are not provable (they fail, never pass wrongly).
 
 Survivors then face a float screen: the candidate at float32 and at float16

@@ -41,3 +41,14 @@ def test_rms_is_the_root_of_a_sum_of_squares():
     assert oracle.contains(("sqrt", ("sum", n, ("sq", x))))  # x·x summed, then sqrt
     assert oracle.contains(("sum", n, ("sq", x)))
     assert not oracle.contains(("add", x, x))
+
+
+def test_exact_gelu_is_its_own_head_not_the_tanh_form():
+    m = ("sum", 16, ("mul", X, A))
+    target = kernel_expr("gelu_exact", [m], [(2, 4)], {})
+    assert target == ("gelu_exact", m)
+    oracle = Oracle([target])
+    assert oracle.contains(("gelu_exact", m))
+    assert oracle.contains(m)
+    assert not oracle.contains(("gelu", m))
+    assert not Oracle([("gelu", m)]).contains(("gelu_exact", m))

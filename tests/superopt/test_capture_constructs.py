@@ -2,6 +2,7 @@
 jax.nn activations and softmax, integer powers, casts, relabeling reshapes, and
 operators the IR lacks (kept as XLA between searched regions)."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,6 +54,16 @@ PROGRAMS = {
         [(ROWS, HID)],
     ),
     "relu_neg": (lambda x: jax.nn.relu(-x), [(ROWS, HID)]),
+    # exact GELU: x·0.5·erfc(-x/√2) as jax writes it, one gelu_exact op (no XLA erfc)
+    "dense_bias_gelu_exact": (
+        lambda x, w, b: jax.nn.gelu(x @ w + b[None, :], approximate=False),
+        [(ROWS, HID), (HID, OUT), (OUT,)],
+    ),
+    "flax_gelu_exact": (lambda x: nn.gelu(x * 3.0, approximate=False), [(ROWS, HID)]),
+    "residual_gelu_exact": (  # the match is a subtree of a larger element-wise tree
+        lambda x: x + 2.0 * jax.nn.gelu(x, approximate=False),
+        [(ROWS, HID)],
+    ),
 }
 
 
@@ -84,6 +95,16 @@ def test_known_activations_become_one_ir_op():
     assert [op.kind for op in capture(jax.nn.silu, x).ops] == ["silu"]
     assert [op.kind for op in capture(lambda x: jax.nn.gelu(x), x).ops] == ["gelu"]
     assert [op.kind for op in capture(jax.nn.relu, x).ops] == ["relu"]
+    exact = ["gelu_exact"]
+    assert [op.kind for op in capture(lambda x: jax.nn.gelu(x, approximate=False), x).ops] == exact
+    assert [op.kind for op in capture(lambda x: nn.gelu(x, approximate=False), x).ops] == exact
+    # negative: the tanh form (~5e-4 away) is not taken for the exact one, nor the reverse
+    assert [op.kind for op in capture(lambda x: nn.gelu(x, approximate=True), x).ops] == ["gelu"]
+    residual = capture(lambda x: x + jax.nn.gelu(x, approximate=False), x)
+    assert [op.kind for op in residual.ops] == ["gelu_exact", "add"]
+    # its argument may be an element-wise tree of its own
+    scaled = capture(lambda x: nn.gelu(x * 3.0 + 1.0, approximate=False), x)
+    assert [op.kind for op in scaled.ops] == ["mul_scalar", "add", "gelu_exact"]
     # sigmoid has no IR op: written with exp (not mistaken for silu)
     assert "silu" not in [op.kind for op in capture(jax.nn.sigmoid, x).ops]
 
@@ -112,7 +133,7 @@ def test_output_pytree_with_reduced_and_passthrough_leaves():
     [
         (lambda x: jnp.cumsum(jnp.exp(x), -1) * 2.0 + 1.0, "cumsum"),
         (lambda x: jnp.sort(x, -1), "sort"),
-        (lambda x: jax.nn.gelu(x, approximate=False), "erfc"),
+        (lambda x: jax.lax.erfc(x) * 2.0, "erfc"),
         (lambda x, w: jax.nn.softmax(x @ w.T, -1), "transpose"),
     ],
 )
@@ -126,6 +147,55 @@ def test_operators_the_ir_lacks_stay_xla_and_are_reported(fn, stayed):
     assert_trees_close(np.asarray(jax.jit(res)(*fresh)), np.asarray(fn(*fresh)), tol=tol)
     with pytest.raises(ConfigError, match="not one μGraph"):
         capture(fn, *_args(shapes, 0))
+
+
+# name -> (fn, argument shapes, erfc kept as XLA, gelu_exact ops)
+_ERFC_KEPT = {
+    "alone": (lambda x: jax.lax.erfc(x), [(ROWS, HID)], 1, 0),
+    "times_two": (lambda x: jax.lax.erfc(x) * 2.0, [(ROWS, HID)], 1, 0),
+    # gelu's shape with another constant: no known op, so its erfc stays XLA
+    "near_gelu": (lambda x: 0.5 * x * jax.lax.erfc(-x * 0.6), [(ROWS, HID)], 1, 0),
+    "nested": (
+        lambda x: jnp.exp(x) + jax.lax.erfc(jnp.exp(x) + jax.lax.erfc(x)),
+        [(ROWS, HID)],
+        2,
+        0,
+    ),
+    # one erfc joins gelu_exact, the other stays XLA
+    "beside_gelu": (
+        lambda x: x * jax.lax.erfc(x) + jax.nn.gelu(x, approximate=False),
+        [(ROWS, HID)],
+        1,
+        1,
+    ),
+    # operands of one equation laid before and after the erfc's XLA step
+    "two_bases": (
+        lambda x, y: (x * 3.0) * jax.lax.erfc(y) + jax.nn.gelu(y, approximate=False),
+        [(ROWS, HID), (ROWS, HID)],
+        1,
+        1,
+    ),
+    "matmul_operand": (
+        lambda x, w: jnp.exp(x) @ (jax.lax.erfc(w) * 2.0),
+        [(ROWS, HID), (HID, OUT)],
+        1,
+        0,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_ERFC_KEPT))
+def test_an_erfc_outside_an_exact_gelu_stays_xla(name):
+    fn, shapes, n_erfc, n_gelu = _ERFC_KEPT[name]
+    res = superoptimize(fn, *_args(shapes, 0), config=CFG)
+    assert res.stayed_xla == ("erfc: no μGraph op for it",) * n_erfc
+    fresh = _args(shapes, 3)
+    tol = Tolerance(rtol=tolerance("forward", np.float32).rtol, atol=HID * 1.2e-7 * 10)
+    assert_trees_close(np.asarray(res(*fresh)), np.asarray(fn(*fresh)), tol=tol)
+    assert_trees_close(np.asarray(jax.jit(res)(*fresh)), np.asarray(fn(*fresh)), tol=tol)
+    results = res.program.results if res.program is not None else (res,)
+    kinds = [op.kind for r in results for op in r.reference.ops]
+    assert kinds.count("gelu_exact") == n_gelu
 
 
 def test_a_wrong_capture_would_be_caught():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jgraph.core import ConfigError
-from jgraph.superopt import SearchConfig, search, superoptimize
+from jgraph.superopt import SearchConfig, capture, search, superoptimize
 from jgraph.superopt.corpus import NAMES, example
 from jgraph.superopt.programs import get_program
 from jgraph.testing import Tolerance, assert_trees_close, tolerance
@@ -81,7 +81,14 @@ def test_the_corpus_is_at_least_twenty_programs_with_xla_ones_among_them():
     assert len(NAMES) >= 20
     assert len(set(NAMES)) == len(NAMES)
     held = {op for n in NAMES for op in example(n, rows=2, hidden=4).xla_ops}
-    assert {"cumsum", "sort", "erfc"} <= held
+    assert {"cumsum", "sort"} <= held
+
+
+def test_the_exact_gelu_mlp_is_one_mugraph_with_a_gelu_exact_op():
+    ex = example("gelu_mlp_exact", rows=ROWS, hidden=HID)
+    kinds = [op.kind for op in capture(ex.fn, *ex.args(0)).ops]  # raises unless one μGraph
+    assert kinds.count("gelu_exact") == 1
+    assert "gelu" not in kinds
 
 
 def test_a_multi_region_program_runs_under_jit_too():

@@ -80,7 +80,7 @@ def test_jitted_mugraph_does_not_recompile():
         jax.block_until_ready(f(*a))
 
 
-_UNARY = ["exp", "square", "silu", "relu", "gelu"]
+_UNARY = ["exp", "square", "silu", "relu", "gelu", "gelu_exact"]
 _BINARY = ["add", "sub", "mul"]
 _JNP = {
     "exp": jnp.exp,
@@ -88,6 +88,7 @@ _JNP = {
     "silu": jax.nn.silu,
     "relu": jax.nn.relu,
     "gelu": lambda v: jax.nn.gelu(v, approximate=True),
+    "gelu_exact": lambda v: jax.nn.gelu(v, approximate=False),
     "add": jnp.add,
     "sub": jnp.subtract,
     "mul": jnp.multiply,
@@ -148,3 +149,21 @@ def test_random_block_graphs_match_jnp(data, rows, cols, gx, frange, acc):
             want = jnp.sqrt(jnp.mean(vals[-1] ** 2, 1, keepdims=True))
         want = np.asarray(want)
     assert_trees_close(evaluate(g.graph, [a, b])[0], want, kind="forward")
+
+
+def test_exact_gelu_matches_jax_in_float64_and_differs_from_the_tanh_form():
+    x = np.concatenate([np.linspace(-12.0, 12.0, 2001), [-40.0, -1e-3, 0.0, 1e-3, 40.0]])
+    g = new_kernel_graph()
+    xin = g.new_input(x.shape)
+    g.mark_output(g.gelu_exact(xin))
+    got = evaluate(g.graph, [x], FloatRing())[0]
+    exact = _jnp64(lambda v: jax.nn.gelu(v, approximate=False), [x])
+    assert_trees_close(got, exact, kind="forward")
+    # in the far tail too (x·Φ(x) ~ 1e-32 at x = -12): erfc, not 1 + erf
+    tail = (x < -5) & (x > -20)  # at x = -40 both underflow to 0
+    assert_trees_close(got[tail] / exact[tail], np.ones(tail.sum()), kind="forward")
+    # negative: the tanh form is a different function (up to ~5e-4 apart)
+    tanh = _jnp64(lambda v: jax.nn.gelu(v, approximate=True), [x])
+    assert np.max(np.abs(got - tanh)) > 1e-4
+    with pytest.raises(AssertionError):
+        assert_trees_close(got, tanh, kind="forward")

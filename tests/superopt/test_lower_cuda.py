@@ -150,6 +150,19 @@ def test_a_non_power_of_two_tile_is_a_problem():
     assert "power of 2" in problem
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_exact_gelu_lowers_for_triton(dtype):
+    # Pallas-Triton has no erf/erfc lowering: gelu_exact's erfc is a polynomial (ERFC_POLY)
+    g = new_kernel_graph()
+    x = g.new_input((64, 128))
+    tb = new_threadblock_graph((4, 1, 1), 2)
+    tb.new_output(tb.forloop_accum(tb.gelu_exact(tb.new_input(x, (0,), 1)), "sum"), (0,))
+    (y,) = g.customized([x], tb)
+    g.mark_output(y)
+    assert lowering_problem(g.graph, route="triton", dtype=dtype) is None
+    assert _mlir(g.graph, dtype).count(_TRITON_CALL) == 1
+
+
 def test_mosaic_gpu_route_rejects_block_matmuls():
     graph = handwritten("gated_mlp", get_program("gated_mlp", scale=16))
     problem = lowering_problem(graph, route="mosaic_gpu")

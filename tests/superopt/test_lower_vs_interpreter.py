@@ -26,9 +26,11 @@ from hypothesis import given, settings
 
 from jgraph.core import ConfigError
 from jgraph.superopt import _lower_block as lower_block
+from jgraph.superopt import _lower_ops as lower_ops
 from jgraph.superopt import evaluate, new_kernel_graph, new_threadblock_graph
 from jgraph.superopt.lower import KernelKnobs, lower
 from jgraph.superopt.programs import HANDWRITTEN, PROGRAMS, get_program, handwritten
+from jgraph.superopt.verify import FloatRing
 from jgraph.testing import Tolerance, assert_no_recompile, assert_trees_close, tolerance
 
 _U16 = 2.0**-11  # float16 unit roundoff
@@ -191,8 +193,9 @@ def test_wrong_mugraph_lowered_does_not_match_the_reference():
 
 # -- random block graphs ------------------------------------------------------------------
 
-_PRE = [None, "exp", "square", "silu", "relu", "gelu", "half", "center_rows", "scale_cols"]
-_POST = [None, "square", "relu", "silu", "gelu", "half"]
+_PRE = [None, "exp", "square", "silu", "relu", "gelu", "gelu_exact", "half", "center_rows",
+        "scale_cols"]  # fmt: skip
+_POST = [None, "square", "relu", "silu", "gelu", "gelu_exact", "half"]
 _ACCS = ["nored", "sum", "mean", "rms", "sum_todimx", "max", "rescale"]
 
 
@@ -276,6 +279,32 @@ def _matmul_block_graphs(draw):
     for y in ys:
         g.mark_output(y)
     return g.graph
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_exact_gelu_before_and_after_a_block_matmul_lowers_to_the_interpreter_values(dtype):
+    g = new_kernel_graph()
+    x, w = g.new_input((8, 32), "float32"), g.new_input((32, 16), "float32")
+    tb = new_threadblock_graph((2, 1, 1), 2)  # rows over 2 blocks, K over 2 iterations
+    bx, bw = tb.new_input(x, (0, -1, -1), 1), tb.new_input(w, (-1, -1, -1), 0)
+    acc = tb.forloop_accum(tb.matmul(tb.gelu_exact(bx), bw))
+    tb.new_output(tb.gelu_exact(acc), (0, -1, -1))
+    (y,) = g.customized([x, w], tb)
+    g.mark_output(y)
+    _check_lowered(g.graph, dtype)
+
+
+def test_lowered_exact_gelu_is_float32_accurate_far_into_both_tails():
+    # the kernels' erfc polynomial (ERFC_POLY) against the float64 interpreter (math.erfc)
+    x = np.linspace(-12.0, 12.0, 4001)
+    want = FloatRing().nonalg("gelu_exact", x)
+    got = np.asarray(lower_ops.apply("gelu_exact", [jnp.asarray(x, jnp.float32)], {}, jnp.float32))
+    assert_trees_close(got, want)  # float32 vs float64: the table's float32 row
+    # where x·Φ(x) is tiny (down to ~1e-18 at x = -9) the table's rtol holds on its own
+    # (atol 0: it would swamp such values): erfc(-x/√2) is evaluated, not 1 + erf(x/√2)
+    tail = (x < -3) & (x > -9)
+    rel = Tolerance(rtol=tolerance("forward", np.float32).rtol, atol=0.0)
+    assert_trees_close(got[tail], want[tail], tol=rel)
 
 
 @settings(max_examples=15, deadline=None)

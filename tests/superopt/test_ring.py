@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from jgraph.superopt._ring import MIRAGE_PRIMES, FieldZeroDivisionError, ModT, NonLaxError
-from jgraph.superopt.verify import ModRing, safe_prime_pairs
+from jgraph.superopt.verify import FloatRing, ModRing, safe_prime_pairs
+from jgraph.testing import assert_trees_close
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,20 @@ def test_keyed_functions_are_deterministic_and_key_dependent(ring):
     assert not np.array_equal(ring.nonalg("silu", x).p, other.nonalg("silu", x).p)
     y = ring.random((100,), rng)
     assert ring.equal(ring.nonalg("max", x, y), ring.nonalg("max", y, x))
+
+
+def test_exact_gelu_is_a_keyed_function_over_the_field(ring):
+    """x·Φ(x) - (-x)·Φ(-x) = x holds for the real gelu_exact, not for a keyed function."""
+    x = np.linspace(-6.0, 6.0, 101)
+    real = FloatRing()
+    lhs = real.sub(real.nonalg("gelu_exact", x), real.nonalg("gelu_exact", -x))
+    assert_trees_close(lhs, x, kind="forward")
+    v = ring.random((100,), np.random.default_rng(5))
+    neg = ring.sub(ModT(np.zeros_like(v.p), np.zeros_like(v.q)), v)
+    field = ring.sub(ring.nonalg("gelu_exact", v), ring.nonalg("gelu_exact", neg))
+    assert not ring.equal(field, v)
+    assert not ring.equal(ring.nonalg("gelu_exact", v), ring.nonalg("gelu", v))
+    assert ring.equal(ring.nonalg("gelu_exact", v), ring.nonalg("gelu_exact", v))
 
 
 def test_ring_rejects_bad_primes():

@@ -145,6 +145,8 @@ _OPS = {
     "rsqrt": lambda tb, x, y: tb.rsqrt(y),
     "silu": lambda tb, x, y: tb.silu(x),
     "gelu": lambda tb, x, y: tb.gelu(x),
+    "gelu_exact": lambda tb, x, y: tb.gelu_exact(x),
+    "gelu_exact_tails": lambda tb, x, y: tb.gelu_exact(tb.mul_scalar(x, 4.0)),
     "relu": lambda tb, x, y: tb.relu(x),
     "mul_scalar": lambda tb, x, y: tb.mul_scalar(x, 0.1),
     "add": lambda tb, x, y: tb.add(x, y),
@@ -228,6 +230,12 @@ def test_emitted_kernels_compile_for_cuda():
     src = emit_block(batched.ops[0].block, batched.shapes[:2], storage="float32", name="k")
     assert "tl.dot(" in src.source
     assert compile_for_cuda(src, ["float32", "float32"]).asm["cubin"]
+    gelu = _one_kernel(
+        [(6, 20)], (2, 1, 1), 2, [_ROWS], lambda tb, x: tb.forloop_accum(tb.gelu_exact(x), "sum")
+    )
+    src = emit_block(gelu.ops[0].block, gelu.shapes[:1], storage="float16", name="k")
+    assert "2.0 - " in src.source  # erfc(-z) = 2 - erfc(z): the exact form was emitted
+    assert compile_for_cuda(src, ["float16"]).asm["cubin"]
 
 
 def test_emit_is_deterministic():
