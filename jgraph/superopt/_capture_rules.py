@@ -75,7 +75,9 @@ def _binary(cap: Capture, name: str, a: Val, b: Val) -> list[Val]:
     la, lb = cap.lay(a), cap.lay(b)
     if la.dims != lb.dims:
         raise UnsupportedError(f"operands laid out differently ({la.t.shape} vs {lb.t.shape})")
-    return [cap.tensor_val(a, Lay(cap.op(name, [la.t, lb.t]), la.dims, la.shape))]
+    # the result has the broadcast shape (a size-1 left operand times a full tensor)
+    shape = tuple(np.broadcast_shapes(la.shape, lb.shape))
+    return [cap.tensor_val(a, Lay(cap.op(name, [la.t, lb.t]), la.dims, shape))]
 
 
 def _reduce(cap: Capture, name: str, v: Val, axes: tuple[int, ...], out_shape: Any) -> list[Val]:

@@ -135,6 +135,10 @@ def test_output_pytree_with_reduced_and_passthrough_leaves():
         (lambda x: jnp.sort(x, -1), "sort"),
         (lambda x: jax.lax.erfc(x) * 2.0, "erfc"),
         (lambda x, w: jax.nn.softmax(x @ w.T, -1), "transpose"),
+        # a size-1 left operand broadcast against a tensor from an XLA step: the result
+        # has the broadcast shape (it used to keep the left operand's)
+        (lambda x: (x[:, :1] * 3.0) * jnp.cumsum(x, -1), "cumsum"),
+        (lambda x: (x[:1, :] - jnp.cumsum(x, -1)) / (x[:, :1] + 4.0), "cumsum"),
     ],
 )
 def test_operators_the_ir_lacks_stay_xla_and_are_reported(fn, stayed):
