@@ -223,6 +223,11 @@ class Verifier:
         # about what one check costs (the reference's own fingerprints and float run)
         self.setup_seconds = time.perf_counter() - start
 
+    @property
+    def lax(self) -> bool:
+        """Whether the reference is field-checkable (no exp of an exp, Mirage's LAX class)."""
+        return self._lax
+
     def first_test(self) -> tuple[ModRing, list[ModT], list[ModT]] | None:
         """The first field test (ring, inputs, reference outputs), for incremental checks.
 
