@@ -168,7 +168,8 @@ def superoptimize(
     Args:
         fn: a JAX function of float arrays (pytrees of them are fine).
         *example_args: arguments with the shapes and dtypes to optimize for.
-        config: search settings (default `SearchConfig()`).
+        config: search settings (default `SearchConfig()`); its ``time_limit_s`` is
+            the whole program's, shared by the searched regions by their op counts.
         cache_dir: where search results and measured selections are cached.
         measure: time candidates to choose (None: only on a GPU).
 
@@ -194,9 +195,14 @@ def superoptimize(
         )  # fmt: skip
     name = getattr(fn, "__name__", "fn")
     results = []
+    config = config or SearchConfig()
+    total_ops = sum(len(step.graph.ops) for step in regions)
     for k, step in enumerate(regions):
         label = name if len(regions) == 1 else f"{name}[region {k}]"
-        res = search(step.graph, config=config, name=label, cache_dir=cache_dir)
+        # the time limit is the whole program's: regions share it by their op counts
+        share = config.time_limit_s * len(step.graph.ops) / max(total_ops, 1)
+        cfg = dataclasses.replace(config, time_limit_s=max(share, 1e-3))
+        res = search(step.graph, config=cfg, name=label, cache_dir=cache_dir)
         chosen = select(res, measure=measure, cache_dir=cache_dir)
         results.append(dataclasses.replace(res, selection=chosen))
     main = max(range(len(regions)), key=lambda k: len(regions[k].graph.ops))

@@ -132,3 +132,22 @@ def test_example_checks_its_arguments():
         example("no_such_program")
     with pytest.raises(ConfigError, match=r"corpus\.hidden"):
         example("rmsnorm", hidden=33)
+
+
+def test_regions_share_the_programs_time_limit(monkeypatch):
+    import jgraph.superopt._jaxpr as jaxpr_mod
+
+    limits = []
+    real = jaxpr_mod.search
+
+    def spy(graph, *, config, **kwargs):
+        limits.append((len(graph.ops), config.time_limit_s))
+        return real(graph, config=config, **kwargs)
+
+    monkeypatch.setattr(jaxpr_mod, "search", spy)
+    ex = example("cumsum_exp", rows=ROWS, hidden=HID)  # exp | cumsum (XLA) | x*0.5 + 1
+    superoptimize(ex.fn, *ex.args(0), config=SearchConfig(time_limit_s=3, max_kernel_ops=1))
+    assert len(limits) == 2
+    assert sum(t for _, t in limits) == pytest.approx(3.0)
+    (n0, t0), (n1, t1) = limits
+    assert t0 / t1 == pytest.approx(n0 / n1)  # by op count
