@@ -14,7 +14,11 @@ __all__ = ["Candidate", "SearchStats"]
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Candidate:
-    """A verified μGraph with its model cost; ``label`` is ``"xla"`` for the reference."""
+    """A verified μGraph with its model cost.
+
+    ``label`` says where it came from: ``"xla"`` (the reference), ``"search"`` (the
+    op-by-op enumeration) or ``"fusion"`` (the fusion moves, `jgraph.superopt._fuse`).
+    """
 
     graph: KernelGraph
     cost: Cost
