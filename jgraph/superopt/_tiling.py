@@ -395,8 +395,10 @@ def _sized(
     if fcls is not None and all(f == -1 for f in fmaps):
         return
     mm = {d for op in ops if op.kind == "matmul" for t in op.inputs for d in tensor_dims[t]}
+    # small tiles: a matmul's batch dims (heads) may be cut to one too, its rows/cols not
+    mm_2d = {d for op in ops if op.kind == "matmul" for t in op.inputs for d in tensor_dims[t][-2:]}
     grid_opts = tuple(
-        _grid_sizes(size[c], maps, small_tiles and maps != "mirage" and c not in mm)
+        _grid_sizes(size[c], maps, small_tiles and maps != "mirage" and c not in mm_2d)
         for c in axis_classes
     )
     reps = tuple(
