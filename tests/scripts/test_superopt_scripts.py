@@ -56,8 +56,12 @@ def test_smoke_reports_xla_and_the_selected_mugraph_side_by_side(tmp_path):
     for sel in sels.values():
         assert sel["measured"]
         timed = [m for m in sel["measurements"] if m["median_us"] is not None]
-        assert len({m["rank"] for m in timed}) >= 2  # a search candidate and the XLA one
-        assert sel["kendall_tau"] in (-1.0, 1.0)
+        ranks = {m["rank"] for m in timed}
+        assert len(ranks) >= 2  # a search (or fusion) candidate and the XLA one
+        # rank agreement of model and timer: with two candidates it can only be +-1
+        assert -1.0 <= sel["kendall_tau"] <= 1.0
+        if len(ranks) == 2:
+            assert sel["kendall_tau"] in (-1.0, 1.0)
     assert res["environment"]["device_kind"] == "cpu"
 
 
