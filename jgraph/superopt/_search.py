@@ -103,7 +103,7 @@ def search(
     config = dataclasses.replace(config, time_limit_s=max(config.time_limit_s - spent, 1e-3))
     if fused and len(reference.ops) > config.max_block_ops:
         # A program longer than one block graph: the enumeration's set-up (abstract
-        # expressions of 12+ ops) alone overruns its limit by minutes and takes GiBs
+        # expressions of 12+ ops) alone overruns its limit by tens of seconds and GiBs
         # (23 ops: 52 s and 3.6 GiB on a 10 s limit) without reaching a kernel; the
         # fusion moves already cover it.
         log.info("%s: %d ops, enumeration skipped after the fusion moves", name, len(reference.ops))
