@@ -14,6 +14,8 @@ from jgraph.testing import Tolerance, assert_trees_close, tolerance
 
 CFG = SearchConfig(time_limit_s=3, max_kernel_ops=1)
 ROWS, HID, OUT = 4, 32, 16
+# f32 sums of up to HID terms: the table's f32 atol scaled by HID (gamma_K bound), 10x headroom
+TOL = Tolerance(rtol=tolerance("forward", np.float32).rtol, atol=HID * 1.2e-7 * 10)
 
 
 def _ln(x):
@@ -85,9 +87,7 @@ def test_construct_runs_equals_fn_and_keeps_the_output_structure(name):
     if got.dtype == jnp.bfloat16:  # "casts": one bf16 rounding of the result
         assert_trees_close(np.asarray(got, np.float32), np.asarray(want, np.float32))
         return
-    # f32 sums of up to HID terms: the table's f32 atol scaled by HID (gamma_K bound)
-    tol = Tolerance(rtol=tolerance("forward", np.float32).rtol, atol=HID * 1.2e-7 * 10)
-    assert_trees_close(np.asarray(got), np.asarray(want), tol=tol)
+    assert_trees_close(np.asarray(got), np.asarray(want), tol=TOL)
 
 
 def test_known_activations_become_one_ir_op():
@@ -146,9 +146,8 @@ def test_operators_the_ir_lacks_stay_xla_and_are_reported(fn, stayed):
     res = superoptimize(fn, *_args(shapes, 0), config=CFG)
     assert any(line.startswith(stayed + ":") for line in res.stayed_xla), res.stayed_xla
     fresh = _args(shapes, 3)
-    tol = Tolerance(rtol=tolerance("forward", np.float32).rtol, atol=HID * 1.2e-7 * 10)
-    assert_trees_close(np.asarray(res(*fresh)), np.asarray(fn(*fresh)), tol=tol)
-    assert_trees_close(np.asarray(jax.jit(res)(*fresh)), np.asarray(fn(*fresh)), tol=tol)
+    assert_trees_close(np.asarray(res(*fresh)), np.asarray(fn(*fresh)), tol=TOL)
+    assert_trees_close(np.asarray(jax.jit(res)(*fresh)), np.asarray(fn(*fresh)), tol=TOL)
     with pytest.raises(ConfigError, match="not one μGraph"):
         capture(fn, *_args(shapes, 0))
 
@@ -194,9 +193,8 @@ def test_an_erfc_outside_an_exact_gelu_stays_xla(name):
     res = superoptimize(fn, *_args(shapes, 0), config=CFG)
     assert res.stayed_xla == ("erfc: no μGraph op for it",) * n_erfc
     fresh = _args(shapes, 3)
-    tol = Tolerance(rtol=tolerance("forward", np.float32).rtol, atol=HID * 1.2e-7 * 10)
-    assert_trees_close(np.asarray(res(*fresh)), np.asarray(fn(*fresh)), tol=tol)
-    assert_trees_close(np.asarray(jax.jit(res)(*fresh)), np.asarray(fn(*fresh)), tol=tol)
+    assert_trees_close(np.asarray(res(*fresh)), np.asarray(fn(*fresh)), tol=TOL)
+    assert_trees_close(np.asarray(jax.jit(res)(*fresh)), np.asarray(fn(*fresh)), tol=TOL)
     results = res.program.results if res.program is not None else (res,)
     kinds = [op.kind for r in results for op in r.reference.ops]
     assert kinds.count("gelu_exact") == n_gelu
