@@ -258,12 +258,11 @@ def fusion_moves(ref: KernelGraph) -> list[FusionMove]:
     in_cls = tuple(tuple(classes[k]) for k in range(n_in))
     out = [FusionMove("row_pass", body, sinks, None, in_cls, frozenset(reduced))]
     seen = {(body, sinks)}
-    variants = [("loop", ops, outs)]
+    variants = [("loop", ops, outs, classes, reduced)]
     hoisted = hoist_row_factors(n_in, in_shapes, ops, outs)
     if hoisted is not None:
-        variants.append(("hoisted_loop", *hoisted))
-    for variant, vops, vouts in variants:
-        vclasses, vreduced = dim_classes(in_shapes, vops)
+        variants.append(("hoisted_loop", *hoisted, *dim_classes(in_shapes, hoisted[0])))
+    for variant, vops, vouts, vclasses, vreduced in variants:
         for c in sorted(vreduced):
             built = _looped(n_in, vops, vouts, vclasses, c)
             if built is None or built in seen:

@@ -144,7 +144,7 @@ def fusion_candidates(
         )
     # greedy segment fusion: fuse the run that lowers the whole graph's cost most
     fused: list[Fused] = []
-    current = cost(reference).estimated_us
+    xla_us = current = cost(reference).estimated_us
     sub_cache: dict[tuple[int, int], tuple[list[KernelOp], tuple[int, ...], tuple[int, ...]]] = {}
     while time.perf_counter() < deadline:
         taken = {k for f in fused for k in range(f[0], f[1])}
@@ -171,14 +171,13 @@ def fusion_candidates(
         tried.append(best[2])
     found: list[Candidate] = []
     first_s = None
-    limit = 1.5 * cost(reference).estimated_us  # as the enumeration: never the answer above
-
-    def order(g: KernelGraph) -> tuple[float, int, int]:
-        c = cost(g)
-        return (c.estimated_us, c.flops, c.smem_bytes)
-
-    for g in sorted(set(tried), key=order):
-        if len(found) >= _KEEP or time.perf_counter() > deadline or cost(g).estimated_us > limit:
+    costs = {g: cost(g) for g in tried}
+    limit = 1.5 * xla_us  # as the enumeration: never the answer above this
+    # ties (a memory-bound kernel) go to fewer FLOPs, then less shared memory
+    for g in sorted(
+        costs, key=lambda g: (costs[g].estimated_us, costs[g].flops, costs[g].smem_bytes)
+    ):
+        if len(found) >= _KEEP or time.perf_counter() > deadline or costs[g].estimated_us > limit:
             break
         verdict = verifier.check(g)
         if not verdict.ok:
@@ -186,5 +185,7 @@ def fusion_candidates(
             continue
         now = time.perf_counter() - start
         first_s = now if first_s is None else first_s
-        found.append(Candidate(graph=g, cost=cost(g), verdict=verdict, label="fusion", found_s=now))
+        found.append(
+            Candidate(graph=g, cost=costs[g], verdict=verdict, label="fusion", found_s=now)
+        )
     return found, first_s

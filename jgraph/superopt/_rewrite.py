@@ -70,17 +70,10 @@ def hoist_row_factors(
         new.append(Op(kind, tuple(ins), attrs))
         return n_in + len(new) - 1
 
-    def product(coef: Fraction, factors: Sequence[tuple[int, bool]], start: int | None) -> int:
-        acc = start
+    def scaled(acc: int, factors: Sequence[tuple[int, bool]], coef: Fraction) -> int:
+        """``acc`` times (or divided by) each factor, then by ``coef``."""
         for f, inv in factors:
-            if acc is None:
-                if inv:
-                    return -1
-                acc = remap[f]
-            else:
-                acc = emit("div" if inv else "mul", (acc, remap[f]))
-        if acc is None:
-            return -1
+            acc = emit("div" if inv else "mul", (acc, remap[f]))
         if coef != 1:
             acc = emit("mul_scalar", (acc,), make_attrs({"scalar": float(coef)}))
         return acc
@@ -98,8 +91,8 @@ def hoist_row_factors(
             if not rest or any(inv for _, inv in rest):
                 total = None
                 break
-            mm = emit("matmul", (product(Fraction(1), rest, None), remap[op.inputs[1]]))
-            term = product(coef, row, mm)
+            lhs = scaled(remap[rest[0][0]], rest[1:], Fraction(1))
+            term = scaled(emit("matmul", (lhs, remap[op.inputs[1]])), row, coef)
             total = term if total is None else emit("add", (total, term))
         if total is None:
             return None

@@ -82,11 +82,7 @@ def search(
             graph=reference, cost=CostModel()(reference), label="xla",
             verdict=Verdict(ok=True, stage="passed", reason="the reference itself (not LAX)"),
         )  # fmt: skip
-        stats = SearchStats(
-            states=0, seconds=time.perf_counter() - start, pruned={}, verified=0,
-            rejected={"not_lax": 1}, verify_seconds=0.0, oracle_queries=0, exhausted=False,
-            time_to_first_s=None,
-        )  # fmt: skip
+        stats = _no_search(seconds=time.perf_counter() - start, rejected={"not_lax": 1})
         return SearchResult(name=name, reference=reference, candidates=(xla,), stats=stats)
     xla_verdict = verifier.check(reference)
     if not xla_verdict.ok:  # the reference equals itself; anything else is a bug
@@ -107,10 +103,7 @@ def search(
         # (23 ops: 52 s and 3.6 GiB on a 10 s limit) without reaching a kernel; the
         # fusion moves already cover it.
         log.info("%s: %d ops, enumeration skipped after the fusion moves", name, len(reference.ops))
-        found, stats = [], SearchStats(
-            states=0, seconds=0.0, pruned={}, verified=0, rejected={}, verify_seconds=0.0,
-            oracle_queries=0, exhausted=False, time_to_first_s=None,
-        )  # fmt: skip
+        found, stats = [], _no_search()
     else:
         found, stats = run_search(reference, config, verifier, show_progress=show_progress)
     if fused:
@@ -132,6 +125,14 @@ def search(
     if path is not None:
         store(path, result)
     return result
+
+
+def _no_search(seconds: float = 0.0, rejected: dict[str, int] | None = None) -> SearchStats:
+    """The statistics of an enumeration that did not run."""
+    return SearchStats(
+        states=0, seconds=seconds, pruned={}, verified=0, rejected=rejected or {},
+        verify_seconds=0.0, oracle_queries=0, exhausted=False, time_to_first_s=None,
+    )  # fmt: skip
 
 
 def _lowerable(found: list[Candidate], name: str) -> tuple[list[Candidate], int]:
