@@ -313,9 +313,9 @@ def schedules(
     over the grid (a class is split only if all its input dims may be); ``loop_dim``
     fixes the for-loop to the class of that input dim (None: no loop), instead of
     trying every class ("any"). The fusion moves use both to skip schedules they
-    would discard. ``small_tiles``: dims no matmul reads may always be cut down to
-    one element (not only when nothing else fits), so a row-wise kernel on 128 rows
-    can run 128 blocks instead of 8.
+    would discard. ``small_tiles``: dims that are no matmul's rows or columns (row-wise
+    dims, a batched matmul's heads) may always be cut down to one element (not only
+    when nothing else fits), so a row-wise kernel on 128 rows can run 128 blocks, not 8.
     """
     sym = _symbolic(in_shapes, ops)
     if sym is None:
@@ -334,9 +334,7 @@ def schedules(
     n_in = len(in_shapes)
     splittable = set(classes)
     if split_ok is not None:
-        splittable = {cls_of[kj] for kj in cls_of if kj} - {
-            cls_of[(k, j)] for (k, j) in cls_of if not split_ok(k, j)
-        }
+        splittable -= {cls_of[(k, j)] for (k, j) in cls_of if not split_ok(k, j)}
     f_opts = [None, *classes]
     if loop_dim != "any":
         f_opts = [None if loop_dim is None else cls_of[loop_dim]]
